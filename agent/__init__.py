@@ -1,0 +1,51 @@
+"""edgeagent: intelligent objects on small computers.
+
+Typed skills over MQTT 5, a device agent, a client library and CLI; tiny local models, a
+coordinator and a fleet simulator build on them.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .broker import BrokerConfig, TlsConfig
+from .client import DeviceInfo, Fleet
+from .config import AgentConfig, load_config
+from .device import DeviceAgent
+from .errors import (
+    BadRequest,
+    Busy,
+    CallError,
+    CallTimeout,
+    ConfigError,
+    EdgeAgentError,
+    InternalError,
+    NotFound,
+    TransportError,
+    Unavailable,
+)
+from .skills import SkillContext, SkillSet, skill
+
+__all__ = [
+    "AgentConfig",
+    "BadRequest",
+    "BrokerConfig",
+    "Busy",
+    "CallError",
+    "CallTimeout",
+    "ConfigError",
+    "DeviceAgent",
+    "DeviceInfo",
+    "EdgeAgentError",
+    "Fleet",
+    "InternalError",
+    "NotFound",
+    "SkillContext",
+    "SkillSet",
+    "TlsConfig",
+    "TransportError",
+    "Unavailable",
+    "__version__",
+    "load_config",
+    "skill",
+]

@@ -1,0 +1,329 @@
+"""The ``edgeagent`` command: a thin click layer over the library."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from . import __version__
+from .broker import BROKER_ENV, DEFAULT_BROKER_URL, BrokerConfig
+from .client import DeviceInfo, Fleet
+from .config import load_config
+from .errors import CallError, EdgeAgentError
+from .protocol import DEFAULT_FLEET, DEFAULT_ROOT, Health, Manifest, StateMessage
+
+T = TypeVar("T")
+
+
+class Ctx:
+    def __init__(self, broker: str | None, fleet: str, root: str) -> None:
+        self.broker = broker
+        self.fleet = fleet
+        self.root = root
+
+    def make_fleet(self, timeout: float = 10.0) -> Fleet:
+        return Fleet(self.broker, fleet=self.fleet, root=self.root, timeout=timeout)
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine; turn our errors into a one-line message and a non-zero exit."""
+    try:
+        return asyncio.run(coro)
+    except CallError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except EdgeAgentError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="edgeagent")
+@click.option(
+    "--broker",
+    envvar=BROKER_ENV,
+    default=None,
+    metavar="URL",
+    help=f"MQTT broker URL, mqtt://host:port or mqtts://… [env {BROKER_ENV}; "
+    f"default {DEFAULT_BROKER_URL}]",
+)
+@click.option("--fleet", default=DEFAULT_FLEET, show_default=True, help="Fleet name.")
+@click.option("--root", default=DEFAULT_ROOT, show_default=True, help="Topic root.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="warning",
+    show_default=True,
+    help="Log verbosity (agents log at info unless told otherwise).",
+)
+@click.pass_context
+def main(ctx: click.Context, broker: str | None, fleet: str, root: str, log_level: str) -> None:
+    """edgeagent: intelligent objects on small computers.
+
+    Devices run an agent that exposes typed skills over MQTT 5; this command runs agents, calls
+    skills and watches the fleet. Any MQTT 5 client can call skills too: see docs/protocol.md.
+    """
+    if ctx.get_parameter_source("log_level") is click.core.ParameterSource.DEFAULT and (
+        ctx.invoked_subcommand in ("agent", "demo")
+    ):
+        log_level = "info"
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    ctx.obj = Ctx(broker, fleet, root)
+
+
+# agent -------------------------------------------------------------------------------------------
+
+
+@main.group()
+def agent() -> None:
+    """Run a device agent."""
+
+
+@agent.command("run")
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.pass_obj
+def agent_run(obj: Ctx, config: Path) -> None:
+    """Run the device agent described by CONFIG (YAML) until SIGTERM or Ctrl-C.
+
+    --broker and --fleet, when given, override the config file. On SIGTERM the agent stops
+    taking calls, lets in-flight calls finish within grace_s, publishes offline and disconnects.
+    """
+    from .device import DeviceAgent
+
+    try:
+        cfg = load_config(config)
+        updates: dict[str, Any] = {}
+        if obj.broker:
+            updates["broker"] = cfg.broker.model_copy(update={"url": obj.broker})
+            BrokerConfig(url=obj.broker)
+        if obj.fleet != DEFAULT_FLEET:
+            updates["fleet"] = obj.fleet
+        if obj.root != DEFAULT_ROOT:
+            updates["root"] = obj.root
+        cfg = cfg.model_copy(update=updates)
+        device = DeviceAgent(cfg)
+    except (EdgeAgentError, ValueError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with device:
+            click.echo(
+                f"{cfg.device}: online at {cfg.broker.display()} (fleet {cfg.fleet}), "
+                f"skills: {', '.join(s.name for s in device.manifest().skills)}",
+                err=True,
+            )
+            await stop.wait()
+            click.echo(f"{cfg.device}: stopping (grace {cfg.grace_s:g} s)", err=True)
+
+    _run(serve())
+
+
+# call --------------------------------------------------------------------------------------------
+
+
+def _read_input(raw: str | None) -> bytes:
+    if raw is None:
+        return b"{}"
+    if raw == "-":
+        return sys.stdin.buffer.read()
+    if raw.startswith("@"):
+        try:
+            return Path(raw[1:]).read_bytes()
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {raw[1:]}: {exc}") from exc
+    try:
+        json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON ({exc}); quote it: '{{\"level\": 40}}'") from exc
+    return raw.encode()
+
+
+@main.command()
+@click.argument("device")
+@click.argument("skill")
+@click.argument("input_json", metavar="[JSON]", required=False)
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for a reply.")
+@click.option("--trace", default=None, help="Trace id to attach (echoed by the device).")
+@click.option("--time", "show_time", is_flag=True, help="Print the round-trip time to stderr.")
+@click.pass_obj
+def call(
+    obj: Ctx,
+    device: str,
+    skill: str,
+    input_json: str | None,
+    timeout: float,
+    trace: str | None,
+    show_time: bool,
+) -> None:
+    """Call SKILL on DEVICE with JSON input and print the JSON output.
+
+    JSON may be '-' to read stdin or '@FILE'. Exits 2 with the device's typed error
+    (bad_request, not_found, busy, timeout, unavailable, internal) on failure.
+    """
+    payload = _read_input(input_json)
+
+    async def go() -> Any:
+        async with obj.make_fleet(timeout) as fleet:
+            started = time.perf_counter()
+            try:
+                return await fleet.call(device, skill, payload, timeout=timeout, trace=trace)
+            except CallError as exc:
+                if exc.code == "timeout":
+                    info = await fleet.device(device)
+                    if info is None:
+                        raise type(exc)(
+                            f"{exc.message}; no device {device!r} has announced itself in fleet "
+                            f"{obj.fleet!r}"
+                        ) from exc
+                    if not info.online:
+                        raise type(exc)(f"{exc.message}; device {device!r} is {info.status}") from exc
+                raise
+            finally:
+                if show_time:
+                    click.echo(f"{(time.perf_counter() - started) * 1000:.2f} ms", err=True)
+
+    result = _run(go())
+    click.echo(json.dumps(result, indent=2 if sys.stdout.isatty() else None))
+
+
+# fleet -------------------------------------------------------------------------------------------
+
+
+@main.group()
+def fleet() -> None:
+    """See the devices of a fleet."""
+
+
+def _device_row(d: DeviceInfo) -> dict[str, Any]:
+    return {
+        "device": d.device,
+        "status": d.status,
+        "since": d.since,
+        "profile": d.manifest.profile if d.manifest else None,
+        "tags": d.tags,
+        "skills": [s.name for s in d.skills],
+    }
+
+
+@fleet.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (one array) instead of a table.")
+@click.option("--online", is_flag=True, help="Only devices that are online.")
+@click.pass_obj
+def fleet_ls(obj: Ctx, as_json: bool, online: bool) -> None:
+    """List devices: online state, profile, tags and skills (from retained messages)."""
+
+    async def go() -> list[DeviceInfo]:
+        async with obj.make_fleet() as f:
+            return await f.devices(include_offline=not online)
+
+    devices = _run(go())
+    if as_json:
+        click.echo(json.dumps([_device_row(d) for d in devices], indent=2))
+        return
+    if not devices:
+        click.echo(f"no devices in fleet {obj.fleet!r}", err=True)
+        return
+    rows = [
+        (
+            d.device,
+            d.status,
+            (d.manifest.profile or "-") if d.manifest else "-",
+            ",".join(f"{k}={v}" for k, v in sorted(d.tags.items())) or "-",
+            ", ".join(s.name for s in d.skills) or "-",
+        )
+        for d in devices
+    ]
+    header = ("DEVICE", "STATUS", "PROFILE", "TAGS", "SKILLS")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    for r in [header, *rows]:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4])
+
+
+@fleet.command("show")
+@click.argument("device")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@click.pass_obj
+def fleet_show(obj: Ctx, device: str, as_json: bool) -> None:
+    """Show one device's manifest: skills with their input and output schemas."""
+
+    async def go() -> DeviceInfo | None:
+        async with obj.make_fleet() as f:
+            return await f.device(device)
+
+    info = _run(go())
+    if info is None or info.manifest is None:
+        click.echo(f"error: no device {device!r} in fleet {obj.fleet!r}", err=True)
+        sys.exit(1)
+    m = info.manifest
+    if as_json:
+        click.echo(json.dumps({"status": info.status, **m.model_dump(mode="json")}, indent=2))
+        return
+    click.echo(f"{m.device} ({info.status})  profile={m.profile or '-'}  tags={m.tags}")
+    for s in m.skills:
+        flags = f"{s.side_effect}{', idempotent' if s.idempotent else ''}"
+        click.echo(f"  {s.name} [{flags}]  {s.description}")
+        click.echo(f"    input:  {json.dumps(s.input_schema.get('properties', {}))}")
+        click.echo(f"    output: {json.dumps(s.output_schema)}")
+    for e in m.events:
+        click.echo(f"  event {e.name}: {e.description}")
+
+
+@fleet.command("watch")
+@click.option("--json", "as_json", is_flag=True, help="One JSON message per line.")
+@click.option("--count", type=int, default=None, help="Stop after this many updates.")
+@click.pass_obj
+def fleet_watch(obj: Ctx, as_json: bool, count: int | None) -> None:
+    """Follow devices' state and health live (Ctrl-C to stop)."""
+
+    async def go() -> None:
+        seen = 0
+        async with obj.make_fleet() as f:
+            async for msg in f.watch():
+                if as_json:
+                    click.echo(msg.model_dump_json(exclude_none=True))
+                else:
+                    click.echo(_describe(msg))
+                seen += 1
+                if count is not None and seen >= count:
+                    return
+
+    _run(go())
+
+
+def _describe(msg: Any) -> str:
+    stamp = time.strftime("%H:%M:%S")
+    if isinstance(msg, StateMessage):
+        return f"{stamp} {msg.device:<20} state   {msg.status}" + (
+            f" ({msg.reason})" if msg.reason else ""
+        )
+    if isinstance(msg, Manifest):
+        return f"{stamp} {msg.device:<20} skills  {', '.join(s.name for s in msg.skills)}"
+    if isinstance(msg, Health):
+        lat = ", ".join(
+            f"{k} p50={v.p50_ms}ms p95={v.p95_ms}ms" for k, v in msg.skills.items() if v.calls
+        )
+        mem = f"{msg.memory_rss_bytes / 1e6:.0f}MB" if msg.memory_rss_bytes else "-"
+        return (
+            f"{stamp} {msg.device:<20} health  up={msg.uptime_s:.0f}s served={msg.calls_served} "
+            f"failed={msg.calls_failed} queue={msg.queue_depth} mem={mem} {lat}"
+        )
+    return f"{stamp} {msg!r}"
+

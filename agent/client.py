@@ -1,0 +1,286 @@
+"""The client library: list a fleet and call skills.
+
+::
+
+    async with Fleet("mqtt://127.0.0.1:1883", fleet="home") as fleet:
+        for d in await fleet.devices():
+            print(d.device, d.status, [s.name for s in d.skills])
+        state = await fleet.call("lamp-kitchen", "set_brightness", {"level": 40})
+
+``call`` returns the skill's output (parsed JSON, or ``result_type`` if given) or raises a
+:class:`~edgeagent.errors.CallError` subclass. Bound the time with ``timeout=`` (also sent as the
+request's Message Expiry Interval, so a device never runs a call nobody waits for) or with an
+enclosing ``asyncio.timeout()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from .broker import BrokerConfig
+from .clock import SYSTEM_CLOCK, Clock
+from .errors import CallError, CallTimeout, InternalError, Unavailable
+from .protocol import (
+    DEFAULT_FLEET,
+    DEFAULT_ROOT,
+    JSON_CONTENT_TYPE,
+    TRACE_PROPERTY,
+    ErrorReply,
+    Health,
+    Manifest,
+    Message,
+    SkillSpec,
+    StateMessage,
+    Topics,
+    decode,
+    decode_reply,
+)
+from .transport.base import Inbound, Props, Transport
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+DEFAULT_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    """What the broker's retained messages (and live health) say about one device."""
+
+    device: str
+    status: str = "unknown"
+    since: float | None = None
+    manifest: Manifest | None = None
+    health: Health | None = None
+    skills: tuple[SkillSpec, ...] = field(default=())
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return dict(self.manifest.tags) if self.manifest else {}
+
+    @property
+    def online(self) -> bool:
+        return self.status == "online"
+
+
+def _encode_input(value: Any) -> bytes:
+    if value is None:
+        return b"{}"
+    if isinstance(value, BaseModel):
+        return value.model_dump_json().encode()
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+class Fleet:
+    """A connection to one fleet: device listing, skill calls, live updates."""
+
+    def __init__(
+        self,
+        broker: str | BrokerConfig | None = None,
+        *,
+        fleet: str = DEFAULT_FLEET,
+        root: str = DEFAULT_ROOT,
+        transport: Transport | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.topics = Topics(root, fleet)
+        self.broker = broker if isinstance(broker, BrokerConfig) else BrokerConfig.from_url(broker)
+        if transport is None:
+            from .transport.mqtt import MqttTransport
+
+            transport = MqttTransport(self.broker, client_id=f"ea-cli-{uuid.uuid4().hex[:10]}")
+        self.transport = transport
+        self.timeout = timeout
+        self.clock = clock
+        self._reply_topic = self.topics.reply(transport.client_id)
+        self._sync_topic = self._reply_topic.rsplit("/", 1)[0] + "/sync"
+        self._pending: dict[bytes, asyncio.Future[Any]] = {}
+        self._next = 0
+        self._devices: dict[str, DeviceInfo] = {}
+        self._tracking = False
+        self._syncs: dict[bytes, asyncio.Future[None]] = {}
+        self._watchers: list[asyncio.Queue[Message]] = []
+
+    async def __aenter__(self) -> Fleet:
+        await self.transport.subscribe(self._reply_topic, self._on_reply)
+        await self.transport.subscribe(self._sync_topic, self._on_sync)
+        await self.transport.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(Unavailable("client closed"))
+        await self.transport.close()
+
+    # Calls --------------------------------------------------------------------------------------
+
+    async def call(
+        self,
+        device: str,
+        skill: str,
+        input: Any = None,  # noqa: A002 - the natural name for a skill's input
+        *,
+        timeout: float | None = None,
+        trace: str | None = None,
+        result_type: type[T] | None = None,
+    ) -> Any:
+        """Call ``skill`` on ``device`` and return its output.
+
+        Raises :class:`CallTimeout` when no reply arrives within ``timeout`` seconds, or the
+        :class:`CallError` subclass matching the device's error reply.
+        """
+        timeout = self.timeout if timeout is None else timeout
+        reply = await self.request(
+            self.topics.call(device, skill), _encode_input(input), timeout=timeout, trace=trace,
+            what=f"{device}/{skill}",
+        )
+        if isinstance(reply, ErrorReply):
+            raise CallError.from_reply(reply)
+        if result_type is None:
+            return reply.output
+        try:
+            return TypeAdapter(result_type).validate_python(reply.output)
+        except ValidationError as exc:
+            raise InternalError(f"{device}/{skill} replied with unexpected output: {exc}") from exc
+
+    async def request(
+        self, topic: str, payload: bytes, *, timeout: float, trace: str | None = None,
+        what: str = "",
+    ) -> Any:
+        """Low level: publish ``payload`` to ``topic`` as an MQTT 5 request, await the reply."""
+        loop = asyncio.get_running_loop()
+        self._next += 1
+        corr = self._next.to_bytes(8, "big")
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._pending[corr] = fut
+        user = ((TRACE_PROPERTY, trace),) if trace else ()
+        props = Props(
+            response_topic=self._reply_topic,
+            correlation_data=corr,
+            message_expiry=max(1, math.ceil(timeout)),
+            content_type=JSON_CONTENT_TYPE,
+            user_properties=user,
+        )
+        try:
+            await self.transport.publish(topic, payload, props=props)
+            async with asyncio.timeout(timeout):
+                return await fut
+        except TimeoutError as exc:
+            raise CallTimeout(f"no reply from {what or topic} within {timeout:g} s") from exc
+        finally:
+            self._pending.pop(corr, None)
+
+    def _on_reply(self, msg: Inbound) -> None:
+        corr = msg.props.correlation_data
+        fut = self._pending.get(corr) if corr is not None else None
+        if fut is None or fut.done():
+            log.debug("late or unknown reply on %s dropped", msg.topic)
+            return
+        try:
+            fut.set_result(decode_reply(msg.payload))
+        except ValidationError as exc:
+            fut.set_exception(InternalError(f"malformed reply: {exc.errors()[0]['msg']}"))
+
+    # Fleet view ---------------------------------------------------------------------------------
+
+    async def devices(self, *, include_offline: bool = True) -> list[DeviceInfo]:
+        """Every device that announced itself (from retained state and manifests)."""
+        await self._track()
+        found = sorted(self._devices.values(), key=lambda d: d.device)
+        return [d for d in found if include_offline or d.online]
+
+    async def device(self, device: str) -> DeviceInfo | None:
+        await self._track()
+        return self._devices.get(device)
+
+    async def watch(self, *, maxsize: int = 1000) -> AsyncIterator[Message]:
+        """Follow state, manifest and health messages as they arrive (retained ones first)."""
+        queue: asyncio.Queue[Message] = asyncio.Queue(maxsize)
+        self._watchers.append(queue)
+        try:
+            await self._track(health=True)
+            for info in sorted(self._devices.values(), key=lambda d: d.device):
+                if info.manifest is not None:
+                    yield info.manifest
+                yield StateMessage(device=info.device, status=info.status, ts=info.since)  # type: ignore[arg-type]
+            while True:
+                yield await queue.get()
+        finally:
+            self._watchers.remove(queue)
+
+    async def _track(self, *, health: bool = False) -> None:
+        if not self._tracking:
+            self._tracking = True
+            await self.transport.subscribe(self.topics.all_states(), self._on_fleet_message)
+            await self.transport.subscribe(self.topics.all_manifests(), self._on_fleet_message)
+            await self._sync()
+        if health and not getattr(self, "_health", False):
+            self._health = True
+            await self.transport.subscribe(self.topics.all_health(), self._on_fleet_message)
+
+    async def _sync(self, timeout: float = 5.0) -> None:
+        """Wait until retained messages sent before now have arrived (a marker round trip)."""
+        token = uuid.uuid4().bytes
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._syncs[token] = fut
+        try:
+            await self.transport.publish(self._sync_topic, token, qos=1)
+            async with asyncio.timeout(timeout):
+                await fut
+        except TimeoutError:
+            log.warning("retained messages may be incomplete: sync marker did not return")
+        finally:
+            self._syncs.pop(token, None)
+
+    def _on_sync(self, msg: Inbound) -> None:
+        fut = self._syncs.get(msg.payload)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def _on_fleet_message(self, msg: Inbound) -> None:
+        parsed = self.topics.parse_device_topic(msg.topic)
+        if parsed is None or not msg.payload:
+            if parsed is not None and not msg.payload:
+                self._devices.pop(parsed[0], None)  # retained message cleared: device removed
+            return
+        device = parsed[0]
+        try:
+            message = decode(msg.payload)
+        except ValidationError as exc:
+            log.warning("ignoring malformed message on %s: %s", msg.topic, exc.errors()[0]["msg"])
+            return
+        info = self._devices.get(device) or DeviceInfo(device=device)
+        if isinstance(message, StateMessage):
+            info = replace(info, status=message.status, since=message.ts)
+        elif isinstance(message, Manifest):
+            info = replace(info, manifest=message, skills=tuple(message.skills))
+        elif isinstance(message, Health):
+            info = replace(info, health=message)
+        else:
+            return
+        self._devices[device] = info
+        for queue in self._watchers:
+            if queue.full():
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    queue.get_nowait()
+                log.warning("fleet watcher is slow; dropped its oldest update")
+            queue.put_nowait(message)

@@ -1,0 +1,134 @@
+"""The device agent's configuration file (YAML), validated with ``extra="forbid"``.
+
+::
+
+    device: lamp-kitchen            # one topic level: letters, digits, _ . -
+    fleet: home                     # default: "default"
+    broker: mqtt://127.0.0.1:1883   # or a mapping: {url, username, password_env, tls: {...}}
+    profile: pi4                    # device profile name (see `edgeagent devices ls`)
+    tags: {room: kitchen, kind: lamp}
+    skills:
+      - module: lamp                # a module of @skill functions, or module:SkillSetClass
+        options: {watts: 9}         # keyword arguments for a SkillSet class
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .broker import BrokerConfig
+from .errors import ConfigError
+from .protocol import DEFAULT_FLEET, DEFAULT_ROOT, check_name
+from .skills import Skill, SkillSet, collect_skills, declared_events
+from .yamlconf import load_yaml_model
+
+DEFAULT_MAX_PAYLOAD = 256 * 1024
+
+
+class SkillSource(BaseModel):
+    """Where skills come from: a module path, optionally ``:ClassName`` of a SkillSet."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    module: str = Field(
+        description="Importable module ('lamp', 'pkg.skills') or 'module:SkillSetClass'. "
+        "Modules next to the config file are importable."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments for the SkillSet class."
+    )
+
+
+class AgentConfig(BaseModel):
+    """One device agent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device: str = Field(description="Device id, unique in the fleet; one topic level.")
+    fleet: str = Field(default=DEFAULT_FLEET, description="Fleet name; one topic level.")
+    root: str = Field(default=DEFAULT_ROOT, description="Topic root.")
+    broker: BrokerConfig = Field(default_factory=BrokerConfig, description="Broker to use.")
+    profile: str | None = Field(default=None, description="Device profile name, e.g. pi4.")
+    tags: dict[str, str] = Field(default_factory=dict, description="Device tags: room, kind…")
+    skills: list[SkillSource] = Field(min_length=1, description="Where the skills come from.")
+    max_payload: int = Field(
+        default=DEFAULT_MAX_PAYLOAD, ge=64, description="Largest request payload accepted, bytes."
+    )
+    health_interval_s: float = Field(default=10.0, gt=0, description="Health period, seconds.")
+    grace_s: float = Field(
+        default=5.0, ge=0, description="On SIGTERM, how long in-flight calls may finish, seconds."
+    )
+    workers: int = Field(default=4, ge=1, le=64, description="Threads for synchronous skills.")
+    base_dir: Path | None = Field(
+        default=None, exclude=True, description="Set by the loader: the config file's folder."
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        return check_name(v, "device id")
+
+    @field_validator("fleet")
+    @classmethod
+    def _fleet(cls, v: str) -> str:
+        return check_name(v, "fleet name")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _broker_string(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("broker"), str):
+            data = {**data, "broker": {"url": data["broker"]}}
+        return data
+
+
+def load_config(path: str | Path) -> AgentConfig:
+    """Load and validate an agent config; errors name the file, line and field."""
+    cfg = load_yaml_model(path, AgentConfig)
+    return cfg.model_copy(update={"base_dir": Path(path).resolve().parent})
+
+
+def load_skills(cfg: AgentConfig, source: str = "config") -> tuple[list[Skill], list[SkillSet], dict[str, str]]:
+    """Import every skill source. Returns (skills, SkillSet instances, declared events)."""
+    if cfg.base_dir is not None and str(cfg.base_dir) not in sys.path:
+        sys.path.insert(0, str(cfg.base_dir))
+    skills: list[Skill] = []
+    sets: list[SkillSet] = []
+    events: dict[str, str] = {}
+    for i, src in enumerate(cfg.skills):
+        where = f"{source}: skills.{i}.module"
+        mod_name, _, attr = src.module.partition(":")
+        try:
+            module = importlib.import_module(mod_name)
+        except ImportError as exc:
+            raise ConfigError(f"{where}: cannot import {mod_name!r}: {exc}") from exc
+        target: object = module
+        if attr:
+            cls = getattr(module, attr, None)
+            if not (inspect.isclass(cls) and issubclass(cls, SkillSet)):
+                raise ConfigError(f"{where}: {src.module!r} is not a SkillSet class")
+            try:
+                target = cls(**src.options)
+            except TypeError as exc:
+                raise ConfigError(f"skills.{i}.options: {exc}") from exc
+            sets.append(target)  # type: ignore[arg-type]
+        elif src.options:
+            raise ConfigError(f"skills.{i}.options: only a SkillSet class takes options")
+        try:
+            found = collect_skills(target)
+        except TypeError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+        if not found:
+            raise ConfigError(f"{where}: {src.module!r} defines no @skill functions")
+        skills.extend(found)
+        events.update(declared_events(target))
+    names = [s.name for s in skills]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"{source}: skill names defined twice: {', '.join(dupes)}")
+    return skills, sets, events

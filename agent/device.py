@@ -1,0 +1,452 @@
+"""The device agent: announces a device and its skills, serves calls, reports health.
+
+Lifecycle (an async context manager owning one ``asyncio.TaskGroup``)::
+
+    async with DeviceAgent(config, transport=...) as agent:   # connected and announced
+        await agent.wait_stopped()                            # until stop() / SIGTERM
+
+On every (re)connect: retained ``state`` online, retained ``manifest``; the last will sets
+``state`` offline. Calls arrive on ``…/call/{skill}`` and are answered on their Response Topic with
+their Correlation Data. Each skill admits ``max_concurrency`` running calls plus ``max_queue``
+waiting ones; past that the caller gets ``busy`` at once. A request whose deadline (Message Expiry
+Interval) passes while it waits is dropped, not run. :meth:`stop` drains: new calls get
+``unavailable``, in-flight calls get ``grace_s`` to finish, then ``offline`` is published and the
+connection closed cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticSerializationError
+
+from . import __version__
+from .clock import SYSTEM_CLOCK, Clock
+from .config import AgentConfig, load_skills
+from .errors import CallError
+from .protocol import (
+    JSON_CONTENT_TYPE,
+    TRACE_PROPERTY,
+    ErrorCode,
+    ErrorReply,
+    Event,
+    EventSpec,
+    Health,
+    Manifest,
+    SkillHealth,
+    StateMessage,
+    Topics,
+    check_name,
+    encode,
+)
+from .skills import Skill, SkillContext, SkillSet
+from .stats import LatencyWindow, rss_bytes
+from .transport.base import Inbound, Props, Transport, Will
+
+log = logging.getLogger(__name__)
+
+_OK_PREFIX = b'{"type":"ok","output":'
+
+
+class _Slot:
+    """Admission and statistics for one skill."""
+
+    __slots__ = ("calls", "errors", "in_flight", "latency", "queued", "rejected", "sem", "skill")
+
+    def __init__(self, skill: Skill) -> None:
+        self.skill = skill
+        self.sem = asyncio.Semaphore(skill.options.max_concurrency)
+        self.in_flight = 0
+        self.queued = 0
+        self.calls = 0
+        self.errors = 0
+        self.rejected = 0
+        self.latency = LatencyWindow()
+
+    def full(self) -> bool:
+        o = self.skill.options
+        return self.in_flight + self.queued >= o.max_concurrency + o.max_queue
+
+    def health(self) -> SkillHealth:
+        p50, p95 = self.latency.percentiles_ms((50, 95))
+        return SkillHealth(
+            calls=self.calls,
+            errors=self.errors,
+            rejected=self.rejected,
+            in_flight=self.in_flight,
+            queued=self.queued,
+            p50_ms=p50,
+            p95_ms=p95,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStatistics:
+    served: int
+    failed: int
+    dropped: int
+    in_flight: int
+    queued: int
+    connects: int
+
+
+class DeviceAgent:
+    """Serve a device's skills over a :class:`~edgeagent.transport.Transport`."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        transport: Transport | None = None,
+        skills: Sequence[Skill] | None = None,
+        skill_sets: Sequence[SkillSet] = (),
+        events: dict[str, str] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.config = config
+        self.device_id = config.device
+        self.topics = Topics(config.root, config.fleet)
+        if skills is None:
+            skills, skill_sets, loaded_events = load_skills(config)
+            events = {**loaded_events, **(events or {})}
+        self._slots = {s.name: _Slot(s) for s in skills}
+        self._sets = list(skill_sets)
+        self._events = dict(events or {})
+        self.clock = clock
+        self._will_payload = encode(
+            StateMessage(device=self.device_id, status="offline", reason="connection lost")
+        )
+        will = Will(self.topics.state(self.device_id), self._will_payload, qos=1, retain=True)
+        if transport is None:
+            from .transport.mqtt import MqttTransport
+
+            transport = MqttTransport(
+                config.broker, client_id=f"ea-dev-{self.device_id}", will=will,
+                retry_first_connect=True,
+            )
+        elif getattr(transport, "will", None) is None and hasattr(transport, "will"):
+            transport.will = will  # type: ignore[attr-defined]
+        self.transport = transport
+        self._call_prefix = self.topics.call(self.device_id, "")
+        self._tg: asyncio.TaskGroup | None = None
+        self._background: list[asyncio.Task[None]] = []
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._draining = False
+        self._stopped = asyncio.Event()
+        self._started_mono = 0.0
+        self._served = 0
+        self._failed = 0
+        self._dropped = 0
+
+    # Lifecycle ----------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> DeviceAgent:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        self._started_mono = self.clock.monotonic()
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self.config.workers, thread_name_prefix=f"skill-{self.device_id}"
+        )
+        self._tg = asyncio.TaskGroup()
+        await self._tg.__aenter__()
+        self.transport.on_connect(self._announce)
+        await self.transport.subscribe(
+            self.topics.calls_filter(self.device_id), self._on_call, qos=1
+        )
+        await self.transport.connect()
+        self._background.append(
+            self._tg.create_task(self._health_loop(), name=f"health-{self.device_id}")
+        )
+        for s in self._sets:
+            self._background.append(
+                self._tg.create_task(self._run_set(s), name=f"{type(s).__name__}-{self.device_id}")
+            )
+        log.info("%s: serving %d skills", self.device_id, len(self._slots))
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Drain and leave: refuse new calls, let in-flight ones finish, publish offline."""
+        if self._stopped.is_set() or self._tg is None:
+            return
+        grace = self.config.grace_s if grace_s is None else grace_s
+        self._draining = True
+        with contextlib.suppress(Exception):
+            await self._publish_state("draining", "shutting down")
+        deadline = self.clock.monotonic() + grace
+        while self._busy_count() and self.clock.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if self._busy_count():
+            log.warning("%s: %d calls unfinished after %.1f s grace", self.device_id,
+                        self._busy_count(), grace)
+        with contextlib.suppress(Exception):
+            await self._publish_state("offline", "stopped")
+        for task in self._background:
+            task.cancel()
+        await self.transport.close()
+        tg, self._tg = self._tg, None
+        # Cancel whatever is still running (calls past the grace period), then join the group.
+        for task in list(asyncio.all_tasks()):
+            if getattr(task, "_ea_agent", None) is self:
+                task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await tg.__aexit__(None, None, None)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    def _busy_count(self) -> int:
+        return sum(s.in_flight + s.queued for s in self._slots.values())
+
+    # Announcements ------------------------------------------------------------------------------
+
+    def manifest(self) -> Manifest:
+        return Manifest(
+            device=self.device_id,
+            fleet=self.config.fleet,
+            profile=self.config.profile,
+            tags=self.config.tags,
+            skills=[s.skill.spec for s in self._slots.values()],
+            events=[EventSpec(name=k, description=v) for k, v in sorted(self._events.items())],
+            max_payload=self.config.max_payload,
+            agent_version=__version__,
+        )
+
+    async def _publish_state(self, status: str, reason: str | None = None) -> None:
+        msg = StateMessage(
+            device=self.device_id,
+            status=status,  # type: ignore[arg-type]
+            ts=round(self.clock.time(), 3),
+            reason=reason,
+        )
+        await self.transport.publish(
+            self.topics.state(self.device_id), encode(msg), qos=1, retain=True
+        )
+
+    async def _announce(self) -> None:
+        await self.transport.publish(
+            self.topics.manifest(self.device_id), encode(self.manifest()), qos=1, retain=True
+        )
+        await self._publish_state("draining" if self._draining else "online")
+
+    def health(self) -> Health:
+        slots = self._slots.values()
+        return Health(
+            device=self.device_id,
+            ts=round(self.clock.time(), 3),
+            uptime_s=round(self.clock.monotonic() - self._started_mono, 3),
+            calls_served=self._served,
+            calls_failed=self._failed,
+            calls_dropped=self._dropped,
+            in_flight=sum(s.in_flight for s in slots),
+            queue_depth=sum(s.queued for s in slots),
+            memory_rss_bytes=rss_bytes(),
+            skills={s.skill.name: s.health() for s in slots},
+        )
+
+    async def _health_loop(self) -> None:
+        while True:
+            await self.clock.sleep(self.config.health_interval_s)
+            if self.transport.connected:
+                self.transport.publish_nowait(
+                    self.topics.health(self.device_id), encode(self.health())
+                )
+
+    async def _run_set(self, skill_set: SkillSet) -> None:
+        try:
+            await skill_set.run(self)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s: background task of %s failed", self.device_id, type(skill_set))
+
+    # DeviceHandle -------------------------------------------------------------------------------
+
+    def emit(self, name: str, data: dict[str, Any] | BaseModel | None = None) -> None:
+        """Publish an event on ``…/event/{name}``."""
+        check_name(name, "event name")
+        payload = data.model_dump(mode="json") if isinstance(data, BaseModel) else dict(data or {})
+        event = Event(device=self.device_id, name=name, ts=round(self.clock.time(), 3), data=payload)
+        self.transport.publish_nowait(self.topics.event(self.device_id, name), encode(event))
+
+    def statistics(self) -> AgentStatistics:
+        slots = self._slots.values()
+        return AgentStatistics(
+            served=self._served,
+            failed=self._failed,
+            dropped=self._dropped,
+            in_flight=sum(s.in_flight for s in slots),
+            queued=sum(s.queued for s in slots),
+            connects=self.transport.statistics().connects,
+        )
+
+    # Serving calls ------------------------------------------------------------------------------
+
+    def _reply_error(
+        self, topic: str, props: Props, code: ErrorCode, message: str, skill: str
+    ) -> None:
+        self._failed += 1
+        log.warning("%s: call %s -> %s: %s", self.device_id, skill, code, message)
+        self.transport.publish_nowait(
+            topic, encode(ErrorReply(code=code, message=message)), props=props
+        )
+
+    def _on_call(self, msg: Inbound) -> None:
+        name = msg.topic[len(self._call_prefix) :]
+        props = msg.props
+        reply_to = props.response_topic
+        if not reply_to:
+            self._dropped += 1
+            log.warning("%s: call to %r without a response topic dropped", self.device_id, name)
+            return
+        trace = props.user_property(TRACE_PROPERTY)
+        reply_props = Props(
+            correlation_data=props.correlation_data,
+            content_type=JSON_CONTENT_TYPE,
+            user_properties=((TRACE_PROPERTY, trace),) if trace else (),
+        )
+        if self._draining:
+            self._reply_error(reply_to, reply_props, "unavailable", "device is shutting down", name)
+            return
+        size = len(msg.payload)
+        if size > self.config.max_payload:
+            self._reply_error(
+                reply_to, reply_props, "bad_request",
+                f"payload of {size} bytes exceeds this device's limit of "
+                f"{self.config.max_payload} bytes", name,
+            )
+            return
+        slot = self._slots.get(name)
+        if slot is None:
+            known = ", ".join(sorted(self._slots)) or "none"
+            self._reply_error(
+                reply_to, reply_props, "not_found",
+                f"device {self.device_id!r} has no skill {name!r} (skills: {known})", name,
+            )
+            return
+        if slot.full():
+            slot.rejected += 1
+            o = slot.skill.options
+            self._reply_error(
+                reply_to, reply_props, "busy",
+                f"skill {name!r} is at capacity ({o.max_concurrency} running, {o.max_queue} "
+                "queued); retry later or elsewhere", name,
+            )
+            return
+        try:
+            value = slot.skill.validate_input(msg.payload)
+        except ValidationError as exc:
+            self._reply_error(reply_to, reply_props, "bad_request", _summarize(exc), name)
+            return
+        deadline = (
+            self.clock.monotonic() + props.message_expiry
+            if props.message_expiry is not None
+            else None
+        )
+        assert self._tg is not None
+        task = self._tg.create_task(self._run(slot, value, reply_to, reply_props, trace, deadline))
+        task._ea_agent = self  # type: ignore[attr-defined]
+
+    async def _run(
+        self,
+        slot: _Slot,
+        value: BaseModel,
+        reply_to: str,
+        reply_props: Props,
+        trace: str | None,
+        deadline: float | None,
+    ) -> None:
+        skill = slot.skill
+        slot.queued += 1
+        try:
+            await slot.sem.acquire()
+        finally:
+            slot.queued -= 1
+        release = True
+        running = False
+        try:
+            now = self.clock.monotonic()
+            if deadline is not None and now >= deadline:
+                self._dropped += 1
+                log.warning("%s: call to %s expired while queued; dropped", self.device_id,
+                            skill.name)
+                return
+            slot.in_flight += 1
+            running = True
+            budget = skill.options.timeout_s
+            if deadline is not None:
+                budget = min(budget, deadline - now)
+            ctx = SkillContext(
+                device=self.device_id, skill=skill.name, trace=trace, deadline=deadline,
+                emit=self.emit, log=log,
+            )
+            started = time.perf_counter()
+            code: ErrorCode | None = None
+            message = ""
+            payload = b""
+            try:
+                async with asyncio.timeout(budget):
+                    if skill.is_async:
+                        result = await skill.invoke(value, ctx)
+                    else:
+                        assert self._executor is not None
+                        fut = asyncio.wrap_future(self._executor.submit(skill.invoke, value, ctx))
+                        try:
+                            result = await asyncio.shield(fut)
+                        except asyncio.CancelledError:
+                            # The thread cannot be stopped: keep its slot until it returns.
+                            release = False
+                            fut.add_done_callback(lambda _f: self._finish(slot))
+                            raise
+                payload = _OK_PREFIX + skill.dump_output(result) + b"}"
+            except TimeoutError:
+                code, message = "timeout", f"skill {skill.name!r} did not finish within {budget:.3g} s"
+            except CallError as exc:
+                code, message = exc.code, exc.message
+            except (PydanticSerializationError, ValidationError) as exc:
+                log.error("%s: %s returned invalid output: %s", self.device_id, skill.name, exc)
+                code, message = "internal", f"skill {skill.name!r} returned output not matching its schema"
+            except Exception as exc:
+                log.exception("%s: skill %s raised", self.device_id, skill.name)
+                code, message = "internal", f"skill {skill.name!r} failed: {type(exc).__name__}: {exc}"
+            slot.latency.add(time.perf_counter() - started)
+            slot.calls += 1
+            if code is None:
+                self._served += 1
+                self.transport.publish_nowait(reply_to, payload, props=reply_props)
+            else:
+                slot.errors += 1
+                self._reply_error(reply_to, reply_props, code, message, skill.name)
+        finally:
+            if release:
+                self._finish(slot, counted=running)
+
+    def _finish(self, slot: _Slot, counted: bool = True) -> None:
+        if counted:
+            slot.in_flight -= 1
+        slot.sem.release()
+
+
+def _summarize(exc: ValidationError, limit: int = 5) -> str:
+    parts = []
+    for err in exc.errors(include_url=False)[:limit]:
+        loc = ".".join(str(p) for p in err["loc"]) or "(body)"
+        parts.append(f"{loc}: {err['msg']}")
+    more = exc.error_count() - limit
+    if more > 0:
+        parts.append(f"and {more} more")
+    return "invalid input: " + "; ".join(parts)
