@@ -194,7 +194,9 @@ def call(
                             f"{obj.fleet!r}"
                         ) from exc
                     if not info.online:
-                        raise type(exc)(f"{exc.message}; device {device!r} is {info.status}") from exc
+                        raise type(exc)(
+                            f"{exc.message}; device {device!r} is {info.status}"
+                        ) from exc
                 raise
             finally:
                 if show_time:
@@ -327,3 +329,6 @@ def _describe(msg: Any) -> str:
         )
     return f"{stamp} {msg!r}"
 
+
+if __name__ == "__main__":  # pragma: no cover - `python -m edgeagent.cli`
+    main()

@@ -137,7 +137,7 @@ class Fleet:
         self,
         device: str,
         skill: str,
-        input: Any = None,  # noqa: A002 - the natural name for a skill's input
+        input: Any = None,
         *,
         timeout: float | None = None,
         trace: str | None = None,
@@ -150,7 +150,10 @@ class Fleet:
         """
         timeout = self.timeout if timeout is None else timeout
         reply = await self.request(
-            self.topics.call(device, skill), _encode_input(input), timeout=timeout, trace=trace,
+            self.topics.call(device, skill),
+            _encode_input(input),
+            timeout=timeout,
+            trace=trace,
             what=f"{device}/{skill}",
         )
         if isinstance(reply, ErrorReply):
@@ -163,7 +166,12 @@ class Fleet:
             raise InternalError(f"{device}/{skill} replied with unexpected output: {exc}") from exc
 
     async def request(
-        self, topic: str, payload: bytes, *, timeout: float, trace: str | None = None,
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        timeout: float,
+        trace: str | None = None,
         what: str = "",
     ) -> Any:
         """Low level: publish ``payload`` to ``topic`` as an MQTT 5 request, await the reply."""
@@ -214,14 +222,19 @@ class Fleet:
 
     async def watch(self, *, maxsize: int = 1000) -> AsyncIterator[Message]:
         """Follow state, manifest and health messages as they arrive (retained ones first)."""
+        await self._track(health=True)
+        # Snapshot and registration happen with no await between them: nothing is missed and
+        # nothing is seen twice.
         queue: asyncio.Queue[Message] = asyncio.Queue(maxsize)
         self._watchers.append(queue)
+        snapshot: list[Message] = []
+        for info in sorted(self._devices.values(), key=lambda d: d.device):
+            if info.manifest is not None:
+                snapshot.append(info.manifest)
+            snapshot.append(StateMessage(device=info.device, status=info.status, ts=info.since))  # type: ignore[arg-type]
         try:
-            await self._track(health=True)
-            for info in sorted(self._devices.values(), key=lambda d: d.device):
-                if info.manifest is not None:
-                    yield info.manifest
-                yield StateMessage(device=info.device, status=info.status, ts=info.since)  # type: ignore[arg-type]
+            for message in snapshot:
+                yield message
             while True:
                 yield await queue.get()
         finally:

@@ -93,7 +93,9 @@ def load_config(path: str | Path) -> AgentConfig:
     return cfg.model_copy(update={"base_dir": Path(path).resolve().parent})
 
 
-def load_skills(cfg: AgentConfig, source: str = "config") -> tuple[list[Skill], list[SkillSet], dict[str, str]]:
+def load_skills(
+    cfg: AgentConfig, source: str = "config"
+) -> tuple[list[Skill], list[SkillSet], dict[str, str]]:
     """Import every skill source. Returns (skills, SkillSet instances, declared events)."""
     if cfg.base_dir is not None and str(cfg.base_dir) not in sys.path:
         sys.path.insert(0, str(cfg.base_dir))
@@ -116,7 +118,7 @@ def load_skills(cfg: AgentConfig, source: str = "config") -> tuple[list[Skill], 
                 target = cls(**src.options)
             except TypeError as exc:
                 raise ConfigError(f"skills.{i}.options: {exc}") from exc
-            sets.append(target)  # type: ignore[arg-type]
+            sets.append(target)
         elif src.options:
             raise ConfigError(f"skills.{i}.options: only a SkillSet class takes options")
         try:

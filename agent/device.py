@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError
@@ -129,11 +129,13 @@ class DeviceAgent:
             from .transport.mqtt import MqttTransport
 
             transport = MqttTransport(
-                config.broker, client_id=f"ea-dev-{self.device_id}", will=will,
+                config.broker,
+                client_id=f"ea-dev-{self.device_id}",
+                will=will,
                 retry_first_connect=True,
             )
         elif getattr(transport, "will", None) is None and hasattr(transport, "will"):
-            transport.will = will  # type: ignore[attr-defined]
+            transport.will = will
         self.transport = transport
         self._call_prefix = self.topics.call(self.device_id, "")
         self._tg: asyncio.TaskGroup | None = None
@@ -141,6 +143,7 @@ class DeviceAgent:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._draining = False
         self._stopped = asyncio.Event()
+        self._idle = asyncio.Event()
         self._started_mono = 0.0
         self._served = 0
         self._failed = 0
@@ -184,12 +187,17 @@ class DeviceAgent:
         self._draining = True
         with contextlib.suppress(Exception):
             await self._publish_state("draining", "shutting down")
-        deadline = self.clock.monotonic() + grace
-        while self._busy_count() and self.clock.monotonic() < deadline:
-            await asyncio.sleep(0.01)
         if self._busy_count():
-            log.warning("%s: %d calls unfinished after %.1f s grace", self.device_id,
-                        self._busy_count(), grace)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self._idle.wait()
+        if self._busy_count():
+            log.warning(
+                "%s: %d calls unfinished after %.1f s grace",
+                self.device_id,
+                self._busy_count(),
+                grace,
+            )
         with contextlib.suppress(Exception):
             await self._publish_state("offline", "stopped")
         for task in self._background:
@@ -226,10 +234,12 @@ class DeviceAgent:
             agent_version=__version__,
         )
 
-    async def _publish_state(self, status: str, reason: str | None = None) -> None:
+    async def _publish_state(
+        self, status: Literal["online", "offline", "draining"], reason: str | None = None
+    ) -> None:
         msg = StateMessage(
             device=self.device_id,
-            status=status,  # type: ignore[arg-type]
+            status=status,
             ts=round(self.clock.time(), 3),
             reason=reason,
         )
@@ -280,7 +290,9 @@ class DeviceAgent:
         """Publish an event on ``…/event/{name}``."""
         check_name(name, "event name")
         payload = data.model_dump(mode="json") if isinstance(data, BaseModel) else dict(data or {})
-        event = Event(device=self.device_id, name=name, ts=round(self.clock.time(), 3), data=payload)
+        event = Event(
+            device=self.device_id, name=name, ts=round(self.clock.time(), 3), data=payload
+        )
         self.transport.publish_nowait(self.topics.event(self.device_id, name), encode(event))
 
     def statistics(self) -> AgentStatistics:
@@ -325,26 +337,35 @@ class DeviceAgent:
         size = len(msg.payload)
         if size > self.config.max_payload:
             self._reply_error(
-                reply_to, reply_props, "bad_request",
+                reply_to,
+                reply_props,
+                "bad_request",
                 f"payload of {size} bytes exceeds this device's limit of "
-                f"{self.config.max_payload} bytes", name,
+                f"{self.config.max_payload} bytes",
+                name,
             )
             return
         slot = self._slots.get(name)
         if slot is None:
             known = ", ".join(sorted(self._slots)) or "none"
             self._reply_error(
-                reply_to, reply_props, "not_found",
-                f"device {self.device_id!r} has no skill {name!r} (skills: {known})", name,
+                reply_to,
+                reply_props,
+                "not_found",
+                f"device {self.device_id!r} has no skill {name!r} (skills: {known})",
+                name,
             )
             return
         if slot.full():
             slot.rejected += 1
             o = slot.skill.options
             self._reply_error(
-                reply_to, reply_props, "busy",
+                reply_to,
+                reply_props,
+                "busy",
                 f"skill {name!r} is at capacity ({o.max_concurrency} running, {o.max_queue} "
-                "queued); retry later or elsewhere", name,
+                "queued); retry later or elsewhere",
+                name,
             )
             return
         try:
@@ -382,8 +403,9 @@ class DeviceAgent:
             now = self.clock.monotonic()
             if deadline is not None and now >= deadline:
                 self._dropped += 1
-                log.warning("%s: call to %s expired while queued; dropped", self.device_id,
-                            skill.name)
+                log.warning(
+                    "%s: call to %s expired while queued; dropped", self.device_id, skill.name
+                )
                 return
             slot.in_flight += 1
             running = True
@@ -391,8 +413,12 @@ class DeviceAgent:
             if deadline is not None:
                 budget = min(budget, deadline - now)
             ctx = SkillContext(
-                device=self.device_id, skill=skill.name, trace=trace, deadline=deadline,
-                emit=self.emit, log=log,
+                device=self.device_id,
+                skill=skill.name,
+                trace=trace,
+                deadline=deadline,
+                emit=self.emit,
+                log=log,
             )
             started = time.perf_counter()
             code: ErrorCode | None = None
@@ -414,15 +440,24 @@ class DeviceAgent:
                             raise
                 payload = _OK_PREFIX + skill.dump_output(result) + b"}"
             except TimeoutError:
-                code, message = "timeout", f"skill {skill.name!r} did not finish within {budget:.3g} s"
+                code, message = (
+                    "timeout",
+                    f"skill {skill.name!r} did not finish within {budget:.3g} s",
+                )
             except CallError as exc:
                 code, message = exc.code, exc.message
             except (PydanticSerializationError, ValidationError) as exc:
                 log.error("%s: %s returned invalid output: %s", self.device_id, skill.name, exc)
-                code, message = "internal", f"skill {skill.name!r} returned output not matching its schema"
+                code, message = (
+                    "internal",
+                    f"skill {skill.name!r} returned output not matching its schema",
+                )
             except Exception as exc:
                 log.exception("%s: skill %s raised", self.device_id, skill.name)
-                code, message = "internal", f"skill {skill.name!r} failed: {type(exc).__name__}: {exc}"
+                code, message = (
+                    "internal",
+                    f"skill {skill.name!r} failed: {type(exc).__name__}: {exc}",
+                )
             slot.latency.add(time.perf_counter() - started)
             slot.calls += 1
             if code is None:
@@ -439,6 +474,8 @@ class DeviceAgent:
         if counted:
             slot.in_flight -= 1
         slot.sem.release()
+        if self._draining and not self._busy_count():
+            self._idle.set()
 
 
 def _summarize(exc: ValidationError, limit: int = 5) -> str:

@@ -162,7 +162,9 @@ class SkillSpec(_Message):
     name: str = Field(description="Skill name, one topic level.")
     description: str = Field(default="", description="What the skill does, for people and NLU.")
     tags: dict[str, str] = Field(default_factory=dict, description="Free-form skill tags.")
-    side_effect: SideEffect = Field(description="read: no effect on the world; actuate: changes it.")
+    side_effect: SideEffect = Field(
+        description="read: no effect on the world; actuate: changes it."
+    )
     idempotent: bool = Field(description="True if running the same call twice is harmless.")
     input_schema: dict[str, Any] = Field(description="JSON Schema of the request payload.")
     output_schema: dict[str, Any] = Field(description="JSON Schema of `output` in an ok reply.")

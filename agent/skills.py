@@ -214,9 +214,7 @@ def build_skill(func: Callable[..., Any], options: SkillOptions | None = None) -
         fields: dict[str, Any] = {
             p.name: (hints[p.name], ... if p.default is p.empty else p.default) for p in params
         }
-        input_model = create_model(  # type: ignore[call-overload]
-            f"{_camel(name)}Input", __base__=_Forbid, **fields
-        )
+        input_model = create_model(f"{_camel(name)}Input", __base__=_Forbid, **fields)
     if "return" not in hints:
         raise TypeError(f"skill {name}: add a return type hint (use -> None for no output)")
     output_adapter: TypeAdapter[Any] = TypeAdapter(hints["return"])
@@ -237,7 +235,9 @@ def build_skill(func: Callable[..., Any], options: SkillOptions | None = None) -
 
 
 def _camel(name: str) -> str:
-    return "".join(part.capitalize() for part in name.replace("-", "_").replace(".", "_").split("_"))
+    return "".join(
+        part.capitalize() for part in name.replace("-", "_").replace(".", "_").split("_")
+    )
 
 
 class SkillSet:

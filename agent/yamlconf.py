@@ -14,11 +14,12 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def _node_at(node: yaml.Node, loc: tuple[int | str, ...]) -> yaml.Node:
-    for key in loc:
+    """The node an error location points at; for a mapping entry, its key (the line to fix)."""
+    for i, key in enumerate(loc):
         if isinstance(node, yaml.MappingNode):
             for k, v in node.value:
                 if isinstance(k, yaml.ScalarNode) and k.value == str(key):
-                    node = v
+                    node = k if i == len(loc) - 1 else v
                     break
             else:
                 return node
@@ -49,7 +50,9 @@ def format_validation_error(
     return "\n".join(lines)
 
 
-def load_yaml_model(path: str | Path, model: type[M], *, context: dict[str, Any] | None = None) -> M:
+def load_yaml_model(
+    path: str | Path, model: type[M], *, context: dict[str, Any] | None = None
+) -> M:
     """Read ``path`` and validate it as ``model``; raise :class:`ConfigError` on any problem."""
     p = Path(path)
     try:
@@ -73,7 +76,9 @@ def parse_yaml_model(
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+        raise ConfigError(
+            f"{source}: expected a mapping at the top level, got {type(data).__name__}"
+        )
     try:
         return model.model_validate(data, context=context)
     except ValidationError as exc:

@@ -2,4 +2,12 @@
 
 from .base import Handler, Inbound, Props, Transport, TransportStatistics, Will, topic_matches
 
-__all__ = ["Handler", "Inbound", "Props", "Transport", "TransportStatistics", "Will", "topic_matches"]
+__all__ = [
+    "Handler",
+    "Inbound",
+    "Props",
+    "Transport",
+    "TransportStatistics",
+    "Will",
+    "topic_matches",
+]

@@ -50,7 +50,7 @@ _MISC_INTERVAL_S = 1.0
 def _props_to_paho(props: Props) -> Properties | None:
     if props is NO_PROPS:
         return None
-    out = Properties(PacketTypes.PUBLISH)
+    out = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     if props.response_topic is not None:
         out.ResponseTopic = props.response_topic
     if props.correlation_data is not None:
@@ -371,7 +371,11 @@ class MqttTransport:
         if client is None:
             return
         client.loop_read(max_packets=128)
-        if self._sock is not None and isinstance(self._sock, ssl.SSLSocket) and self._sock.pending():
+        if (
+            self._sock is not None
+            and isinstance(self._sock, ssl.SSLSocket)
+            and self._sock.pending()
+        ):
             assert self._loop is not None
             self._loop.call_soon(self._on_readable)
         inbox = self._inbox
@@ -433,7 +437,9 @@ class MqttTransport:
                 raise TransportError(f"not connected to {self.broker.display()}")
             log.warning("not connected; dropped message to %s", topic)
             return None
-        info = client.publish(topic, payload, qos=qos, retain=retain, properties=_props_to_paho(props))
+        info = client.publish(
+            topic, payload, qos=qos, retain=retain, properties=_props_to_paho(props)
+        )
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_QUEUE_SIZE):
             err = paho.error_string(info.rc)
             if require:
@@ -481,7 +487,7 @@ class MqttTransport:
         self._inbox.append(
             Inbound(
                 topic=msg.topic,
-                payload=msg.payload,
+                payload=bytes(msg.payload),
                 qos=msg.qos,
                 retain=bool(msg.retain),
                 props=_props_from_paho(msg.properties),
@@ -499,4 +505,3 @@ class MqttTransport:
         fut = self._acks.get(mid)
         if fut is not None and not fut.done():
             fut.set_result(list(codes) if isinstance(codes, list) else [codes])
-

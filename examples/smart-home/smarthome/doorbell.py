@@ -5,9 +5,8 @@ from __future__ import annotations
 import time
 from typing import ClassVar
 
-from pydantic import BaseModel, Field
-
 from edgeagent import SkillContext, SkillSet, skill
+from pydantic import BaseModel, Field
 
 
 class Ring(BaseModel):

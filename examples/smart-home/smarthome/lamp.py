@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import BaseModel, Field
-
 from edgeagent import SkillContext, SkillSet, skill
+from pydantic import BaseModel, Field
 
 
 class LampState(BaseModel):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import random
-
-from pydantic import BaseModel, Field
+from typing import ClassVar
 
 from edgeagent import SkillSet, skill
 from edgeagent.skills import DeviceHandle
+from pydantic import BaseModel, Field
 
 
 class Reading(BaseModel):
@@ -22,7 +22,9 @@ class Target(BaseModel):
 
 
 class Thermostat(SkillSet):
-    events = {"reached": "The room reached its target temperature (Reading)."}
+    events: ClassVar[dict[str, str]] = {
+        "reached": "The room reached its target temperature (Reading)."
+    }
 
     def __init__(self, start: float = 19.0, target: float = 20.5, period_s: float = 1.0) -> None:
         self.celsius = start

@@ -1,0 +1,5 @@
+"""`python -m edgeagent` is the `edgeagent` command."""
+
+from .cli import main
+
+main()
