@@ -136,6 +136,35 @@ def agent_run(obj: Ctx, config: Path) -> None:
     _run(serve())
 
 
+# demo --------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--examples",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder of the smart-home example (default: ./examples/smart-home).",
+)
+@click.option("--keep", is_flag=True, help="Keep the fleet running after the tour (Ctrl-C ends).")
+@click.pass_obj
+def demo(obj: Ctx, examples: Path | None, keep: bool) -> None:
+    """Run a small smart-home fleet locally and call its skills.
+
+    Starts a private mosquitto on a free port (unless --broker is given), four example agents as
+    real processes (two lamps, a thermostat, a doorbell), then lists the fleet, calls skills,
+    shows an event and a typed error, and stops everything cleanly.
+    """
+    from .demo import run_demo
+
+    logging.getLogger().setLevel(logging.WARNING)
+    try:
+        run_demo(obj.broker, examples, keep, click.echo)
+    except (EdgeAgentError, RuntimeError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
 # call --------------------------------------------------------------------------------------------
 
 

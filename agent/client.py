@@ -36,6 +36,7 @@ from .protocol import (
     JSON_CONTENT_TYPE,
     TRACE_PROPERTY,
     ErrorReply,
+    Event,
     Health,
     Manifest,
     Message,
@@ -239,6 +240,32 @@ class Fleet:
                 yield await queue.get()
         finally:
             self._watchers.remove(queue)
+
+    async def events(self, name: str = "+", *, maxsize: int = 1000) -> AsyncIterator[Event]:
+        """Follow events named ``name`` (``+``: all) from every device of the fleet."""
+        queue: asyncio.Queue[Event] = asyncio.Queue(maxsize)
+        topic_filter = self.topics.all_events(name)
+
+        def on_event(msg: Inbound) -> None:
+            try:
+                event = decode(msg.payload)
+            except ValidationError as exc:
+                log.warning("ignoring malformed event on %s: %s", msg.topic, exc.errors()[0]["msg"])
+                return
+            if not isinstance(event, Event):
+                return
+            if queue.full():
+                queue.get_nowait()
+                log.warning("event listener is slow; dropped its oldest event")
+            queue.put_nowait(event)
+
+        await self.transport.subscribe(topic_filter, on_event)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            if self.transport.connected:
+                await self.transport.unsubscribe(topic_filter)
 
     async def _track(self, *, health: bool = False) -> None:
         if not self._tracking:

@@ -45,7 +45,9 @@ class Retained:
             self.history.append((msg.topic, bytes(msg.payload)))
             self._cond.notify_all()
 
-    def wait_for(self, topic: str, key: str, value: object, timeout: float = 15.0) -> dict[str, object]:
+    def wait_for(
+        self, topic: str, key: str, value: object, timeout: float = 15.0
+    ) -> dict[str, object]:
         """Wait until the JSON on ``topic`` has ``key == value``; return that JSON."""
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -69,13 +71,23 @@ class Retained:
 
 def agent_cmd(config: str, url: str, fleet: str) -> list[str]:
     return [
-        sys.executable, "-m", "edgeagent.cli", "--broker", url, "--fleet", fleet,
-        "agent", "run", str(EXAMPLES / config),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "edgeagent.cli",
+        "--broker",
+        url,
+        "--fleet",
+        fleet,
+        "agent",
+        "run",
+        str(EXAMPLES / config),
+    ]
 
 
 @contextmanager
-def running_agent(config: str, url: str, fleet: str, device: str) -> Iterator[subprocess.Popen[bytes]]:
+def running_agent(
+    config: str, url: str, fleet: str, device: str
+) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``edgeagent agent run`` as a real process until it announced itself online."""
     proc = subprocess.Popen(
         agent_cmd(config, url, fleet),

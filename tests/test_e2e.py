@@ -31,32 +31,51 @@ def cli(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.Comp
     )
 
 
-def test_cli_call_and_typed_errors(broker_url: str, fleet_name: str, cli_env: dict[str, str]) -> None:
+def test_cli_call_and_typed_errors(
+    broker_url: str, fleet_name: str, cli_env: dict[str, str]
+) -> None:
     with running_agent("lamp-kitchen.yaml", broker_url, fleet_name, "lamp-kitchen"):
-        ok = cli("--fleet", fleet_name, "call", "lamp-kitchen", "set_brightness", '{"level": 35}',
-                 env=cli_env)  # fmt: skip
+        ok = cli(
+            "--fleet",
+            fleet_name,
+            "call",
+            "lamp-kitchen",
+            "set_brightness",
+            '{"level": 35}',
+            env=cli_env,
+        )
         assert ok.returncode == 0, ok.stderr
         assert json.loads(ok.stdout) == {"on": True, "brightness": 35}
 
         state = cli("--fleet", fleet_name, "call", "lamp-kitchen", "get_state", env=cli_env)
         assert json.loads(state.stdout) == {"on": True, "brightness": 35}
 
-        bad = cli("--fleet", fleet_name, "call", "lamp-kitchen", "set_brightness", '{"level": 101}',
-                  env=cli_env)  # fmt: skip
+        bad = cli(
+            "--fleet",
+            fleet_name,
+            "call",
+            "lamp-kitchen",
+            "set_brightness",
+            '{"level": 101}',
+            env=cli_env,
+        )
         assert bad.returncode == 2
         assert bad.stderr.startswith("error: bad_request:")
         assert "level" in bad.stderr
 
         missing = cli("--fleet", fleet_name, "call", "lamp-kitchen", "dance", env=cli_env)
         assert missing.returncode == 2
-        assert "not_found" in missing.stderr and "set_brightness" in missing.stderr
+        assert "not_found" in missing.stderr
+        assert "set_brightness" in missing.stderr
 
         nobody = cli("--fleet", fleet_name, "call", "ghost", "x", "--timeout", "1", env=cli_env)
         assert nobody.returncode == 2
-        assert "timeout" in nobody.stderr and "no device 'ghost'" in nobody.stderr
+        assert "timeout" in nobody.stderr
+        assert "no device 'ghost'" in nobody.stderr
 
-        not_json = cli("--fleet", fleet_name, "call", "lamp-kitchen", "set_brightness", "{level",
-                       env=cli_env)  # fmt: skip
+        not_json = cli(
+            "--fleet", fleet_name, "call", "lamp-kitchen", "set_brightness", "{level", env=cli_env
+        )
         assert not_json.returncode != 0
         assert "not valid JSON" in not_json.stderr
 
@@ -68,27 +87,75 @@ def test_foreign_mqtt5_client_calls_a_skill(broker_url: str, fleet_name: str) ->
     base = f"edgeagent/{fleet_name}/dev/lamp-kitchen"
     with running_agent("lamp-kitchen.yaml", broker_url, fleet_name, "lamp-kitchen"):
         rr = subprocess.run(
-            [RR, "-V", "5", "-p", port, "-t", f"{base}/call/set_brightness",
-             "-e", f"rr/{fleet_name}/reply", "-m", '{"level": 12}', "-W", "5"],
-            capture_output=True, text=True, timeout=20,
-        )  # fmt: skip
+            [
+                RR,
+                "-V",
+                "5",
+                "-p",
+                port,
+                "-t",
+                f"{base}/call/set_brightness",
+                "-e",
+                f"rr/{fleet_name}/reply",
+                "-m",
+                '{"level": 12}',
+                "-W",
+                "5",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         assert rr.returncode == 0, rr.stderr
         assert json.loads(rr.stdout) == {"type": "ok", "output": {"on": True, "brightness": 12}}
 
         err = subprocess.run(
-            [RR, "-V", "5", "-p", port, "-t", f"{base}/call/set_brightness",
-             "-e", f"rr/{fleet_name}/reply", "-m", "not json", "-W", "5"],
-            capture_output=True, text=True, timeout=20,
-        )  # fmt: skip
+            [
+                RR,
+                "-V",
+                "5",
+                "-p",
+                port,
+                "-t",
+                f"{base}/call/set_brightness",
+                "-e",
+                f"rr/{fleet_name}/reply",
+                "-m",
+                "not json",
+                "-W",
+                "5",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         reply = json.loads(err.stdout)
-        assert reply["type"] == "error" and reply["code"] == "bad_request"
+        assert reply["type"] == "error"
+        assert reply["code"] == "bad_request"
 
         # mosquitto_sub sees the retained state and manifest.
         sub = subprocess.run(
-            [SUB, "-V", "5", "-p", port, "-t", f"{base}/state", "-t", f"{base}/manifest",
-             "-C", "2", "-W", "5", "-v", "--retained-only"],
-            capture_output=True, text=True, timeout=20,
-        )  # fmt: skip
+            [
+                SUB,
+                "-V",
+                "5",
+                "-p",
+                port,
+                "-t",
+                f"{base}/state",
+                "-t",
+                f"{base}/manifest",
+                "-C",
+                "2",
+                "-W",
+                "5",
+                "-v",
+                "--retained-only",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         lines = dict(line.split(" ", 1) for line in sub.stdout.strip().splitlines())
         assert json.loads(lines[f"{base}/state"])["status"] == "online"
         manifest = json.loads(lines[f"{base}/manifest"])
@@ -138,8 +205,9 @@ def test_agent_reconnects_and_reannounces_after_broker_restart(
         restartable_broker.restart(down_s=0.5)  # persistence off: retained messages are gone
         watch = Retained(url, f"edgeagent/{fleet_name}/dev/lamp-kitchen/+")
         try:
-            watch.wait_for(f"edgeagent/{fleet_name}/dev/lamp-kitchen/state", "status", "online",
-                           timeout=30)  # fmt: skip
+            watch.wait_for(
+                f"edgeagent/{fleet_name}/dev/lamp-kitchen/state", "status", "online", timeout=30
+            )
             manifest = watch.wait_for(
                 f"edgeagent/{fleet_name}/dev/lamp-kitchen/manifest", "device", "lamp-kitchen"
             )
@@ -165,19 +233,31 @@ def test_fleet_ls_and_watch(broker_url: str, fleet_name: str, cli_env: dict[str,
         assert "read_temperature" in rows["thermostat-living"]["skills"]
 
         table = cli("--fleet", fleet_name, "fleet", "ls", env=cli_env)
-        assert "lamp-kitchen" in table.stdout and "STATUS" in table.stdout
+        assert "lamp-kitchen" in table.stdout
+        assert "STATUS" in table.stdout
 
-        show = cli("--fleet", fleet_name, "fleet", "show", "thermostat-living", "--json",
-                   env=cli_env)  # fmt: skip
+        show = cli(
+            "--fleet", fleet_name, "fleet", "show", "thermostat-living", "--json", env=cli_env
+        )
         assert json.loads(show.stdout)["skills"][0]["name"] in {"read_temperature", "set_target"}
 
         # watch: retained manifests and states first, then live updates; 4 + 1 health at least.
         started = time.monotonic()
-        watch = cli("--fleet", fleet_name, "fleet", "watch", "--json", "--count", "5",
-                    env=cli_env, timeout=60)  # fmt: skip
+        watch = cli(
+            "--fleet",
+            fleet_name,
+            "fleet",
+            "watch",
+            "--json",
+            "--count",
+            "5",
+            env=cli_env,
+            timeout=60,
+        )
         assert watch.returncode == 0, watch.stderr
         kinds = [json.loads(line)["type"] for line in watch.stdout.splitlines()]
-        assert kinds.count("manifest") == 2 and kinds.count("state") == 2
+        assert kinds.count("manifest") == 2
+        assert kinds.count("state") == 2
         assert "health" in kinds
         assert time.monotonic() - started < 45
 

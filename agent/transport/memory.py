@@ -336,7 +336,7 @@ class MemoryBroker:
             if sub is None:
                 continue
             client._in += 1
-            qos, handler = msg.qos, sub[1]
+            qos, handler = min(sub[0], msg.qos), sub[1]
             inbound = by_qos.get(qos)
             if inbound is None:
                 inbound = by_qos[qos] = dataclasses.replace(by_qos[msg.qos], qos=qos)

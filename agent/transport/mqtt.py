@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
 import ssl
 import uuid
 from typing import Any
@@ -76,6 +77,13 @@ def _props_from_paho(p: Properties | None) -> Props:
         content_type=d.get("ContentType"),
         user_properties=tuple(user) if user else (),
     )
+
+
+def _no_delay(sock: Any) -> None:
+    """Disable Nagle: a reply written right after an event must not wait for a delayed ACK
+    (measured: about 40 ms on loopback without this)."""
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class MqttTransport:
@@ -293,6 +301,7 @@ class MqttTransport:
                     ),
                 )
                 self._sock = client.socket()
+                _no_delay(self._sock)
                 loop.add_reader(self._sock, self._on_readable)
                 self._ensure_writer()
                 reason = await self._connack

@@ -1,95 +1,17 @@
-"""Start and stop a private mosquitto from the checked-in config on a free port.
-
-Used by the pytest fixtures and by the benchmarks, never the system broker on 1883.
-"""
+"""The tests' private mosquitto: the package's launcher with the config checked in here."""
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 from pathlib import Path
+
+from edgeagent.localbroker import Mosquitto as _Mosquitto
+from edgeagent.localbroker import free_port
 
 CONFIG = Path(__file__).with_name("mosquitto.conf")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["CONFIG", "Mosquitto", "free_port"]
 
 
-def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mosquitto exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.02)
-    raise RuntimeError(f"mosquitto did not listen on {port} within {timeout} s")
-
-
-class Mosquitto:
-    """A private broker process; ``restart()`` keeps the same port."""
-
+class Mosquitto(_Mosquitto):
     def __init__(self, port: int | None = None, extra_config: str = "") -> None:
-        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        if not Path(exe).exists():
-            raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
-        self.exe = exe
-        self.port = port or free_port()
-        self._dir = tempfile.TemporaryDirectory(prefix="ea-mosq-")
-        self.conf = Path(self._dir.name) / "mosquitto.conf"
-        self.conf.write_text(
-            CONFIG.read_text() + extra_config + f"\nlistener {self.port} 127.0.0.1\n"
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
-
-    def start(self) -> Mosquitto:
-        self.proc = subprocess.Popen(
-            [self.exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        _wait_listening(self.port, self.proc)
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        if self.proc is not None and self.proc.stderr is not None:
-            self.proc.stderr.close()
-        self.proc = None
-
-    def restart(self, down_s: float = 0.0) -> None:
-        self.stop()
-        time.sleep(down_s)
-        for _ in range(50):  # the port may linger briefly in TIME_WAIT
-            try:
-                self.start()
-                return
-            except RuntimeError:
-                time.sleep(0.1)
-        raise RuntimeError("mosquitto did not restart")
-
-    def close(self) -> None:
-        self.stop()
-        self._dir.cleanup()
-
-    def __enter__(self) -> Mosquitto:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().__init__(port, extra_config, config=CONFIG)

@@ -1,0 +1,156 @@
+"""``edgeagent demo``: a small smart-home fleet on this machine, doing real work.
+
+Starts a private mosquitto (unless ``--broker`` is given), runs the example agents as real
+``edgeagent agent run`` processes, then calls their skills through the library the way any
+application would, shows an event and a typed error, and shuts everything down cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .client import Fleet
+from .errors import CallError, EdgeAgentError
+from .localbroker import Mosquitto
+
+DEVICES = {
+    "lamp-kitchen": "lamp-kitchen.yaml",
+    "lamp-hall": "lamp-hall.yaml",
+    "thermostat-living": "thermostat-living.yaml",
+    "doorbell-front": "doorbell-front.yaml",
+}
+DEMO_FLEET = "home"
+
+
+def find_examples(explicit: Path | None) -> Path:
+    candidates = [explicit] if explicit else [Path.cwd() / "examples" / "smart-home"]
+    if explicit is None:
+        candidates.append(Path(__file__).resolve().parent.parent / "examples" / "smart-home")
+    for c in candidates:
+        if c is not None and (c / "lamp-kitchen.yaml").is_file():
+            return c
+    raise EdgeAgentError(
+        "cannot find examples/smart-home: run from the repository root or pass --examples DIR"
+    )
+
+
+async def _wait_online(fleet: Fleet, names: set[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        online = {d.device for d in await fleet.devices() if d.online}
+        if names <= online:
+            return
+        if time.monotonic() > deadline:
+            raise EdgeAgentError(f"devices never came online: {', '.join(sorted(names - online))}")
+        await asyncio.sleep(0.2)
+
+
+async def _tour(url: str, say: Callable[[str], None], keep: bool) -> None:
+    async with Fleet(url, fleet=DEMO_FLEET) as fleet:
+        await _wait_online(fleet, set(DEVICES), 30)
+        say("\nThe fleet (from retained state and manifests):")
+        for d in await fleet.devices():
+            tags = ",".join(f"{k}={v}" for k, v in sorted(d.tags.items()))
+            say(f"  {d.device:<18} {d.status:<7} {tags:<28} {', '.join(s.name for s in d.skills)}")
+
+        async def show(device: str, skill: str, arg: object = None) -> None:
+            started = time.perf_counter()
+            try:
+                out = await fleet.call(device, skill, arg, timeout=5)
+                ms = (time.perf_counter() - started) * 1000
+                say(
+                    f"  call {device}/{skill} {json.dumps(arg) if arg else ''}\n"
+                    f"    -> {json.dumps(out)}  ({ms:.1f} ms)"
+                )
+            except CallError as exc:
+                say(f"  call {device}/{skill} {json.dumps(arg)}\n    -> error {exc}")
+
+        say("\nCalling skills over MQTT 5 request/response:")
+        await show("lamp-kitchen", "set_brightness", {"level": 40})
+        await show("lamp-hall", "turn_on")
+        await show("thermostat-living", "set_target", {"celsius": 21.5})
+        await show("thermostat-living", "read_temperature")
+
+        say("\nA doorbell press emits an event that anyone can subscribe to:")
+        events = fleet.events("ring")
+        waiter = asyncio.ensure_future(anext(events))
+        await asyncio.sleep(0.1)  # let the subscription land before pressing
+        await show("doorbell-front", "press", {"who": "courier"})
+        event = await asyncio.wait_for(waiter, 5)
+        say(f"  event from {event.device}: {event.name} {json.dumps(event.data)}")
+        await events.aclose()
+
+        say("\nBad input gets a typed error, and the device keeps serving:")
+        await show("lamp-kitchen", "set_brightness", {"level": 250})
+        await show("lamp-kitchen", "get_state")
+        if keep:
+            say(
+                f"\nFleet running at {url} (fleet '{DEMO_FLEET}'). Try:\n"
+                f"  edgeagent --broker {url} --fleet {DEMO_FLEET} fleet watch\n"
+                f"  edgeagent --broker {url} --fleet {DEMO_FLEET} call lamp-hall toggle\n"
+                "Ctrl-C to stop."
+            )
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.Event().wait()
+
+
+def run_demo(
+    broker: str | None, examples: Path | None, keep: bool, say: Callable[[str], None]
+) -> None:
+    folder = find_examples(examples)
+    local: Mosquitto | None = None
+    if broker is None:
+        local = Mosquitto().start()
+        broker = local.url
+        say(f"Started a private mosquitto at {broker}")
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = Path(os.environ.get("TMPDIR", "/tmp")) / "edgeagent-demo"
+    logs.mkdir(parents=True, exist_ok=True)
+    try:
+        for device, cfg in DEVICES.items():
+            log_file = (logs / f"{device}.log").open("wb")
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "edgeagent.cli",
+                        "--broker",
+                        broker,
+                        "agent",
+                        "run",
+                        str(folder / cfg),
+                    ],
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+            say(f"Started agent {device} (pid {procs[-1].pid}, log {logs / f'{device}.log'})")
+        asyncio.run(_tour(broker, say, keep))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        codes = []
+        for p in procs:
+            try:
+                codes.append(p.wait(15))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                codes.append(p.wait(5))
+        say(f"\nStopped {len(procs)} agents (SIGTERM: drain, publish offline, disconnect).")
+        if local is not None:
+            local.close()
+    if any(c != 0 for c in codes):
+        raise EdgeAgentError(f"an agent exited with an error; see the logs in {logs}")

@@ -1,0 +1,69 @@
+"""The wheel installs into a fresh virtual environment with only `edgeagent` at the top level."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES: list[str] = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+    "packages"
+]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(out),
+            str(ROOT),
+        ],
+        check=True,
+        timeout=300,
+    )
+    (whl,) = out.glob("edgeagent-*.whl")
+    return whl
+
+
+def test_wheel_has_one_top_level_name(wheel: Path) -> None:
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/", 1)[0] for n in names}
+    assert tops == {"edgeagent", f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info"}
+    for pkg in PACKAGES:
+        assert pkg.replace(".", "/") + "/__init__.py" in names, pkg
+    assert "edgeagent/py.typed" in names
+
+
+@pytest.mark.slow
+def test_wheel_installs_and_runs_in_fresh_venv(wheel: Path, tmp_path: Path) -> None:
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
+    py = env_dir / "bin" / "python"
+    subprocess.run([py, "-m", "pip", "install", "-q", str(wheel)], check=True, timeout=600)
+    help_out = subprocess.run(
+        [env_dir / "bin" / "edgeagent", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert help_out.returncode == 0, help_out.stderr
+    assert "Commands:" in help_out.stdout
+    assert "call" in help_out.stdout
+    code = "import importlib, sys\n" + "".join(
+        f"m = importlib.import_module({p!r}); assert 'site-packages' in m.__file__, m.__file__\n"
+        for p in PACKAGES
+    )
+    imported = subprocess.run([py, "-I", "-c", code], capture_output=True, text=True, timeout=60)
+    assert imported.returncode == 0, imported.stderr
