@@ -21,7 +21,7 @@ import json
 import logging
 import math
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -221,7 +221,7 @@ class Fleet:
         await self._track()
         return self._devices.get(device)
 
-    async def watch(self, *, maxsize: int = 1000) -> AsyncIterator[Message]:
+    async def watch(self, *, maxsize: int = 1000) -> AsyncGenerator[Message, None]:
         """Follow state, manifest and health messages as they arrive (retained ones first)."""
         await self._track(health=True)
         # Snapshot and registration happen with no await between them: nothing is missed and
@@ -232,7 +232,7 @@ class Fleet:
         for info in sorted(self._devices.values(), key=lambda d: d.device):
             if info.manifest is not None:
                 snapshot.append(info.manifest)
-            snapshot.append(StateMessage(device=info.device, status=info.status, ts=info.since))  # type: ignore[arg-type]
+            snapshot.append(StateMessage(device=info.device, status=info.status, ts=info.since))
         try:
             for message in snapshot:
                 yield message
@@ -241,7 +241,7 @@ class Fleet:
         finally:
             self._watchers.remove(queue)
 
-    async def events(self, name: str = "+", *, maxsize: int = 1000) -> AsyncIterator[Event]:
+    async def events(self, name: str = "+", *, maxsize: int = 1000) -> AsyncGenerator[Event, None]:
         """Follow events named ``name`` (``+``: all) from every device of the fleet."""
         queue: asyncio.Queue[Event] = asyncio.Queue(maxsize)
         topic_filter = self.topics.all_events(name)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 from typing import ClassVar
 
-from edgeagent import SkillContext, SkillSet, skill
 from pydantic import BaseModel, Field
+
+from edgeagent import SkillContext, SkillSet, skill
 
 
 class Ring(BaseModel):

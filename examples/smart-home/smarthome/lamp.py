@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from edgeagent import SkillContext, SkillSet, skill
 from pydantic import BaseModel, Field
+
+from edgeagent import SkillContext, SkillSet, skill
 
 
 class LampState(BaseModel):

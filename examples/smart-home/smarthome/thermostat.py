@@ -6,9 +6,10 @@ import asyncio
 import random
 from typing import ClassVar
 
+from pydantic import BaseModel, Field
+
 from edgeagent import SkillSet, skill
 from edgeagent.skills import DeviceHandle
-from pydantic import BaseModel, Field
 
 
 class Reading(BaseModel):
