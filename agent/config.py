@@ -123,14 +123,15 @@ def load_skills(
             raise ConfigError(f"skills.{i}.options: only a SkillSet class takes options")
         try:
             found = collect_skills(target)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: {exc}") from exc
         if not found:
             raise ConfigError(f"{where}: {src.module!r} defines no @skill functions")
+        dupes = sorted({s.name for s in found} & {s.name for s in skills})
+        if dupes:
+            raise ConfigError(
+                f"{where}: skill names defined twice (also by an earlier entry): {', '.join(dupes)}"
+            )
         skills.extend(found)
         events.update(declared_events(target))
-    names = [s.name for s in skills]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ConfigError(f"{source}: skill names defined twice: {', '.join(dupes)}")
     return skills, sets, events

@@ -309,13 +309,18 @@ class DeviceAgent:
     # Serving calls ------------------------------------------------------------------------------
 
     def _reply_error(
-        self, topic: str, props: Props, code: ErrorCode, message: str, skill: str
+        self,
+        topic: str,
+        props: Props,
+        code: ErrorCode,
+        message: str,
+        skill: str,
+        details: dict[str, Any] | None = None,
     ) -> None:
         self._failed += 1
         log.warning("%s: call %s -> %s: %s", self.device_id, skill, code, message)
-        self.transport.publish_nowait(
-            topic, encode(ErrorReply(code=code, message=message)), props=props
-        )
+        reply = ErrorReply(code=code, message=message, details=details)
+        self.transport.publish_nowait(topic, encode(reply), props=props)
 
     def _on_call(self, msg: Inbound) -> None:
         name = msg.topic[len(self._call_prefix) :]
@@ -379,6 +384,7 @@ class DeviceAgent:
             else None
         )
         assert self._tg is not None
+        slot.queued += 1
         task = self._tg.create_task(self._run(slot, value, reply_to, reply_props, trace, deadline))
         task._ea_agent = self  # type: ignore[attr-defined]
 
@@ -392,7 +398,7 @@ class DeviceAgent:
         deadline: float | None,
     ) -> None:
         skill = slot.skill
-        slot.queued += 1
+        # `queued` was counted at admission (in _on_call), so a burst cannot overrun the limit.
         try:
             await slot.sem.acquire()
         finally:
@@ -423,6 +429,7 @@ class DeviceAgent:
             started = time.perf_counter()
             code: ErrorCode | None = None
             message = ""
+            details: dict[str, Any] | None = None
             payload = b""
             try:
                 async with asyncio.timeout(budget):
@@ -445,7 +452,7 @@ class DeviceAgent:
                     f"skill {skill.name!r} did not finish within {budget:.3g} s",
                 )
             except CallError as exc:
-                code, message = exc.code, exc.message
+                code, message, details = exc.code, exc.message, exc.details
             except (PydanticSerializationError, ValidationError) as exc:
                 log.error("%s: %s returned invalid output: %s", self.device_id, skill.name, exc)
                 code, message = (
@@ -465,7 +472,7 @@ class DeviceAgent:
                 self.transport.publish_nowait(reply_to, payload, props=reply_props)
             else:
                 slot.errors += 1
-                self._reply_error(reply_to, reply_props, code, message, skill.name)
+                self._reply_error(reply_to, reply_props, code, message, skill.name, details)
         finally:
             if release:
                 self._finish(slot, counted=running)

@@ -7,10 +7,11 @@
     ├── TransportError           the broker cannot be reached or the connection broke
     └── CallError                a skill call failed; ``code`` is the wire error code
         ├── BadRequest           bad_request: malformed payload or input not matching the schema
-        ├── NotFound             not_found: no such device or skill
+        ├── NotFound             not_found: the device has no such skill
         ├── Busy                 busy: the skill's queue is full
-        ├── CallTimeout          timeout: the deadline passed (also a subclass of TimeoutError)
-        ├── Unavailable          unavailable: the device is offline or shutting down
+        ├── CallTimeout          timeout: the deadline passed (also a subclass of TimeoutError);
+        │                        a call to a device that is gone or never existed ends here too
+        ├── Unavailable          unavailable: the device is shutting down (draining)
         └── InternalError        internal: the skill raised
 
 Foreign errors are translated at one boundary each (the MQTT transport, the config loader, the

@@ -13,6 +13,7 @@ Topic tree (``root`` defaults to ``edgeagent``, ``fleet`` to ``default``)::
     {root}/{fleet}/dev/{device}/call/{skill} requests  skill input JSON; reply: Ok | ErrorReply
     {root}/{fleet}/dev/{device}/event/{name} events    Event
     {root}/{fleet}/client/{client}/reply     where our client asks for replies
+    {root}/{fleet}/client/{client}/sync      our client's retained-replay marker (to itself)
 
 ``docs/protocol.md`` is the prose version of this module.
 """
@@ -31,8 +32,6 @@ DEFAULT_FLEET = "default"
 
 #: User Property carrying the trace id of a call (echoed on the reply).
 TRACE_PROPERTY = "trace"
-#: User Property carrying the protocol version on replies and announcements.
-VERSION_PROPERTY = "v"
 JSON_CONTENT_TYPE = "application/json"
 
 ErrorCode = Literal["bad_request", "not_found", "busy", "timeout", "unavailable", "internal"]
@@ -52,7 +51,7 @@ NAME_PATTERN = _NAME_RE.pattern
 
 def check_name(value: str, what: str) -> str:
     """Return ``value`` if it can be one topic level (no ``/``, ``+``, ``#``), else raise."""
-    if not _NAME_RE.match(value):
+    if not _NAME_RE.fullmatch(value):
         raise ValueError(
             f"invalid {what} {value!r}: use 1-128 letters, digits, '_', '.', '-' "
             "(no '/', '+', '#' or spaces), starting with a letter, digit or '_'"
@@ -141,7 +140,9 @@ class Topics:
 
 
 class _Message(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Unknown fields are ignored, not rejected: a newer device may add fields, and an older
+    # client must still read what it knows (see "Versioning" in docs/protocol.md).
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
 
 class StateMessage(_Message):
@@ -208,7 +209,7 @@ class SkillHealth(_Message):
 
 
 class Health(_Message):
-    """Published every ``health_interval`` seconds on ``…/health`` (not retained)."""
+    """Published every ``health_interval_s`` seconds on ``…/health`` (not retained)."""
 
     type: Literal["health"] = "health"
     device: str

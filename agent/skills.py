@@ -167,11 +167,14 @@ class Skill:
         return self.func(**kwargs)
 
     def dump_output(self, result: Any) -> bytes:
-        """Validate and serialize a result against the declared output type."""
-        return self.output_adapter.dump_json(result)
+        """Serialize a result as the declared output type.
 
-    def check_output(self, result: Any) -> Any:
-        return self.output_adapter.validate_python(result)
+        The value is validated first (cheap for a model instance, which is not re-validated), so
+        a dict is accepted for a model and a skill that returns the wrong thing, ``None``
+        included, raises ``ValidationError`` instead of answering ``ok`` with it.
+        """
+        adapter = self.output_adapter
+        return adapter.dump_json(adapter.validate_python(result))
 
 
 def build_skill(func: Callable[..., Any], options: SkillOptions | None = None) -> Skill:
