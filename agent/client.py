@@ -43,6 +43,7 @@ from .protocol import (
     SkillSpec,
     StateMessage,
     Topics,
+    check_name,
     decode,
     decode_reply,
 )
@@ -243,6 +244,8 @@ class Fleet:
 
     async def events(self, name: str = "+", *, maxsize: int = 1000) -> AsyncGenerator[Event, None]:
         """Follow events named ``name`` (``+``: all) from every device of the fleet."""
+        if name != "+":
+            check_name(name, "event name")
         queue: asyncio.Queue[Event] = asyncio.Queue(maxsize)
         topic_filter = self.topics.all_events(name)
 

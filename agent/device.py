@@ -49,7 +49,7 @@ from .protocol import (
 )
 from .skills import Skill, SkillContext, SkillSet
 from .stats import LatencyWindow, rss_bytes
-from .transport.base import Inbound, Props, Transport, Will
+from .transport.base import Inbound, Props, Transport, Will, valid_publish_topic
 
 log = logging.getLogger(__name__)
 
@@ -326,9 +326,14 @@ class DeviceAgent:
         name = msg.topic[len(self._call_prefix) :]
         props = msg.props
         reply_to = props.response_topic
-        if not reply_to:
+        if not reply_to or not valid_publish_topic(reply_to):
             self._dropped += 1
-            log.warning("%s: call to %r without a response topic dropped", self.device_id, name)
+            log.warning(
+                "%s: call to %r dropped: without a response topic (or not a publishable one: %r)",
+                self.device_id,
+                name,
+                reply_to,
+            )
             return
         trace = props.user_property(TRACE_PROPERTY)
         reply_props = Props(

@@ -28,7 +28,7 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, TypeVar, get_type_hints
+from typing import Any, ClassVar, Protocol, TypeVar, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, create_model
 
@@ -69,6 +69,26 @@ class SkillOptions:
     timeout_s: float
     model: str | None
     model_version: str | None
+
+
+@overload
+def skill(func: F, /) -> F: ...
+
+
+@overload
+def skill(
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    side_effect: SideEffect = "read",
+    idempotent: bool | None = None,
+    tags: dict[str, str] | None = None,
+    max_concurrency: int = 4,
+    max_queue: int = 64,
+    timeout_s: float = 10.0,
+    model: str | None = None,
+    model_version: str | None = None,
+) -> Callable[[F], F]: ...
 
 
 def skill(

@@ -130,10 +130,15 @@ def strip_share(topic_filter: str) -> tuple[str | None, str]:
     """Split ``$share/group/filter`` into ``(group, filter)``; ``(None, filter)`` otherwise."""
     if topic_filter.startswith("$share/"):
         parts = topic_filter.split("/", 2)
-        if len(parts) != 3 or not parts[1] or not parts[2]:
+        if len(parts) != 3 or not parts[1] or not parts[2] or set("+#") & set(parts[1]):
             raise ValueError(f"invalid shared subscription {topic_filter!r}")
         return parts[1], parts[2]
     return None, topic_filter
+
+
+def valid_publish_topic(topic: str) -> bool:
+    """True if ``topic`` can be published to: not empty, no wildcards, no NUL."""
+    return bool(topic) and not (set("+#\x00") & set(topic))
 
 
 def topic_matches(topic_filter: str, topic: str) -> bool:
@@ -156,6 +161,8 @@ def topic_matches(topic_filter: str, topic: str) -> bool:
 
 def validate_filter(topic_filter: str) -> None:
     """Raise ValueError for filters a broker would reject."""
+    if "\x00" in topic_filter:
+        raise ValueError(f"NUL character in topic filter {topic_filter!r}")
     _, plain = strip_share(topic_filter)
     if not plain:
         raise ValueError("empty topic filter")

@@ -40,6 +40,7 @@ from .base import (
     Will,
     strip_share,
     topic_matches,
+    valid_publish_topic,
     validate_filter,
 )
 
@@ -195,10 +196,20 @@ class MqttTransport:
 
     async def subscribe(self, topic_filter: str, handler: Handler, *, qos: int = 0) -> None:
         validate_filter(topic_filter)
-        self._subs[topic_filter] = (qos, handler)
-        self._plain_filters[topic_filter] = strip_share(topic_filter)[1]
         if self._connected:
-            await self._subscribe_on_broker(topic_filter, qos)
+            # Register first so retained messages arriving right after SUBACK find the handler;
+            # forget the filter again if the broker refuses it, so reconnects never retry it.
+            self._subs[topic_filter] = (qos, handler)
+            self._plain_filters[topic_filter] = strip_share(topic_filter)[1]
+            try:
+                await self._subscribe_on_broker(topic_filter, qos)
+            except TransportError:
+                self._subs.pop(topic_filter, None)
+                self._plain_filters.pop(topic_filter, None)
+                raise
+        else:
+            self._subs[topic_filter] = (qos, handler)
+            self._plain_filters[topic_filter] = strip_share(topic_filter)[1]
 
     async def unsubscribe(self, topic_filter: str) -> None:
         self._subs.pop(topic_filter, None)
@@ -315,17 +326,27 @@ class MqttTransport:
         self._connects += 1
         self._misc = asyncio.create_task(self._misc_loop(), name=f"mqtt-misc-{self.client_id}")
         for topic_filter, (qos, _) in list(self._subs.items()):
-            await self._subscribe_on_broker(topic_filter, qos)
+            try:
+                await self._subscribe_on_broker(topic_filter, qos)
+            except TransportError as exc:
+                if not self._connected:
+                    raise
+                log.error("dropping subscription %r: %s", topic_filter, exc)
+                self._subs.pop(topic_filter, None)
+                self._plain_filters.pop(topic_filter, None)
         for callback in self._on_connect:
             try:
                 await callback()
-            except TransportError as exc:
-                log.warning("on_connect callback failed: %s", exc)
+            except Exception:
+                log.exception("on_connect callback %r failed", callback)
 
     async def _subscribe_on_broker(self, topic_filter: str, qos: int) -> None:
         client = self._client
         assert client is not None
-        rc, mid = client.subscribe(topic_filter, qos=qos)
+        try:
+            rc, mid = client.subscribe(topic_filter, qos=qos)
+        except ValueError as exc:
+            raise TransportError(f"subscribe to {topic_filter!r} failed: {exc}") from exc
         self._ensure_writer()
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
             raise TransportError(f"subscribe to {topic_filter!r} failed: {paho.error_string(rc)}")
@@ -445,6 +466,11 @@ class MqttTransport:
             if require:
                 raise TransportError(f"not connected to {self.broker.display()}")
             log.warning("not connected; dropped message to %s", topic)
+            return None
+        if not valid_publish_topic(topic):
+            if require:
+                raise TransportError(f"cannot publish to {topic!r}: empty, wildcard or NUL")
+            log.warning("cannot publish to %r (empty, wildcard or NUL); dropped", topic)
             return None
         info = client.publish(
             topic, payload, qos=qos, retain=retain, properties=_props_to_paho(props)
