@@ -31,8 +31,10 @@ from .broker import BrokerConfig
 from .clock import SYSTEM_CLOCK, Clock
 from .errors import CallError, CallTimeout, InternalError, Unavailable
 from .protocol import (
+    BINARY_CONTENT_TYPE,
     DEFAULT_FLEET,
     DEFAULT_ROOT,
+    INPUT_PROPERTY,
     JSON_CONTENT_TYPE,
     TRACE_PROPERTY,
     ErrorReply,
@@ -144,20 +146,33 @@ class Fleet:
         timeout: float | None = None,
         trace: str | None = None,
         result_type: type[T] | None = None,
+        binary: bytes | None = None,
     ) -> Any:
         """Call ``skill`` on ``device`` and return its output.
 
-        Raises :class:`CallTimeout` when no reply arrives within ``timeout`` seconds, or the
-        :class:`CallError` subclass matching the device's error reply.
+        ``binary`` sends raw bytes (an image, audio) for the skill's ``bytes`` input field
+        without base64: Content Type ``application/octet-stream``, the other inputs (``input``)
+        as JSON in a User Property. Raises :class:`CallTimeout` when no reply arrives within
+        ``timeout`` seconds, or the :class:`CallError` subclass matching the device's error reply.
         """
         timeout = self.timeout if timeout is None else timeout
-        reply = await self.request(
-            self.topics.call(device, skill),
-            _encode_input(input),
-            timeout=timeout,
-            trace=trace,
-            what=f"{device}/{skill}",
-        )
+        topic = self.topics.call(device, skill)
+        what = f"{device}/{skill}"
+        if binary is None:
+            reply = await self.request(
+                topic, _encode_input(input), timeout=timeout, trace=trace, what=what
+            )
+        else:
+            others = () if input is None else ((INPUT_PROPERTY, _encode_input(input).decode()),)
+            reply = await self.request(
+                topic,
+                binary,
+                timeout=timeout,
+                trace=trace,
+                what=what,
+                content_type=BINARY_CONTENT_TYPE,
+                user_properties=others,
+            )
         if isinstance(reply, ErrorReply):
             raise CallError.from_reply(reply)
         if result_type is None:
@@ -175,6 +190,8 @@ class Fleet:
         timeout: float,
         trace: str | None = None,
         what: str = "",
+        content_type: str = JSON_CONTENT_TYPE,
+        user_properties: tuple[tuple[str, str], ...] = (),
     ) -> Any:
         """Low level: publish ``payload`` to ``topic`` as an MQTT 5 request, await the reply."""
         loop = asyncio.get_running_loop()
@@ -182,12 +199,12 @@ class Fleet:
         corr = self._next.to_bytes(8, "big")
         fut: asyncio.Future[Any] = loop.create_future()
         self._pending[corr] = fut
-        user = ((TRACE_PROPERTY, trace),) if trace else ()
+        user = (((TRACE_PROPERTY, trace),) if trace else ()) + user_properties
         props = Props(
             response_topic=self._reply_topic,
             correlation_data=corr,
             message_expiry=max(1, math.ceil(timeout)),
-            content_type=JSON_CONTENT_TYPE,
+            content_type=content_type,
             user_properties=user,
         )
         try:

@@ -33,6 +33,8 @@ from .clock import SYSTEM_CLOCK, Clock
 from .config import AgentConfig, load_skills
 from .errors import CallError
 from .protocol import (
+    BINARY_CONTENT_TYPE,
+    INPUT_PROPERTY,
     JSON_CONTENT_TYPE,
     TRACE_PROPERTY,
     ErrorCode,
@@ -379,9 +381,17 @@ class DeviceAgent:
             )
             return
         try:
-            value = slot.skill.validate_input(msg.payload)
+            if props.content_type == BINARY_CONTENT_TYPE:
+                value = slot.skill.validate_binary_input(
+                    msg.payload, props.user_property(INPUT_PROPERTY)
+                )
+            else:
+                value = slot.skill.validate_input(msg.payload)
         except ValidationError as exc:
             self._reply_error(reply_to, reply_props, "bad_request", _summarize(exc), name)
+            return
+        except ValueError as exc:  # binary request: no bytes field, or bad `input` property
+            self._reply_error(reply_to, reply_props, "bad_request", str(exc), name)
             return
         deadline = (
             self.clock.monotonic() + props.message_expiry

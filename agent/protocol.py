@@ -33,6 +33,11 @@ DEFAULT_FLEET = "default"
 #: User Property carrying the trace id of a call (echoed on the reply).
 TRACE_PROPERTY = "trace"
 JSON_CONTENT_TYPE = "application/json"
+#: A request with this Content Type carries raw bytes for the skill's one ``bytes`` input field
+#: (announced as ``binary_input``); its other inputs travel as JSON in the ``input`` User Property.
+BINARY_CONTENT_TYPE = "application/octet-stream"
+#: User Property holding the JSON of the other inputs of a binary request.
+INPUT_PROPERTY = "input"
 
 ErrorCode = Literal["bad_request", "not_found", "busy", "timeout", "unavailable", "internal"]
 ERROR_CODES: tuple[ErrorCode, ...] = (
@@ -174,6 +179,11 @@ class SkillSpec(_Message):
     timeout_s: float = Field(description="Longest a call may run before `timeout`, seconds.")
     model: str | None = Field(default=None, description="Model the skill runs, if any.")
     model_version: str | None = Field(default=None, description="Version of that model.")
+    binary_input: str | None = Field(
+        default=None,
+        description="The input field that may be sent as raw bytes (Content Type "
+        "application/octet-stream) instead of inside the JSON body.",
+    )
 
 
 class EventSpec(_Message):

@@ -25,6 +25,7 @@ instance per agent, so a simulator can host many devices in one process.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -169,7 +170,26 @@ class Skill:
             timeout_s=o.timeout_s,
             model=o.model,
             model_version=o.model_version,
+            binary_input=_bytes_field(self.input_model),
         )
+
+    @property
+    def binary_field(self) -> str | None:
+        return self.spec.binary_input
+
+    def validate_binary_input(self, payload: bytes, other_json: str | None) -> BaseModel:
+        """Validate a binary request: ``payload`` fills the bytes field, the rest is JSON.
+
+        Raises ``ValueError`` if the skill has no bytes field, ``ValidationError`` otherwise.
+        """
+        field_name = self.binary_field
+        if field_name is None:
+            raise ValueError(f"skill {self.name!r} takes no binary input; send JSON")
+        others: Any = json.loads(other_json) if other_json else {}
+        if not isinstance(others, dict):
+            raise ValueError("the 'input' user property must hold a JSON object")
+        others[field_name] = payload
+        return self.input_model.model_validate(others)
 
     def validate_input(self, payload: bytes) -> BaseModel:
         """Parse a request payload; raises ``pydantic.ValidationError``. Empty means ``{}``."""
@@ -255,6 +275,16 @@ def build_skill(func: Callable[..., Any], options: SkillOptions | None = None) -
         ctx_param=ctx_param,
         description=description,
     )
+
+
+def _bytes_field(model: type[BaseModel]) -> str | None:
+    """The one field typed ``bytes`` (optionally ``bytes | None``), if there is exactly one."""
+    found = [
+        name
+        for name, f in model.model_fields.items()
+        if f.annotation is bytes or f.annotation == (bytes | None)
+    ]
+    return found[0] if len(found) == 1 else None
 
 
 def _camel(name: str) -> str:

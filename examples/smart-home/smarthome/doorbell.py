@@ -19,6 +19,12 @@ class Press(BaseModel):
     who: str = Field(default="visitor", max_length=64, description="Who pressed.")
 
 
+class SnapshotStats(BaseModel):
+    size_bytes: int = Field(description="Size of the image, bytes.")
+    mean: float = Field(description="Mean byte value (a crude brightness), 0-255.")
+    dark: bool = Field(description="True when the mean is under `threshold`.")
+
+
 class Doorbell(SkillSet):
     events: ClassVar[dict[str, str]] = {"ring": "Someone rang the bell (Ring)."}
 
@@ -38,3 +44,9 @@ class Doorbell(SkillSet):
     def recent_rings(self, limit: int = 5) -> list[Ring]:
         """The last rings, newest last (a synchronous skill: runs in a worker thread)."""
         return self.rings[-limit:] if limit > 0 else []
+
+    @skill(side_effect="read", tags={"kind": "doorbell"}, max_concurrency=2)
+    def snapshot_stats(self, image: bytes, threshold: float = 40.0) -> SnapshotStats:
+        """Measure a camera snapshot sent as raw bytes (Content Type application/octet-stream)."""
+        mean = sum(image) / len(image) if image else 0.0
+        return SnapshotStats(size_bytes=len(image), mean=round(mean, 3), dark=mean < threshold)
