@@ -24,7 +24,6 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -43,27 +42,11 @@ from .base import (
     valid_publish_topic,
     validate_filter,
 )
+from .packing import PackedProperties
 
 log = logging.getLogger(__name__)
 
 _MISC_INTERVAL_S = 1.0
-
-
-def _props_to_paho(props: Props) -> Properties | None:
-    if props is NO_PROPS:
-        return None
-    out = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-    if props.response_topic is not None:
-        out.ResponseTopic = props.response_topic
-    if props.correlation_data is not None:
-        out.CorrelationData = props.correlation_data
-    if props.message_expiry is not None:
-        out.MessageExpiryInterval = props.message_expiry
-    if props.content_type is not None:
-        out.ContentType = props.content_type
-    if props.user_properties:
-        out.UserProperty = list(props.user_properties)
-    return out
 
 
 def _props_from_paho(p: Properties | None) -> Props:
@@ -125,6 +108,7 @@ class MqttTransport:
         self._connack: asyncio.Future[ReasonCode] | None = None
         self._lost = asyncio.Event()
         self._acks: dict[int, asyncio.Future[Any]] = {}
+        self._ack_waits = 0
         self._supervisor: asyncio.Task[None] | None = None
         self._misc: asyncio.Task[None] | None = None
         self._ready: asyncio.Future[None] | None = None
@@ -191,8 +175,18 @@ class MqttTransport:
         props: Props = NO_PROPS,
     ) -> None:
         mid = self._publish(topic, payload, qos, retain, props, require=True)
-        if qos > 0 and mid is not None:
-            await self._await_ack(mid)
+        client = self._client
+        if qos > 0 and mid is not None and client is not None:
+            # on_publish is set only while an ack is awaited: with it set, paho builds a
+            # ReasonCode and a Properties object after every QoS 0 publish too (~17 µs).
+            self._ack_waits += 1
+            client.on_publish = self._paho_on_ack
+            try:
+                await self._await_ack(mid)
+            finally:
+                self._ack_waits -= 1
+                if not self._ack_waits:
+                    client.on_publish = None
 
     async def subscribe(self, topic_filter: str, handler: Handler, *, qos: int = 0) -> None:
         validate_filter(topic_filter)
@@ -287,7 +281,6 @@ class MqttTransport:
         client.on_connect = self._paho_on_connect
         client.on_disconnect = self._paho_on_disconnect
         client.on_message = self._paho_on_message
-        client.on_publish = self._paho_on_ack
         client.on_subscribe = self._paho_on_subscribe
         client.on_unsubscribe = self._paho_on_subscribe
         client.on_socket_close = self._paho_on_socket_close
@@ -400,7 +393,14 @@ class MqttTransport:
         client = self._client
         if client is None:
             return
-        client.loop_read(max_packets=128)
+        # paho reads one packet per loop_read() whatever max_packets says; keep reading while
+        # messages keep coming (bounded, so one busy socket cannot starve the loop).
+        inbox = self._inbox
+        for _ in range(64):
+            before = len(inbox)
+            client.loop_read()
+            if len(inbox) == before or self._sock is None:
+                break
         if (
             self._sock is not None
             and isinstance(self._sock, ssl.SSLSocket)
@@ -472,9 +472,8 @@ class MqttTransport:
                 raise TransportError(f"cannot publish to {topic!r}: empty, wildcard or NUL")
             log.warning("cannot publish to %r (empty, wildcard or NUL); dropped", topic)
             return None
-        info = client.publish(
-            topic, payload, qos=qos, retain=retain, properties=_props_to_paho(props)
-        )
+        packed = None if props is NO_PROPS else PackedProperties(props)
+        info = client.publish(topic, payload, qos=qos, retain=retain, properties=packed)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_QUEUE_SIZE):
             err = paho.error_string(info.rc)
             if require:
