@@ -379,6 +379,7 @@ def test_decorator_options_reach_the_spec() -> None:
         "timeout_s": 0.5,
         "model": "kws",
         "model_version": "3",
+        "binary_input": None,
     }
     assert s.input_model.__name__ == "RenamedSkill1Input"
 
