@@ -31,14 +31,15 @@ class TlsConfig(BaseModel):
 class BrokerConfig(BaseModel):
     """Where the broker is and how to authenticate."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Errors must not echo a URL or password back into logs and terminals.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     url: str = Field(
         default=DEFAULT_BROKER_URL,
         description="mqtt://host:port or mqtts://host:port (TLS); credentials may be in the URL.",
     )
     username: str | None = Field(default=None, description="MQTT username.")
-    password: str | None = Field(default=None, description="MQTT password.")
+    password: str | None = Field(default=None, repr=False, description="MQTT password.")
     password_env: str | None = Field(
         default=None, description="Name of an environment variable holding the password."
     )
@@ -87,19 +88,30 @@ class BrokerConfig(BaseModel):
         return cls(url=url or os.environ.get(BROKER_ENV) or DEFAULT_BROKER_URL)
 
 
-def _split(url: str) -> tuple[str, str, int, str | None, str | None]:
-    if "://" not in url:
-        url = "mqtt://" + url
+def _masked(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for error messages."""
+    scheme, sep, rest = url.rpartition("://")
+    userinfo, at, hostpart = rest.rpartition("@")
+    if at and ":" in userinfo:
+        userinfo = userinfo.split(":", 1)[0] + ":***"
+    return f"{scheme}{sep}{userinfo}{at}{hostpart}"
+
+
+def _split(raw: str) -> tuple[str, str, int, str | None, str | None]:
+    url = raw if "://" in raw else "mqtt://" + raw
+    shown = _masked(raw)
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS:
-        raise ValueError(f"unsupported broker URL scheme {scheme!r} in {url!r}: use mqtt or mqtts")
+        raise ValueError(
+            f"unsupported broker URL scheme {scheme!r} in {shown!r}: use mqtt or mqtts"
+        )
     if not parts.hostname:
-        raise ValueError(f"broker URL {url!r} has no host")
+        raise ValueError(f"broker URL {shown!r} has no host")
     try:
         port = parts.port or _DEFAULT_PORTS[scheme]
-    except ValueError as exc:
-        raise ValueError(f"broker URL {url!r} has an invalid port") from exc
+    except ValueError:
+        raise ValueError(f"broker URL {shown!r} has an invalid port") from None
     user = unquote(parts.username) if parts.username else None
     password = unquote(parts.password) if parts.password else None
     return scheme, parts.hostname, port, user, password

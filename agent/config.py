@@ -48,7 +48,7 @@ class SkillSource(BaseModel):
 class AgentConfig(BaseModel):
     """One device agent."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     device: str = Field(description="Device id, unique in the fleet; one topic level.")
     fleet: str = Field(default=DEFAULT_FLEET, description="Fleet name; one topic level.")

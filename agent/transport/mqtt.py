@@ -19,7 +19,9 @@ import logging
 import random
 import socket
 import ssl
+import threading
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -61,6 +63,17 @@ def _props_from_paho(p: Properties | None) -> Props:
         content_type=d.get("ContentType"),
         user_properties=tuple(user) if user else (),
     )
+
+
+class _TrackingContext(ssl.SSLContext):
+    """Remembers the last socket it wrapped: paho does not close it when the handshake fails."""
+
+    last_socket: ssl.SSLSocket | None = None
+
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        sock = super().wrap_socket(*args, **kwargs)
+        self.last_socket = sock
+        return sock
 
 
 def _no_delay(sock: Any) -> None:
@@ -109,6 +122,8 @@ class MqttTransport:
         self._lost = asyncio.Event()
         self._acks: dict[int, asyncio.Future[Any]] = {}
         self._ack_waits = 0
+        self._loop_thread = 0
+        self._tls_ctx: _TrackingContext | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._misc: asyncio.Task[None] | None = None
         self._ready: asyncio.Future[None] | None = None
@@ -130,6 +145,7 @@ class MqttTransport:
         if self._supervisor is not None:
             raise RuntimeError("MqttTransport.connect() called twice")
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._ready = self._loop.create_future()
         self._closing = False
         self._supervisor = asyncio.create_task(self._supervise(), name=f"mqtt-{self.client_id}")
@@ -264,11 +280,15 @@ class MqttTransport:
         user, password = self.broker.credentials()
         if user is not None:
             client.username_pw_set(user, password)
+        self._tls_ctx = None
         if self.broker.use_tls():
             tls = self.broker.tls
-            ctx = ssl.create_default_context(
-                cafile=str(tls.ca_file) if tls and tls.ca_file else None
-            )
+            ctx = _TrackingContext(ssl.PROTOCOL_TLS_CLIENT)
+            if tls and tls.ca_file:
+                ctx.load_verify_locations(cafile=str(tls.ca_file))
+            else:
+                ctx.load_default_certs()
+            self._tls_ctx = ctx
             if tls and tls.cert_file:
                 ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
             if tls and tls.insecure:
@@ -305,14 +325,21 @@ class MqttTransport:
                     ),
                 )
                 self._sock = client.socket()
+                if self._sock is None:
+                    raise TransportError(f"broker at {where} closed the connection during connect")
                 _no_delay(self._sock)
                 loop.add_reader(self._sock, self._on_readable)
                 self._ensure_writer()
                 reason = await self._connack
         except TimeoutError as exc:
+            self._abort_attempt(client)
             raise TransportError(f"timed out connecting to MQTT broker at {where}") from exc
         except (OSError, ssl.SSLError, ValueError) as exc:
+            self._abort_attempt(client)
             raise TransportError(f"cannot connect to MQTT broker at {where}: {exc}") from exc
+        except TransportError:
+            self._abort_attempt(client)
+            raise
         if reason.is_failure:
             raise TransportError(f"MQTT broker at {where} refused the connection: {reason}")
         self._connected = True
@@ -376,7 +403,22 @@ class MqttTransport:
         self._sock = None
         self._writer_registered = False
 
+    def _abort_attempt(self, client: paho.Client) -> None:
+        """Release every socket a failed attempt opened (paho leaves a failed TLS one open)."""
+        self._teardown_socket()
+        for sock in (client.socket(), self._tls_ctx.last_socket if self._tls_ctx else None):
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.close()
+
     def _connection_lost(self, why: str) -> None:
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_exception(
+                TransportError(
+                    f"broker at {self.broker.display()} closed the connection before accepting "
+                    f"it: {why}"
+                )
+            )
         was = self._connected
         self._connected = False
         if was:
@@ -507,13 +549,25 @@ class MqttTransport:
         if self._connack is not None and not self._connack.done():
             self._connack.set_result(reason)
 
+    def _off_loop(self, fn: Callable[..., None], *args: Any) -> bool:
+        """paho runs callbacks on the executor thread when a connect() fails there: hop back."""
+        if threading.get_ident() == self._loop_thread:
+            return False
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(fn, *args)
+        return True
+
     def _paho_on_disconnect(
         self, client: paho.Client, _ud: Any, _flags: Any, reason: ReasonCode, _props: Any
     ) -> None:
+        if self._off_loop(self._paho_on_disconnect, client, _ud, _flags, reason, _props):
+            return
         if client is self._client:
             self._connection_lost(str(reason))
 
     def _paho_on_socket_close(self, client: paho.Client, _ud: Any, _sock: Any) -> None:
+        if self._off_loop(self._paho_on_socket_close, client, _ud, _sock):
+            return
         if client is self._client:
             self._teardown_socket()
 

@@ -55,6 +55,8 @@ def pack_properties(props: Props) -> bytes:
 class PackedProperties(Properties):
     """A paho ``Properties`` stand-in that only knows how to ``pack()`` pre-packed bytes."""
 
+    _packed: bytes
+
     def __init__(self, props: Props) -> None:
         # No super().__init__ (that is the slow part) and no Properties.__setattr__ (it checks
         # names against tables that super().__init__ would have built).
