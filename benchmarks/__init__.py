@@ -1,0 +1,1 @@
+"""Benchmarks: run them as scripts (``python benchmarks/bench_rr.py``) or modules."""
