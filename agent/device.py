@@ -136,12 +136,13 @@ class DeviceAgent:
                 will=will,
                 retry_first_connect=True,
             )
-        elif getattr(transport, "will", None) is None and hasattr(transport, "will"):
-            transport.will = will
+        elif transport.will is None:
+            transport.will = will  # a transport handed in unconfigured gets the agent's will
         self.transport = transport
         self._call_prefix = self.topics.call(self.device_id, "")
         self._tg: asyncio.TaskGroup | None = None
         self._background: list[asyncio.Task[None]] = []
+        self._calls: set[asyncio.Task[None]] = set()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._draining = False
         self._stopped = asyncio.Event()
@@ -206,10 +207,9 @@ class DeviceAgent:
             task.cancel()
         await self.transport.close()
         tg, self._tg = self._tg, None
-        # Cancel whatever is still running (calls past the grace period), then join the group.
-        for task in list(asyncio.all_tasks()):
-            if getattr(task, "_ea_agent", None) is self:
-                task.cancel()
+        # Cancel the calls still running past the grace period, then join the group.
+        for task in list(self._calls):
+            task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await tg.__aexit__(None, None, None)
         if self._executor is not None:
@@ -401,7 +401,8 @@ class DeviceAgent:
         assert self._tg is not None
         slot.queued += 1
         task = self._tg.create_task(self._run(slot, value, reply_to, reply_props, trace, deadline))
-        task._ea_agent = self  # type: ignore[attr-defined]
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
 
     async def _run(
         self,

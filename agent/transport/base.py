@@ -83,6 +83,8 @@ class Transport(Protocol):
     """What agents and clients need from a broker connection."""
 
     client_id: str
+    will: Will | None
+    """Set before ``connect()``; the broker publishes it if the connection dies uncleanly."""
 
     @property
     def connected(self) -> bool: ...
