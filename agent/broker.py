@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
 
 DEFAULT_BROKER_URL = "mqtt://127.0.0.1:1883"
 BROKER_ENV = "EDGEAGENT_BROKER"
@@ -85,7 +87,13 @@ class BrokerConfig(BaseModel):
 
     @classmethod
     def from_url(cls, url: str | None) -> BrokerConfig:
-        return cls(url=url or os.environ.get(BROKER_ENV) or DEFAULT_BROKER_URL)
+        """From a URL, else ``$EDGEAGENT_BROKER``, else the default; ConfigError if invalid."""
+        chosen = url or os.environ.get(BROKER_ENV) or DEFAULT_BROKER_URL
+        try:
+            return cls(url=chosen)
+        except ValidationError as exc:
+            reason = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+            raise ConfigError(reason) from None
 
 
 def _masked(url: str) -> str:

@@ -107,8 +107,8 @@ def agent_run(obj: Ctx, config: Path) -> None:
         cfg = load_config(config)
         updates: dict[str, Any] = {}
         if obj.broker:
+            BrokerConfig.from_url(obj.broker)  # validates, with a clear error
             updates["broker"] = cfg.broker.model_copy(update={"url": obj.broker})
-            BrokerConfig(url=obj.broker)
         if obj.fleet != DEFAULT_FLEET:
             updates["fleet"] = obj.fleet
         if obj.root != DEFAULT_ROOT:

@@ -77,6 +77,17 @@ class DeviceInfo:
         return self.status == "online"
 
 
+_ADAPTERS: dict[Any, TypeAdapter[Any]] = {}
+
+
+def _adapter(tp: Any) -> TypeAdapter[Any]:
+    """A cached TypeAdapter: building one costs far more than using it."""
+    adapter = _ADAPTERS.get(tp)
+    if adapter is None:
+        adapter = _ADAPTERS[tp] = TypeAdapter(tp)
+    return adapter
+
+
 def _encode_input(value: Any) -> bytes:
     if value is None:
         return b"{}"
@@ -178,7 +189,7 @@ class Fleet:
         if result_type is None:
             return reply.output
         try:
-            return TypeAdapter(result_type).validate_python(reply.output)
+            return _adapter(result_type).validate_python(reply.output)
         except ValidationError as exc:
             raise InternalError(f"{device}/{skill} replied with unexpected output: {exc}") from exc
 

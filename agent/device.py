@@ -20,7 +20,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -442,7 +441,7 @@ class DeviceAgent:
                 emit=self.emit,
                 log=log,
             )
-            started = time.perf_counter()
+            started = self.clock.monotonic()
             code: ErrorCode | None = None
             message = ""
             details: dict[str, Any] | None = None
@@ -461,7 +460,10 @@ class DeviceAgent:
                             release = False
                             fut.add_done_callback(lambda _f: self._finish(slot))
                             raise
-                payload = _OK_PREFIX + skill.dump_output(result) + b"}"
+                try:
+                    payload = _OK_PREFIX + skill.dump_output(result) + b"}"
+                except (PydanticSerializationError, ValidationError) as exc:
+                    raise _BadOutput(str(exc)) from exc
             except TimeoutError:
                 code, message = (
                     "timeout",
@@ -469,7 +471,7 @@ class DeviceAgent:
                 )
             except CallError as exc:
                 code, message, details = exc.code, exc.message, exc.details
-            except (PydanticSerializationError, ValidationError) as exc:
+            except _BadOutput as exc:
                 log.error("%s: %s returned invalid output: %s", self.device_id, skill.name, exc)
                 code, message = (
                     "internal",
@@ -481,7 +483,7 @@ class DeviceAgent:
                     "internal",
                     f"skill {skill.name!r} failed: {type(exc).__name__}: {exc}",
                 )
-            slot.latency.add(time.perf_counter() - started)
+            slot.latency.add(self.clock.monotonic() - started)
             slot.calls += 1
             if code is None:
                 self._served += 1
@@ -499,6 +501,10 @@ class DeviceAgent:
         slot.sem.release()
         if self._draining and not self._busy_count():
             self._idle.set()
+
+
+class _BadOutput(Exception):
+    """A skill returned something its output type does not allow."""
 
 
 def _summarize(exc: ValidationError, limit: int = 5) -> str:

@@ -271,3 +271,16 @@ def test_agent_rejects_bad_config_with_file_line_and_field(tmp_path: Path) -> No
     assert proc.returncode == 1
     assert f"{cfg}:2: skils: unknown field" in proc.stderr
     assert "skills: Field required" in proc.stderr
+
+
+def test_bad_broker_url_is_one_clear_line_without_the_password(cli_env: dict[str, str]) -> None:
+    env = {**cli_env, "EDGEAGENT_BROKER": "mqtt://me:hunter2@127.0.0.1:99999"}
+    for args in (["fleet", "ls"], ["call", "a", "b"]):
+        proc = cli(*args, env=env)
+        assert proc.returncode == 1
+        assert proc.stderr == (
+            "error: broker URL 'mqtt://me:***@127.0.0.1:99999' has an invalid port\n"
+        )
+    refused = cli("--broker", "mqtt://127.0.0.1:1", "fleet", "ls", env=cli_env)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("error: cannot connect to MQTT broker at mqtt://127.0.0.1:1")
