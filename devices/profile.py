@@ -1,0 +1,63 @@
+"""Device profiles: what a class of device is, as data with a source for every figure.
+
+A profile says what the optimizer and the simulator need to know about a device class: CPU
+architecture and features that matter for int8, cores, clock, RAM and storage budget, which
+inference runtimes have wheels for it, default threads, and speed factors relative to the
+reference machine (the two-core x86-64 this project is developed on, factor 1.0; a factor of
+8 means "8 times slower"). Built-in profiles are YAML files in ``devices/profiles/``; users add
+their own by passing a file path wherever a profile name is accepted.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Runtime = Literal["onnxruntime", "litert"]
+Arch = Literal["x86_64", "aarch64", "armv7l"]
+
+
+class Figure(BaseModel):
+    """A number and where it comes from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    value: float = Field(description="The figure, in the unit its field names.")
+    source: str = Field(min_length=3, description="Where the figure comes from (URL, doc, run).")
+
+
+class SpeedFactors(BaseModel):
+    """How many times slower than the reference machine (1.0), per kind of work."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fp32: Figure = Field(description="Float32 inference, times slower than the reference.")
+    int8: Figure = Field(description="Int8 inference, times slower than the reference's int8.")
+    python: Figure = Field(description="Python interpreter work (agent overhead), times slower.")
+
+
+class DeviceProfile(BaseModel):
+    """One device class."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$", description="Profile id, e.g. pi4.")
+    title: str = Field(description="Human name, e.g. Raspberry Pi 4 Model B (4 GB).")
+    arch: Arch = Field(description="CPU architecture as `uname -m` prints it.")
+    cpu: str = Field(description="CPU model, e.g. Cortex-A72.")
+    cores: Figure = Field(description="CPU cores.")
+    clock_ghz: Figure = Field(description="CPU clock, GHz.")
+    ram_mb: Figure = Field(description="RAM, MiB.")
+    model_budget_mb: Figure = Field(
+        description="RAM a model may use on this device, MiB (what is left for it, not all RAM)."
+    )
+    storage_budget_mb: Figure = Field(description="Storage a model may take, MiB.")
+    int8_dot_product: bool = Field(
+        description="Has an int8 dot-product instruction (Arm SDOT/UDOT, x86 VNNI): int8 pays off."
+    )
+    features: list[str] = Field(default_factory=list, description="CPU features that matter.")
+    runtimes: list[Runtime] = Field(description="Inference runtimes with wheels for this device.")
+    threads: int = Field(ge=1, description="Default inference threads.")
+    speed: SpeedFactors = Field(description="Speed relative to the reference machine.")
+    notes: str = Field(default="", description="Anything else worth knowing.")
