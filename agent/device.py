@@ -86,6 +86,8 @@ class _Slot:
             queued=self.queued,
             p50_ms=p50,
             p95_ms=p95,
+            model=self.skill.options.model,
+            model_version=self.skill.options.model_version,
         )
 
 

@@ -216,6 +216,8 @@ class SkillHealth(_Message):
     queued: int = Field(default=0, description="Calls waiting now.")
     p50_ms: float | None = Field(default=None, description="Median run time, milliseconds.")
     p95_ms: float | None = Field(default=None, description="95th percentile run time, ms.")
+    model: str | None = Field(default=None, description="Model the skill runs, if any.")
+    model_version: str | None = Field(default=None, description="Version of that model.")
 
 
 class Health(_Message):

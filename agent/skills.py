@@ -28,7 +28,7 @@ import inspect
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Protocol, TypeVar, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, create_model
@@ -308,6 +308,14 @@ class SkillSet:
         """Background work for the agent's lifetime; cancelled on shutdown. Default: none."""
         return None
 
+    def model_info(self, skill_name: str) -> tuple[str, str] | None:
+        """``(model name, version)`` a skill runs, when known only once the set is built.
+
+        Overrides the decorator's ``model``/``model_version``: a set that loads its model from
+        an option reports what it actually loaded (manifest and health show it).
+        """
+        return None
+
 
 class DeviceHandle(Protocol):
     """What a :class:`SkillSet`'s background task can do with its device."""
@@ -331,7 +339,12 @@ def collect_skills(obj: object) -> list[Skill]:
         if callable(value) and hasattr(value, _MARK) and not isinstance(value, type):
             if inspect.ismodule(obj) and getattr(value, "__module__", None) != obj.__name__:
                 continue  # imported from elsewhere, not defined here
-            found.append(build_skill(value))
+            built = build_skill(value)
+            info = obj.model_info(built.name) if isinstance(obj, SkillSet) else None
+            if info is not None:
+                opts = replace(built.options, model=info[0], model_version=info[1])
+                built = build_skill(value, opts)
+            found.append(built)
     return found
 
 
