@@ -359,5 +359,10 @@ def _describe(msg: Any) -> str:
     return f"{stamp} {msg!r}"
 
 
+from .cli_devices import devices  # noqa: E402 - subcommand groups live in their own modules
+
+main.add_command(devices)
+
+
 if __name__ == "__main__":  # pragma: no cover - `python -m edgeagent.cli`
     main()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 Runtime = Literal["onnxruntime", "litert"]
 Arch = Literal["x86_64", "aarch64", "armv7l"]
@@ -23,7 +23,7 @@ class Figure(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    value: float = Field(description="The figure, in the unit its field names.")
+    value: float = Field(gt=0, description="The figure, in the unit its field names.")
     source: str = Field(min_length=3, description="Where the figure comes from (URL, doc, run).")
 
 
@@ -61,3 +61,39 @@ class DeviceProfile(BaseModel):
     threads: int = Field(ge=1, description="Default inference threads.")
     speed: SpeedFactors = Field(description="Speed relative to the reference machine.")
     notes: str = Field(default="", description="Anything else worth knowing.")
+    sources: dict[str, str] = Field(
+        default_factory=dict,
+        description="Where the facts that are not Figures come from, by field name "
+        "(arch, cpu, int8_dot_product, features, runtimes, threads).",
+    )
+
+    @field_validator("model_budget_mb")
+    @classmethod
+    def _budget_fits_in_ram(cls, budget: Figure, info: ValidationInfo) -> Figure:
+        ram = info.data.get("ram_mb")
+        if isinstance(ram, Figure) and budget.value > ram.value:
+            raise ValueError(f"{budget.value:g} MiB is more than the RAM ({ram.value:g} MiB)")
+        return budget
+
+    @field_validator("threads")
+    @classmethod
+    def _threads_fit_cores(cls, threads: int, info: ValidationInfo) -> int:
+        cores = info.data.get("cores")
+        if isinstance(cores, Figure) and threads > cores.value:
+            raise ValueError(f"{threads} threads on {cores.value:g} cores oversubscribes the CPU")
+        return threads
+
+    @field_validator("sources")
+    @classmethod
+    def _sources_name_plain_fields(cls, sources: dict[str, str]) -> dict[str, str]:
+        allowed = sorted(SOURCED_FIELDS)
+        for key, text in sources.items():
+            if key not in SOURCED_FIELDS:
+                raise ValueError(f"{key!r} is not a field with a plain value; use one of {allowed}")
+            if len(text.strip()) < 3:
+                raise ValueError(f"source for {key!r} is empty")
+        return sources
+
+
+SOURCED_FIELDS = frozenset({"arch", "cpu", "int8_dot_product", "features", "runtimes", "threads"})
+"""Fields whose value is not a :class:`Figure`, so their source lives in ``sources``."""

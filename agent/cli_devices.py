@@ -1,0 +1,166 @@
+"""``edgeagent devices``: list and show device profiles (built-in and user ones).
+
+Registered on the main command in ``cli.py`` with ``main.add_command(devices)``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from typing import Any, NoReturn
+
+import click
+
+from .devices import (
+    PROFILE_DIR,
+    PROFILES_ENV,
+    SOURCED_FIELDS,
+    DeviceProfile,
+    Figure,
+    SpeedFactors,
+    find_profile,
+    list_profiles,
+    load_profile,
+)
+from .errors import ConfigError
+
+_WIDTH = 100
+_UNITS = {"_mb": "MiB", "_ghz": "GHz"}
+
+
+def _fail(exc: ConfigError) -> NoReturn:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(1)
+
+
+def _mib(value: float) -> str:
+    return f"{value / 1024:g} GB" if value >= 1024 else f"{value:g} MB"
+
+
+def _is_user(profile: DeviceProfile) -> bool:
+    return find_profile(profile.name).resolve().parent != PROFILE_DIR
+
+
+@click.group()
+def devices() -> None:
+    """Device profiles: what each class of device can do, with a source for every figure.
+
+    PROFILE is a built-in name (see `edgeagent devices ls`), a name found in the directories of
+    $EDGEAGENT_PROFILES, or the path to a profile YAML file.
+    """
+
+
+@devices.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (one array) instead of a table.")
+def devices_ls(as_json: bool) -> None:
+    """List the profiles: built-in ones and those in $EDGEAGENT_PROFILES (marked *)."""
+    try:
+        profiles = list_profiles(include_user=True)
+        user = {p.name for p in profiles if _is_user(p)}
+    except ConfigError as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(json.dumps([p.model_dump(mode="json") for p in profiles], indent=2))
+        return
+    rows = [
+        (
+            p.name + ("*" if p.name in user else ""),
+            p.title,
+            p.arch,
+            f"{p.cores.value:g}×{p.clock_ghz.value:g}",
+            _mib(p.ram_mb.value),
+            "yes" if p.int8_dot_product else "no",
+            ",".join(p.runtimes) or "-",
+            f"{p.speed.fp32.value:g}×",
+        )
+        for p in profiles
+    ]
+    header = ("NAME", "TITLE", "ARCH", "CORES×GHZ", "RAM", "INT8-DOT", "RUNTIMES", "FP32 SPEED")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    for r in [header, *rows]:
+        cells = [c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)]
+        click.echo("  ".join([*cells, r[-1]]))
+    click.echo(
+        "\nFP32 SPEED: times slower than the reference (x86-64); see `edgeagent devices show`."
+    )
+    if user:
+        click.echo(f"* user profile (from ${PROFILES_ENV})")
+
+
+def _value_text(field: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value) or "-"
+    if isinstance(value, float):
+        unit = next((u for suffix, u in _UNITS.items() if field.endswith(suffix)), "")
+        return f"{value:g} {unit}".rstrip()
+    return str(value) if value != "" else "-"
+
+
+def _speed_text(value: float) -> str:
+    if value == 1:
+        return "1× (same as the reference)"
+    return f"{value:g}× slower than the reference" if value > 1 else f"{1 / value:.3g}× faster"
+
+
+def _rows(profile: DeviceProfile) -> list[tuple[str, str, str | None]]:
+    """(field, value, source) for every field of the profile, in the model's order."""
+    rows: list[tuple[str, str, str | None]] = []
+    for field in DeviceProfile.model_fields:
+        if field in ("name", "title", "sources"):
+            continue
+        value = getattr(profile, field)
+        if isinstance(value, Figure):
+            rows.append((field, _value_text(field, value.value), value.source))
+        elif isinstance(value, SpeedFactors):
+            for kind in SpeedFactors.model_fields:
+                fig: Figure = getattr(value, kind)
+                rows.append((f"speed.{kind}", _speed_text(fig.value), fig.source))
+        elif field in SOURCED_FIELDS:
+            rows.append(
+                (field, _value_text(field, value), profile.sources.get(field, "(not given)"))
+            )
+        else:
+            rows.append((field, _value_text(field, value), None))
+    return rows
+
+
+@devices.command("show")
+@click.argument("profile")
+@click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")
+def devices_show(profile: str, as_json: bool) -> None:
+    """Show every field of PROFILE with its source."""
+    try:
+        path = find_profile(profile)
+        p = load_profile(profile)
+    except ConfigError as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(json.dumps(p.model_dump(mode="json"), indent=2))
+        return
+    click.echo(f"{p.name}: {p.title}")
+    click.echo(f"file: {path}")
+    rows = _rows(p)
+    width = max(len(field) for field, _, _ in rows) + 2
+    for field, value, source in rows:
+        click.echo(
+            textwrap.fill(
+                value,
+                _WIDTH,
+                initial_indent=field.ljust(width),
+                subsequent_indent=" " * width,
+                break_on_hyphens=False,
+            )
+        )
+        if source is not None:
+            click.echo(
+                textwrap.fill(
+                    " ".join(source.split()),
+                    _WIDTH,
+                    initial_indent=" " * width + "source: ",
+                    subsequent_indent=" " * (width + 8),
+                    break_on_hyphens=False,
+                )
+            )
