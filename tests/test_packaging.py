@@ -47,6 +47,8 @@ def test_wheel_has_one_top_level_name(wheel: Path) -> None:
     for pkg in PACKAGES:
         assert pkg.replace(".", "/") + "/__init__.py" in names, pkg
     assert "edgeagent/py.typed" in names
+    for data in ("edgeagent/devices/profiles/pi4.yaml", "edgeagent/models/zoo/digits/digits.onnx"):
+        assert data in names, data
 
 
 @pytest.mark.slow
@@ -54,7 +56,8 @@ def test_wheel_installs_and_runs_in_fresh_venv(wheel: Path, tmp_path: Path) -> N
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
     py = env_dir / "bin" / "python"
-    subprocess.run([py, "-m", "pip", "install", "-q", str(wheel)], check=True, timeout=600)
+    # A device install: the package and one runtime (the `onnx` extra: onnxruntime, numpy).
+    subprocess.run([py, "-m", "pip", "install", "-q", f"{wheel}[onnx]"], check=True, timeout=600)
     help_out = subprocess.run(
         [env_dir / "bin" / "edgeagent", "--help"], capture_output=True, text=True, timeout=60
     )
@@ -64,6 +67,13 @@ def test_wheel_installs_and_runs_in_fresh_venv(wheel: Path, tmp_path: Path) -> N
     code = "import importlib, sys\n" + "".join(
         f"m = importlib.import_module({p!r}); assert 'site-packages' in m.__file__, m.__file__\n"
         for p in PACKAGES
+    )
+    code += (
+        "import numpy as np\n"
+        "from edgeagent.models import load_model\n"
+        "from edgeagent.models.zoo import RECIPES\n"
+        "s = load_model(RECIPES['digits'].artifact_dir / 'digits.onnx')\n"
+        "assert s.run({'pixels': np.zeros((1, 64), np.float32)})['logits'].shape == (1, 10)\n"
     )
     imported = subprocess.run([py, "-I", "-c", code], capture_output=True, text=True, timeout=60)
     assert imported.returncode == 0, imported.stderr
