@@ -155,7 +155,7 @@ def load_data(
                 f"{option} {path}: array {spec.name!r} is {a.dtype}; the model expects {spec}"
             )
     info = DataFile(
-        path=str(path),
+        path=shown(path),
         sha256=sha256(path),
         samples=next(iter(counts.values())),
         arrays={k: f"{v.dtype}{list(v.shape)}" for k, v in arrays.items()},
@@ -185,6 +185,14 @@ def _metric(
     return "mae", "numeric labels: mean absolute error of the first output"
 
 
+def shown(path: Path) -> str:
+    """``path`` relative to the working directory when under it: cards stay portable."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def _command(
     model: Path,
     device: str,
@@ -196,17 +204,17 @@ def _command(
     metric: str | None,
     runs: int,
 ) -> str:
-    args = ["edgeagent", "models", "optimize", str(model), "--device", device]
+    args = ["edgeagent", "models", "optimize", shown(model), "--device", device]
     if calibration is not None:
-        args += ["--calibration", str(calibration)]
+        args += ["--calibration", shown(calibration)]
     if evaluation is not None:
-        args += ["--eval", str(evaluation)]
+        args += ["--eval", shown(evaluation)]
     args += ["--budget", f"{budget:g}"]
     if variants is not None:
         args += ["--variants", ",".join(variants)]
     if metric is not None:
         args += ["--metric", metric]
-    args += ["--runs", str(runs), "-o", str(out)]
+    args += ["--runs", str(runs), "-o", shown(out)]
     return shlex.join(args)
 
 
@@ -343,7 +351,7 @@ def optimize(
         created=datetime.now(UTC).replace(microsecond=0),
         model=ModelInfo(
             name=model.stem,
-            path=str(model),
+            path=shown(model),
             sha256=sha256(model),
             size_bytes=model.stat().st_size,
             inputs=[str(s) for s in inputs],
@@ -544,7 +552,7 @@ def bench(
         created=now,
         model=ModelInfo(
             name=model.stem,
-            path=str(model),
+            path=shown(model),
             sha256=digest,
             size_bytes=model.stat().st_size,
             inputs=[str(s) for s in inputs],

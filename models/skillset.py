@@ -34,6 +34,14 @@ class ResolvedModel:
     name: str
     version: str
     card: dict[str, object]
+    variant: str = "fp32"
+    """The optimizer's variant (fp32 for a model used as trained)."""
+
+
+def _variant(card: dict[str, object]) -> str:
+    choice = card.get("choice")
+    variant = choice.get("variant") if isinstance(choice, dict) else None
+    return str(variant) if variant else "fp32"
 
 
 def _zoo_dir() -> Path:
@@ -64,7 +72,9 @@ def resolve_model(spec: str, profile: str | None = None) -> ResolvedModel:
             opt_card = _read_card(base / profile / "card.json")
             chosen = opt_card.get("chosen_file")
             if isinstance(chosen, str):
-                return ResolvedModel(base / profile / chosen, name, version, opt_card)
+                return ResolvedModel(
+                    base / profile / chosen, name, version, opt_card, _variant(opt_card)
+                )
         return ResolvedModel(base / f"{name}.onnx", name, version, zoo_card)
     path = Path(spec)
     if path.is_dir():
@@ -74,7 +84,7 @@ def resolve_model(spec: str, profile: str | None = None) -> ResolvedModel:
             raise ModelError(f"{path / 'card.json'}: the optimizer chose no model")
         model = card.get("model")
         name = str(model.get("name", path.name)) if isinstance(model, dict) else path.name
-        return ResolvedModel(path / chosen, name, "1", card)
+        return ResolvedModel(path / chosen, name, "1", card, _variant(card))
     if not path.is_file():
         raise ConfigError(f"model {spec!r} is neither a file, an optimizer folder nor zoo:NAME")
     return ResolvedModel(path, path.stem, "1", {})
@@ -98,7 +108,6 @@ class ModelSkillSet(SkillSet):
         self.session.warmup()
 
     def model_info(self, skill_name: str) -> tuple[str, str] | None:
-        variant = self.resolved.path.stem
-        name = self.resolved.name
-        label = name if variant == name else f"{name} ({variant})"
-        return label, self.resolved.version
+        """``("digits", "1+litert-structured-50")``: zoo version plus the optimizer's variant."""
+        r = self.resolved
+        return r.name, r.version if r.variant == "fp32" else f"{r.version}+{r.variant}"
