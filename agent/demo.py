@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .client import Fleet
 from .errors import CallError, EdgeAgentError
@@ -27,7 +28,16 @@ DEVICES = {
     "lamp-hall": "lamp-hall.yaml",
     "thermostat-living": "thermostat-living.yaml",
     "doorbell-front": "doorbell-front.yaml",
+    "meter-basement": "meter-basement.yaml",
+    "pump-garage": "pump-garage.yaml",
+    "speaker-living": "speaker-living.yaml",
 }
+# An 8x8 "3" from scikit-learn's digits (0 paper … 16 ink), as a meter's camera would see it.
+DIGIT_THREE = [
+    0, 0, 7, 15, 13, 1, 0, 0, 0, 8, 13, 6, 15, 4, 0, 0, 0, 2, 1, 13, 13, 0, 0, 0, 0, 0, 2, 15,
+    11, 1, 0, 0, 0, 0, 0, 1, 12, 12, 1, 0, 0, 0, 0, 0, 1, 10, 8, 0, 0, 0, 8, 4, 5, 14, 9, 0, 0,
+    0, 7, 13, 13, 9, 0, 0,
+]  # fmt: skip
 DEMO_FLEET = "home"
 
 
@@ -62,15 +72,13 @@ async def _tour(url: str, say: Callable[[str], None], keep: bool) -> None:
             tags = ",".join(f"{k}={v}" for k, v in sorted(d.tags.items()))
             say(f"  {d.device:<18} {d.status:<7} {tags:<28} {', '.join(s.name for s in d.skills)}")
 
-        async def show(device: str, skill: str, arg: object = None) -> None:
+        async def show(device: str, skill: str, arg: object = None, brief: bool = False) -> None:
             started = time.perf_counter()
+            shown_arg = "(8x8 image of a 3)" if brief else json.dumps(arg) if arg else ""
             try:
                 out = await fleet.call(device, skill, arg, timeout=5)
                 ms = (time.perf_counter() - started) * 1000
-                say(
-                    f"  call {device}/{skill} {json.dumps(arg) if arg else ''}\n"
-                    f"    -> {json.dumps(out)}  ({ms:.1f} ms)"
-                )
+                say(f"  call {device}/{skill} {shown_arg}\n    -> {json.dumps(out)}  ({ms:.1f} ms)")
             except CallError as exc:
                 say(f"  call {device}/{skill} {json.dumps(arg)}\n    -> error {exc}")
 
@@ -89,6 +97,26 @@ async def _tour(url: str, say: Callable[[str], None], keep: bool) -> None:
         say(f"  event from {event.device}: {event.name} {json.dumps(event.data)}")
         await events.aclose()
 
+        say("\nTiny local models, one per device, optimized for its profile:")
+        for d in await fleet.devices():
+            for s in d.skills:
+                if s.model:
+                    say(f"  {d.device:<16} {s.name:<15} model {s.model} v{s.model_version}")
+        await show("meter-basement", "read_digit", {"pixels": DIGIT_THREE}, brief=True)
+        from .models.zoo import vibration
+
+        healthy, worn = (vibration.simulate(k, 1, _rng())[0] for k in ("healthy", "bearing"))
+        for label, window in (("healthy pump", healthy), ("worn bearing", worn)):
+            out = await fleet.call("pump-garage", "score_window", {"samples": window.tolist()})
+            say(f"  pump-garage/score_window ({label}) -> score {out['score']:.2f}, "
+                f"anomalous={out['anomalous']}, likely {out['likely']}")  # fmt: skip
+        text = "turn off the kitchen lights"
+        parsed = await fleet.call("speaker-living", "parse_command", {"text": text})
+        say(f'  speaker-living heard "{text}" -> {parsed["intent"]} {parsed["kind"]} '
+            f"in the {parsed['room']}")  # fmt: skip
+        if (parsed["intent"], parsed["kind"]) == ("turn_off", "light"):
+            await show(f"lamp-{parsed['room']}", "turn_off")
+
         say("\nBad input gets a typed error, and the device keeps serving:")
         await show("lamp-kitchen", "set_brightness", {"level": 250})
         await show("lamp-kitchen", "get_state")
@@ -101,6 +129,12 @@ async def _tour(url: str, say: Callable[[str], None], keep: bool) -> None:
             )
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.Event().wait()
+
+
+def _rng() -> Any:
+    import numpy as np
+
+    return np.random.default_rng(3)
 
 
 def run_demo(
