@@ -21,6 +21,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,9 +54,10 @@ WORKER_TIMEOUT_S = 900.0
 METHOD_NOTES = (
     "latency: {runs} timed calls of edgeagent's Session.run at batch 1 (input checks included) "
     "after {warmup} warm-up calls, in a fresh process, with the profile's runtime settings; "
-    "per-call wall time (time.perf_counter_ns); p50 is the lowest median of ten consecutive "
-    "blocks of calls (so that a burst of other work on the machine does not decide the "
-    "choice), p99 is over all calls",
+    "per-call wall time (time.perf_counter_ns); then every variant is re-timed loaded in one "
+    "process, in 7 interleaved rounds of 200 calls in rotating order: p50 is the median of the "
+    "round medians and p99 is over those 1400 calls, so that load on the machine falls on all "
+    "variants alike and the order between close variants is the real one",
     "peak memory: peak RSS (VmHWM) of the process that loaded and timed the model, minus that "
     "of a baseline process importing the same runtime and data without loading a model",
     "device estimate: latency on this machine × the profile's speed factor (fp32 or int8): "
@@ -387,6 +389,56 @@ def _worker(request: dict[str, Any]) -> dict[str, Any]:
         "runs": len(times),
         "p50_ms": float(medians.min()),
         "p99_ms": float(np.percentile(ms, 99)),
+    }
+
+
+def retime_interleaved(
+    models: Mapping[str, tuple[Path, RuntimeSettings]],
+    sample: Arrays | None,
+    *,
+    rounds: int = 7,
+    block: int = 200,
+) -> dict[str, tuple[float, float]]:
+    """(p50, p99) in ms of each model, timed in one process in interleaved, rotating rounds.
+
+    Measuring variants one after another lets a burst of load on the machine land on one of them;
+    interleaving spreads it over all, so the order between close variants is the real one. Each
+    round times ``block`` calls per model; p50 is the median of the per-round medians, p99 is
+    over all the calls.
+    """
+    np = require("numpy")
+    from . import load_model
+
+    sessions = {name: load_model(path, settings) for name, (path, settings) in models.items()}
+    feeds: dict[str, dict[str, Any]] = {}
+    for name, session in sessions.items():
+        specs = session.inputs
+        if sample and len(sample) == len(specs):
+            arrays = list(sample.values())
+            feeds[name] = {
+                s.name: np.ascontiguousarray(a[:1], dtype=s.dtype)
+                for s, a in zip(specs, arrays, strict=True)
+            }
+        else:
+            feeds[name] = {s.name: np.zeros([d or 1 for d in s.shape], s.dtype) for s in specs}
+        for _ in range(20):
+            session.run(feeds[name])
+    names = list(sessions)
+    per_round: dict[str, list[float]] = {n: [] for n in names}
+    every: dict[str, list[int]] = {n: [] for n in names}
+    clock = time.perf_counter_ns
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            run, one = sessions[name].run, feeds[name]
+            times = []
+            for _ in range(block):
+                start = clock()
+                run(one)
+                times.append(clock() - start)
+            per_round[name].append(float(np.median(times)) / 1e6)
+            every[name] += times
+    return {
+        n: (float(np.median(per_round[n])), float(np.percentile(every[n], 99)) / 1e6) for n in names
     }
 
 
