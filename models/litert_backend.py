@@ -13,8 +13,8 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from ..stats import LatencyWindow
-from . import _check_feeds
-from .backend import ModelError, RuntimeMissing, RuntimeSettings, SessionStatistics, TensorSpec
+from ._session import SessionBase, check_feeds
+from .backend import ModelError, RuntimeMissing, RuntimeSettings, TensorSpec
 
 try:
     import numpy as np
@@ -68,7 +68,7 @@ class _Slot:
         self.shape = tuple(int(d) for d in details["shape"])
 
 
-class LiteRTSession:
+class LiteRTSession(SessionBase):
     """A TFLite model on the LiteRT interpreter (see :class:`~.backend.Session`).
 
     ``settings.threads`` becomes the interpreter's ``num_threads``; ``spin`` and
@@ -153,7 +153,7 @@ class LiteRTSession:
     def _accept(self, feeds: Any) -> None:
         """The slow path: check everything (raising ModelError); resize inputs whose dynamic
         dimensions changed and reallocate."""
-        _check_feeds(self._label, self._inputs, feeds)
+        check_feeds(self._label, self._inputs, feeds)
         resized = False
         try:
             for slot in self._slots:
@@ -165,25 +165,3 @@ class LiteRTSession:
         finally:
             if resized:
                 self.interpreter.allocate_tensors()
-
-    def warmup(self, runs: int = 5) -> None:
-        """Run ``runs`` times on zeros (dynamic dims as 1); not counted in :meth:`statistics`."""
-        feeds = {
-            s.name: np.zeros(tuple(1 if d is None else d for d in s.shape), dtype=s.dtype)
-            for s in self._inputs
-        }
-        window, count = self._window, self._runs
-        self._window = LatencyWindow()
-        try:
-            for _ in range(runs):
-                self.run(feeds)
-        finally:
-            self._window, self._runs = window, count
-
-    def statistics(self) -> SessionStatistics:
-        p50, p95, p99 = self._window.percentiles_ms((50, 95, 99))
-        return SessionStatistics(runs=self._runs, p50_ms=p50, p95_ms=p95, p99_ms=p99)
-
-    def __repr__(self) -> str:
-        signature = ", ".join(map(str, self._inputs))
-        return f"LiteRTSession({self.path!r}, {signature} -> {', '.join(map(str, self._outputs))})"

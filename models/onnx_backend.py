@@ -12,8 +12,8 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from ..stats import LatencyWindow
-from . import _check_feeds
-from .backend import ModelError, RuntimeMissing, RuntimeSettings, SessionStatistics, TensorSpec
+from ._session import SessionBase, check_feeds
+from .backend import ModelError, RuntimeMissing, RuntimeSettings, TensorSpec
 
 try:
     import numpy as np
@@ -81,7 +81,7 @@ class _Slot:
         )
 
 
-class OnnxSession:
+class OnnxSession(SessionBase):
     """An ONNX model on onnxruntime's CPU execution provider (see :class:`~.backend.Session`).
 
     One run at a time: the agent serializes calls to a model.
@@ -160,28 +160,6 @@ class OnnxSession:
 
     def _accept(self, feeds: Any) -> None:
         """The slow path: check everything (raising ModelError) and remember the new shapes."""
-        _check_feeds(self._label, self._inputs, feeds)
+        check_feeds(self._label, self._inputs, feeds)
         for slot in self._slots:
             slot.shape = feeds[slot.name].shape
-
-    def warmup(self, runs: int = 5) -> None:
-        """Run ``runs`` times on zeros (dynamic dims as 1); not counted in :meth:`statistics`."""
-        feeds = {
-            s.name: np.zeros(tuple(1 if d is None else d for d in s.shape), dtype=s.dtype)
-            for s in self._inputs
-        }
-        window, count = self._window, self._runs
-        self._window = LatencyWindow()
-        try:
-            for _ in range(runs):
-                self.run(feeds)
-        finally:
-            self._window, self._runs = window, count
-
-    def statistics(self) -> SessionStatistics:
-        p50, p95, p99 = self._window.percentiles_ms((50, 95, 99))
-        return SessionStatistics(runs=self._runs, p50_ms=p50, p95_ms=p95, p99_ms=p99)
-
-    def __repr__(self) -> str:
-        signature = ", ".join(map(str, self._inputs))
-        return f"OnnxSession({self.path!r}, {signature} -> {', '.join(map(str, self._outputs))})"
