@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from ..devices.profile import DeviceProfile
 from .backend import RuntimeSettings
 from .card import Fidelity, Figures, Machine
-from .variants import OptimizeError, require
+from .mlp import OptimizeError, require
 
 if TYPE_CHECKING:
     import numpy.typing as npt

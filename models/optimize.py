@@ -49,15 +49,13 @@ from .measure import (
     retime_interleaved,
     unit_for,
 )
+from .mlp import OptimizeError, graph_inputs, require
 from .variants import (
     ALL_VARIANTS,
     NEEDS_CALIBRATION,
     Built,
-    OptimizeError,
     Precision,
     build_variants,
-    graph_inputs,
-    require,
 )
 
 if TYPE_CHECKING:

@@ -32,8 +32,9 @@ from edgeagent.models.card import (  # noqa: E402
     render_markdown,
 )
 from edgeagent.models.choose import choose  # noqa: E402
+from edgeagent.models.mlp import read_mlp_chain  # noqa: E402
 from edgeagent.models.optimize import optimize  # noqa: E402
-from edgeagent.models.variants import build_variants, read_mlp_chain  # noqa: E402
+from edgeagent.models.variants import build_variants  # noqa: E402
 
 RUNS = 200
 ROOT = Path(__file__).resolve().parent.parent
