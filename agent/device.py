@@ -20,8 +20,9 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
@@ -33,6 +34,7 @@ from .config import AgentConfig, load_skills
 from .errors import CallError
 from .protocol import (
     BINARY_CONTENT_TYPE,
+    IDEMPOTENCY_PROPERTY,
     INPUT_PROPERTY,
     JSON_CONTENT_TYPE,
     TRACE_PROPERTY,
@@ -55,6 +57,16 @@ from .transport.base import Inbound, Props, Transport, Will, valid_publish_topic
 log = logging.getLogger(__name__)
 
 _OK_PREFIX = b'{"type":"ok","output":'
+
+
+#: How many idempotency keys (and their replies) an agent remembers.
+IDEMPOTENCY_KEYS_KEPT = 4096
+
+
+@dataclass(slots=True)
+class _IdemEntry:
+    payload: bytes | None = None
+    waiters: list[tuple[str, Props]] = field(default_factory=list)
 
 
 class _Slot:
@@ -144,6 +156,7 @@ class DeviceAgent:
         self._tg: asyncio.TaskGroup | None = None
         self._background: list[asyncio.Task[None]] = []
         self._calls: set[asyncio.Task[None]] = set()
+        self._idem: OrderedDict[str, _IdemEntry] = OrderedDict()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._draining = False
         self._stopped = asyncio.Event()
@@ -311,6 +324,17 @@ class DeviceAgent:
 
     # Serving calls ------------------------------------------------------------------------------
 
+    def _error_bytes(
+        self,
+        code: ErrorCode,
+        message: str,
+        skill: str,
+        details: dict[str, Any] | None = None,
+    ) -> bytes:
+        self._failed += 1
+        log.warning("%s: call %s -> %s: %s", self.device_id, skill, code, message)
+        return encode(ErrorReply(code=code, message=message, details=details))
+
     def _reply_error(
         self,
         topic: str,
@@ -320,10 +344,46 @@ class DeviceAgent:
         skill: str,
         details: dict[str, Any] | None = None,
     ) -> None:
-        self._failed += 1
-        log.warning("%s: call %s -> %s: %s", self.device_id, skill, code, message)
-        reply = ErrorReply(code=code, message=message, details=details)
-        self.transport.publish_nowait(topic, encode(reply), props=props)
+        payload = self._error_bytes(code, message, skill, details)
+        self.transport.publish_nowait(topic, payload, props=props)
+
+    # Idempotency keys: a repeated key gets the first run's reply, never a second run.
+
+    def _idem_seen(self, key: str, reply_to: str, props: Props) -> bool:
+        entry = self._idem.get(key)
+        if entry is None:
+            return False
+        self._idem.move_to_end(key)
+        if entry.payload is not None:
+            self.transport.publish_nowait(reply_to, entry.payload, props=props)
+        else:
+            entry.waiters.append((reply_to, props))
+        log.info(
+            "%s: duplicate call (idempotency key %s) answered from the first", self.device_id, key
+        )
+        return True
+
+    def _idem_start(self, key: str | None) -> None:
+        if key is None:
+            return
+        self._idem[key] = _IdemEntry()
+        while len(self._idem) > IDEMPOTENCY_KEYS_KEPT:
+            self._idem.popitem(last=False)
+
+    def _idem_finish(self, key: str | None, payload: bytes | None) -> None:
+        """Record the reply (None: the call never ran, so the key may run again)."""
+        if key is None:
+            return
+        entry = self._idem.get(key)
+        if entry is None:
+            return
+        if payload is None:
+            del self._idem[key]
+            return
+        entry.payload = payload
+        for reply_to, props in entry.waiters:
+            self.transport.publish_nowait(reply_to, payload, props=props)
+        entry.waiters.clear()
 
     def _on_call(self, msg: Inbound) -> None:
         name = msg.topic[len(self._call_prefix) :]
@@ -344,6 +404,9 @@ class DeviceAgent:
             content_type=JSON_CONTENT_TYPE,
             user_properties=((TRACE_PROPERTY, trace),) if trace else (),
         )
+        idem = props.user_property(IDEMPOTENCY_PROPERTY)
+        if idem is not None and self._idem_seen(idem, reply_to, reply_props):
+            return
         if self._draining:
             self._reply_error(reply_to, reply_props, "unavailable", "device is shutting down", name)
             return
@@ -401,7 +464,10 @@ class DeviceAgent:
         )
         assert self._tg is not None
         slot.queued += 1
-        task = self._tg.create_task(self._run(slot, value, reply_to, reply_props, trace, deadline))
+        self._idem_start(idem)
+        task = self._tg.create_task(
+            self._run(slot, value, reply_to, reply_props, trace, deadline, idem)
+        )
         self._calls.add(task)
         task.add_done_callback(self._calls.discard)
 
@@ -413,8 +479,10 @@ class DeviceAgent:
         reply_props: Props,
         trace: str | None,
         deadline: float | None,
+        idem: str | None = None,
     ) -> None:
         skill = slot.skill
+        replied: bytes | None = None
         # `queued` was counted at admission (in _on_call), so a burst cannot overrun the limit.
         try:
             await slot.sem.acquire()
@@ -489,11 +557,13 @@ class DeviceAgent:
             slot.calls += 1
             if code is None:
                 self._served += 1
-                self.transport.publish_nowait(reply_to, payload, props=reply_props)
             else:
                 slot.errors += 1
-                self._reply_error(reply_to, reply_props, code, message, skill.name, details)
+                payload = self._error_bytes(code, message, skill.name, details)
+            self.transport.publish_nowait(reply_to, payload, props=reply_props)
+            replied = payload
         finally:
+            self._idem_finish(idem, replied)
             if release:
                 self._finish(slot, counted=running)
 

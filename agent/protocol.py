@@ -38,6 +38,14 @@ JSON_CONTENT_TYPE = "application/json"
 BINARY_CONTENT_TYPE = "application/octet-stream"
 #: User Property holding the JSON of the other inputs of a binary request.
 INPUT_PROPERTY = "input"
+#: User Property with a caller's idempotency key: an agent answers a repeated key with the first
+#: run's reply instead of running the skill again (so retries are safe for any skill).
+IDEMPOTENCY_PROPERTY = "idem"
+#: Coordinator call properties: tag filter ("room=kitchen,kind=lamp"), mode ("one" | "all"),
+#: and "1" to get the routing decision back in the reply's ``route``.
+WHERE_PROPERTY = "where"
+MODE_PROPERTY = "mode"
+EXPLAIN_PROPERTY = "explain"
 
 ErrorCode = Literal["bad_request", "not_found", "busy", "timeout", "unavailable", "internal"]
 ERROR_CODES: tuple[ErrorCode, ...] = (
