@@ -185,37 +185,79 @@ def _read_input(raw: str | None) -> bytes:
     return raw.encode()
 
 
-@main.command()
-@click.argument("device")
-@click.argument("skill")
-@click.argument("input_json", metavar="[JSON]", required=False)
+@main.command(context_settings={"ignore_unknown_options": False})
+@click.argument("args", nargs=-1, metavar="DEVICE SKILL [JSON] | --skill SKILL [JSON]")
+@click.option("--skill", "by_skill", default=None, help="Route by skill through the coordinator.")
+@click.option(
+    "--where", default=None, metavar="K=V,…", help="With --skill: only devices with these tags."
+)
+@click.option("--all", "fan_out", is_flag=True, help="With --skill: call every matching device.")
+@click.option("--explain", is_flag=True, help="With --skill: print how the call was routed.")
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for a reply.")
 @click.option("--trace", default=None, help="Trace id to attach (echoed by the device).")
 @click.option("--time", "show_time", is_flag=True, help="Print the round-trip time to stderr.")
 @click.pass_obj
 def call(
     obj: Ctx,
-    device: str,
-    skill: str,
-    input_json: str | None,
+    args: tuple[str, ...],
+    by_skill: str | None,
+    where: str | None,
+    fan_out: bool,
+    explain: bool,
     timeout: float,
     trace: str | None,
     show_time: bool,
 ) -> None:
-    """Call SKILL on DEVICE with JSON input and print the JSON output.
+    """Call a skill and print its JSON output.
 
-    JSON may be '-' to read stdin or '@FILE'. Exits 2 with the device's typed error
-    (bad_request, not_found, busy, timeout, unavailable, internal) on failure.
+    \b
+    edgeagent call DEVICE SKILL [JSON]                 one device, directly
+    edgeagent call --skill SKILL [--where room=kitchen] [--all] [--explain] [JSON]
+                                                       any device that has it, via the coordinator
+
+    JSON may be '-' to read stdin or '@FILE'. Exits 2 with the typed error (bad_request,
+    not_found, busy, timeout, unavailable, internal) on failure.
     """
-    payload = _read_input(input_json)
+    from .routing import parse_where
+
+    if by_skill is None:
+        if len(args) not in (2, 3):
+            raise click.UsageError("give DEVICE SKILL [JSON], or --skill SKILL [JSON]")
+        device, skill, raw = args[0], args[1], (args[2] if len(args) == 3 else None)
+    else:
+        if len(args) > 1:
+            raise click.UsageError("with --skill, give at most one argument: the JSON input")
+        device, skill, raw = "", by_skill, (args[0] if args else None)
+    if (where or fan_out or explain) and by_skill is None:
+        raise click.UsageError("--where, --all and --explain go with --skill")
+    try:
+        tags = parse_where(where)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--where") from exc
+    payload = _read_input(raw)
 
     async def go() -> Any:
         async with obj.make_fleet(timeout) as fleet:
             started = time.perf_counter()
             try:
+                if by_skill is not None:
+                    try:
+                        out = await fleet.call_skill(
+                            skill, payload, where=tags, mode="all" if fan_out else "one",
+                            timeout=timeout, trace=trace, explain=explain,
+                        )  # fmt: skip
+                    except CallError as exc:
+                        if explain and exc.route:
+                            click.echo(json.dumps({"route": exc.route}, indent=2), err=True)
+                        raise
+                    if explain:
+                        output, route = out
+                        click.echo(json.dumps({"route": route}, indent=2), err=True)
+                        return output
+                    return out
                 return await fleet.call(device, skill, payload, timeout=timeout, trace=trace)
             except CallError as exc:
-                if exc.code == "timeout":
+                if exc.code == "timeout" and by_skill is None:
                     info = await fleet.device(device)
                     if info is None:
                         raise type(exc)(
@@ -226,6 +268,10 @@ def call(
                         raise type(exc)(
                             f"{exc.message}; device {device!r} is {info.status}"
                         ) from exc
+                if exc.code == "timeout" and by_skill is not None:
+                    raise type(exc)(
+                        f"{exc.message}; is a coordinator running (edgeagent coordinator run)?"
+                    ) from exc
                 raise
             finally:
                 if show_time:
@@ -233,6 +279,51 @@ def call(
 
     result = _run(go())
     click.echo(json.dumps(result, indent=2 if sys.stdout.isatty() else None))
+
+
+# coordinator --------------------------------------------------------------------------------------
+
+
+@main.group()
+def coordinator() -> None:
+    """Route calls between devices by skill and tags."""
+
+
+@coordinator.command("run")
+@click.option("--group", default="edgeagent-coord", show_default=True,
+              help="Shared-subscription group: replicas in one group share the calls.")  # fmt: skip
+@click.option("--retry-budget", default=2, show_default=True, help="Failovers per call.")
+@click.option("--no-hedge", is_flag=True, help="Do not hedge slow read calls.")
+@click.pass_obj
+def coordinator_run(obj: Ctx, group: str, retry_budget: int, no_hedge: bool) -> None:
+    """Run a coordinator until SIGTERM or Ctrl-C. Run several for scale-out and failover.
+
+    Any MQTT 5 client can then call {root}/{fleet}/coord/call/SKILL with the skill's input, a
+    Response Topic, and User Properties where=room=kitchen, mode=one|all, explain=1.
+    """
+    from .coordinator import Coordinator
+    from .transport.mqtt import MqttTransport
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        broker = BrokerConfig.from_url(obj.broker)
+        transport = MqttTransport(broker, retry_first_connect=True)
+        async with Coordinator(
+            transport, root=obj.root, fleet=obj.fleet, group=group,
+            retry_budget=retry_budget, hedge=not no_hedge,
+        ) as coord:  # fmt: skip
+            devices = len(coord.registry.devices)
+            click.echo(
+                f"coordinator: routing for fleet {obj.fleet} at {broker.display()} "
+                f"({devices} devices known, group {group})",
+                err=True,
+            )
+            await stop.wait()
+
+    _run(serve())
 
 
 # fleet -------------------------------------------------------------------------------------------

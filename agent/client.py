@@ -34,9 +34,13 @@ from .protocol import (
     BINARY_CONTENT_TYPE,
     DEFAULT_FLEET,
     DEFAULT_ROOT,
+    EXPLAIN_PROPERTY,
+    IDEMPOTENCY_PROPERTY,
     INPUT_PROPERTY,
     JSON_CONTENT_TYPE,
+    MODE_PROPERTY,
     TRACE_PROPERTY,
+    WHERE_PROPERTY,
     ErrorReply,
     Event,
     Health,
@@ -192,6 +196,48 @@ class Fleet:
             return _adapter(result_type).validate_python(reply.output)
         except ValidationError as exc:
             raise InternalError(f"{device}/{skill} replied with unexpected output: {exc}") from exc
+
+    async def call_skill(
+        self,
+        skill: str,
+        input: Any = None,
+        *,
+        where: dict[str, str] | None = None,
+        mode: str = "one",
+        timeout: float | None = None,
+        trace: str | None = None,
+        explain: bool = False,
+        idempotency_key: str | None = None,
+    ) -> Any:
+        """Call ``skill`` on whichever device the coordinator picks (``mode="all"``: every
+        matching device; the output is then ``{"results": {device: output}, "errors": {...}}``).
+
+        ``where`` filters devices by tags. With ``explain=True`` the return value is
+        ``(output, route)``, the coordinator's routing record. An idempotency key is sent (one is
+        made if not given), so a retried call is never run twice.
+        """
+        timeout = self.timeout if timeout is None else timeout
+        props: tuple[tuple[str, str], ...] = (
+            (IDEMPOTENCY_PROPERTY, idempotency_key or uuid.uuid4().hex),
+            (MODE_PROPERTY, mode),
+        )
+        if where:
+            props += ((WHERE_PROPERTY, ",".join(f"{k}={v}" for k, v in sorted(where.items()))),)
+        if explain:
+            props += ((EXPLAIN_PROPERTY, "1"),)
+        reply = await self.request(
+            self.topics.coord_call(skill),
+            _encode_input(input),
+            timeout=timeout,
+            trace=trace,
+            what=f"the coordinator ({skill})",
+            user_properties=props,
+        )
+        if isinstance(reply, ErrorReply):
+            error = CallError.from_reply(reply)
+            error.route = reply.route
+            raise error
+        return (reply.output, reply.route) if explain else reply.output
 
     async def request(
         self,

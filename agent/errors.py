@@ -46,6 +46,8 @@ class CallError(EdgeAgentError):
         super().__init__(message)
         self.message = message
         self.details = details
+        self.route: dict[str, Any] | None = None
+        """For coordinator calls with explain: how the call was routed."""
 
     def to_reply(self) -> ErrorReply:
         return ErrorReply(code=self.code, message=self.message, details=self.details)

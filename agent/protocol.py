@@ -113,6 +113,14 @@ class Topics:
     def reply(self, client_id: str) -> str:
         return f"{self.base}/client/{client_id}/reply"
 
+    def coord_call(self, skill: str) -> str:
+        """Where any MQTT 5 client asks the coordinator to route a call of ``skill``."""
+        return f"{self.base}/coord/call/{skill}"
+
+    def coord_calls_filter(self, group: str | None = None) -> str:
+        plain = f"{self.base}/coord/call/+"
+        return f"$share/{group}/{plain}" if group else plain
+
     # Filters -----------------------------------------------------------------------------------
 
     def calls_filter(self, device: str) -> str:
@@ -249,6 +257,9 @@ class Ok(_Message):
 
     type: Literal["ok"] = "ok"
     output: Any = None
+    route: dict[str, Any] | None = Field(
+        default=None, description="Coordinator calls with explain=1: how the call was routed."
+    )
 
 
 class ErrorReply(_Message):
@@ -258,6 +269,9 @@ class ErrorReply(_Message):
     code: ErrorCode
     message: str
     details: dict[str, Any] | None = None
+    route: dict[str, Any] | None = Field(
+        default=None, description="Coordinator calls with explain=1: how the call was routed."
+    )
 
 
 class Event(_Message):

@@ -1,0 +1,432 @@
+"""The coordinator: routes calls addressed to a skill (not a device) to a device that has it.
+
+::
+
+    {root}/{fleet}/coord/call/{skill}     request: the skill input; User Properties
+                                          where=room=kitchen,kind=lamp  mode=one|all  explain=1
+                                          idem=KEY (optional; generated if absent)
+
+It is a plain MQTT 5 client, stateless beyond what the broker holds: the registry is rebuilt from
+retained state and manifest messages (plus live health), and any number of replicas share the
+calls through the shared subscription ``$share/{group}/…/coord/call/+``.
+
+Per call: candidates are the online devices with the skill whose tags match ``where``; one is
+chosen by power-of-two choices on (outstanding + 1) × latency (:mod:`edgeagent.routing`). The
+deadline (Message Expiry Interval) is carried over: a call whose deadline has passed is never
+forwarded, and each forward gets only what remains. Failover: a ``busy``, ``unavailable``,
+``not_found`` or unanswered forward is retried on another device within ``retry_budget``; for a
+skill that is not idempotent only when the device certainly did not run it (``busy``,
+``unavailable``, ``not_found``), never after a timeout. Every forward carries an idempotency key,
+so even a duplicate delivery cannot run a call twice. Read skills are hedged: if the first device
+has not answered after its measured p95, a second request goes to another device and the first
+answer wins. ``mode=all`` fans out to every matching device and gathers replies and errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from .clock import SYSTEM_CLOCK, Clock
+from .errors import CallError
+from .protocol import (
+    EXPLAIN_PROPERTY,
+    IDEMPOTENCY_PROPERTY,
+    JSON_CONTENT_TYPE,
+    MODE_PROPERTY,
+    TRACE_PROPERTY,
+    WHERE_PROPERTY,
+    ErrorCode,
+    ErrorReply,
+    Ok,
+    Topics,
+    decode,
+    encode,
+)
+from .registry import Registry
+from .routing import Decision, decide, parse_where
+from .transport.base import Inbound, Props, Transport, valid_publish_topic
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DEADLINE_S = 10.0
+#: Hedge no earlier than this, seconds: below it a second request costs more than it saves.
+MIN_HEDGE_S = 0.002
+_RETRYABLE: frozenset[str] = frozenset({"busy", "unavailable", "not_found", "timeout"})
+_NEVER_RAN: frozenset[str] = frozenset({"busy", "unavailable", "not_found"})
+
+
+@dataclass(slots=True)
+class _Attempt:
+    device: str
+    outcome: str
+    ms: float
+
+
+@dataclass(slots=True)
+class _Trace:
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    attempts: list[_Attempt] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "decisions": self.decisions,
+            "attempts": [
+                {"device": a.device, "outcome": a.outcome, "ms": a.ms} for a in self.attempts
+            ],
+        }
+
+
+class Coordinator:
+    """Route calls by skill and tags, with failover, hedging and fan-out."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        root: str,
+        fleet: str,
+        group: str = "edgeagent-coord",
+        retry_budget: int = 2,
+        hedge: bool = True,
+        clock: Clock = SYSTEM_CLOCK,
+        rng: random.Random | None = None,
+    ) -> None:
+        from .client import Fleet
+
+        self.topics = Topics(root, fleet)
+        self.transport = transport
+        self.group = group
+        self.retry_budget = retry_budget
+        self.hedge = hedge
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.registry = Registry()
+        self._fleet = Fleet(transport=transport, root=root, fleet=fleet, clock=clock)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.routed = 0
+        self.failovers = 0
+        self.hedges = 0
+
+    async def __aenter__(self) -> Coordinator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        for topic_filter in (
+            self.topics.all_states(),
+            self.topics.all_manifests(),
+            self.topics.all_health(),
+        ):
+            await self.transport.subscribe(topic_filter, self._on_fleet, qos=1)
+        await self.transport.subscribe(
+            self.topics.coord_calls_filter(self.group), self._on_call, qos=1
+        )
+        await self._fleet.__aenter__()
+        await self._fleet._sync()  # the retained fleet has arrived: the registry is complete
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._fleet.close()
+
+    # Registry feed ------------------------------------------------------------------------------
+
+    def _on_fleet(self, msg: Inbound) -> None:
+        parsed = self.topics.parse_device_topic(msg.topic)
+        if parsed is None:
+            return
+        if not msg.payload:
+            self.registry.forget(parsed[0])
+            return
+        try:
+            message = decode(msg.payload)
+        except ValidationError as exc:
+            log.warning("ignoring malformed %s: %s", msg.topic, exc.errors()[0]["msg"])
+            return
+        self.registry.apply(message, self.clock.monotonic())
+
+    # Calls --------------------------------------------------------------------------------------
+
+    def _on_call(self, msg: Inbound) -> None:
+        props = msg.props
+        reply_to = props.response_topic
+        if not reply_to or not valid_publish_topic(reply_to):
+            log.warning("coordinator call on %s without a usable response topic dropped", msg.topic)
+            return
+        skill = msg.topic.rsplit("/", 1)[1]
+        trace = props.user_property(TRACE_PROPERTY)
+        reply_props = Props(
+            correlation_data=props.correlation_data,
+            content_type=JSON_CONTENT_TYPE,
+            user_properties=((TRACE_PROPERTY, trace),) if trace else (),
+        )
+        expiry = props.message_expiry
+        deadline = self.clock.monotonic() + (expiry if expiry is not None else DEFAULT_DEADLINE_S)
+        task = asyncio.get_running_loop().create_task(
+            self._serve(skill, msg.payload, props, reply_to, reply_props, deadline)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(
+        self,
+        skill: str,
+        payload: bytes,
+        props: Props,
+        reply_to: str,
+        reply_props: Props,
+        deadline: float,
+    ) -> None:
+        explain = props.user_property(EXPLAIN_PROPERTY) == "1"
+        trace = _Trace()
+        reply: Ok | ErrorReply
+        try:
+            where = parse_where(props.user_property(WHERE_PROPERTY))
+            mode = props.user_property(MODE_PROPERTY) or "one"
+            if mode not in ("one", "all"):
+                raise _Fail("bad_request", f"mode must be one or all, not {mode!r}")
+            idem = props.user_property(IDEMPOTENCY_PROPERTY) or uuid.uuid4().hex
+            tr = props.user_property(TRACE_PROPERTY)
+            if mode == "all":
+                output: Any = await self._fan_out(skill, payload, where, deadline, idem, tr, trace)
+            else:
+                output = await self._route_one(skill, payload, where, deadline, idem, tr, trace)
+            reply = Ok(output=output, route=trace.as_dict() if explain else None)
+            self.routed += 1
+        except ValueError as exc:
+            reply = ErrorReply(code="bad_request", message=str(exc))
+        except _Fail as exc:
+            reply = ErrorReply(
+                code=exc.code,
+                message=exc.message,
+                details=exc.details,
+                route=trace.as_dict() if explain else None,
+            )
+        except CallError as exc:
+            reply = ErrorReply(
+                code=exc.code,
+                message=exc.message,
+                details=exc.details,
+                route=trace.as_dict() if explain else None,
+            )
+        except Exception as exc:  # never leave a caller hanging
+            log.exception("routing %s failed", skill)
+            reply = ErrorReply(code="internal", message=f"coordinator: {type(exc).__name__}: {exc}")
+        if isinstance(reply, ErrorReply):
+            log.info("coordinator call %s -> %s: %s", skill, reply.code, reply.message)
+        self.transport.publish_nowait(reply_to, encode(reply), props=reply_props)
+
+    def _remaining(self, deadline: float, skill: str) -> float:
+        left = deadline - self.clock.monotonic()
+        if left <= 0:
+            raise _Fail("timeout", f"deadline passed before {skill!r} could be forwarded")
+        return left
+
+    def _decide(
+        self, skill: str, where: dict[str, str], tried: frozenset[str], trace: _Trace
+    ) -> Decision:
+        candidates, rejected = self.registry.candidates(skill, where, exclude=tried)
+        decision = decide(skill, where, candidates, rejected, self.rng)
+        trace.decisions.append(decision.as_dict())
+        return decision
+
+    def _no_device(self, skill: str, where: dict[str, str], decision: Decision) -> _Fail:
+        if skill not in {s for e in self.registry.devices.values() for s in _skill_names(e)}:
+            return _Fail("not_found", f"no device in the fleet has a skill {skill!r}")
+        why = "; ".join(f"{d}: {r}" for d, r in decision.rejected.items()) or "none matches"
+        only_tags = all(r.startswith("tags ") for r in decision.rejected.values())
+        code: ErrorCode = "not_found" if only_tags else "unavailable"
+        return _Fail(code, f"no device can take {skill!r} where {where or '{}'}: {why}")
+
+    async def _forward(
+        self,
+        device: str,
+        skill: str,
+        payload: bytes,
+        deadline: float,
+        idem: str,
+        tr: str | None,
+        trace: _Trace,
+    ) -> Any:
+        """One forward; returns the Ok output or raises CallError (CallTimeout if unanswered)."""
+        left = self._remaining(deadline, skill)
+        self.registry.started(device, skill)
+        started = self.clock.monotonic()
+        ok = False
+        try:
+            reply = await self._fleet.request(
+                self.topics.call(device, skill),
+                payload,
+                timeout=left,
+                trace=tr,
+                what=f"{device}/{skill}",
+                user_properties=((IDEMPOTENCY_PROPERTY, idem),),
+            )
+            if isinstance(reply, ErrorReply):
+                raise CallError.from_reply(reply)
+            ok = True
+            return reply.output
+        except CallError as exc:
+            trace.attempts.append(_Attempt(device, exc.code, self._ms(started)))
+            raise
+        finally:
+            took = self.clock.monotonic() - started
+            self.registry.finished(device, skill, took, ok)
+            if ok:
+                trace.attempts.append(_Attempt(device, "ok", round(took * 1000, 3)))
+
+    def _ms(self, since: float) -> float:
+        return round((self.clock.monotonic() - since) * 1000, 3)
+
+    async def _route_one(
+        self,
+        skill: str,
+        payload: bytes,
+        where: dict[str, str],
+        deadline: float,
+        idem: str,
+        tr: str | None,
+        trace: _Trace,
+    ) -> Any:
+        tried: set[str] = set()
+        attempts = 0
+        while True:
+            self._remaining(deadline, skill)
+            decision = self._decide(skill, where, frozenset(tried), trace)
+            if decision.chosen is None:
+                raise self._no_device(skill, where, decision)
+            device = decision.chosen
+            spec = self.registry.devices[device].skill(skill)
+            assert spec is not None
+            tried.add(device)
+            try:
+                if self.hedge and spec.side_effect == "read" and spec.idempotent:
+                    return await self._hedged(device, skill, payload, where, deadline, idem, tr,
+                                              trace, tried)  # fmt: skip
+                return await self._forward(device, skill, payload, deadline, idem, tr, trace)
+            except CallError as exc:
+                retry = exc.code in (_RETRYABLE if spec.idempotent else _NEVER_RAN)
+                if not retry or attempts >= self.retry_budget:
+                    raise
+                attempts += 1
+                self.failovers += 1
+                log.info("failover: %s/%s answered %s; trying another device", device, skill,
+                         exc.code)  # fmt: skip
+
+    async def _hedged(
+        self,
+        device: str,
+        skill: str,
+        payload: bytes,
+        where: dict[str, str],
+        deadline: float,
+        idem: str,
+        tr: str | None,
+        trace: _Trace,
+        tried: set[str],
+    ) -> Any:
+        """Forward; if no answer after the device's p95, also ask a second device."""
+        first = asyncio.ensure_future(
+            self._forward(device, skill, payload, deadline, idem, tr, trace)
+        )
+        p95 = self.registry.p95_s(device, skill)
+        if p95 is None:
+            return await first
+        delay = max(p95, MIN_HEDGE_S)
+        done, _ = await asyncio.wait({first}, timeout=min(delay, self._remaining(deadline, skill)))
+        if done:
+            return first.result()
+        decision = self._decide(skill, where, frozenset(tried), trace)
+        if decision.chosen is None:
+            return await first
+        tried.add(decision.chosen)
+        self.hedges += 1
+        second = asyncio.ensure_future(
+            # A hedge is a separate read: its own key, so the device does not merge it.
+            self._forward(decision.chosen, skill, payload, deadline, idem + "-h", tr, trace)
+        )
+        pending = {first, second}
+        error: BaseException | None = None
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for d in done:
+                    if d.exception() is None:
+                        return d.result()
+                    error = d.exception()
+            assert error is not None
+            raise error
+        finally:
+            for p in pending:
+                p.cancel()
+
+    async def _fan_out(
+        self,
+        skill: str,
+        payload: bytes,
+        where: dict[str, str],
+        deadline: float,
+        idem: str,
+        tr: str | None,
+        trace: _Trace,
+    ) -> dict[str, Any]:
+        candidates, rejected = self.registry.candidates(skill, where)
+        devices = [c.device for c in candidates]
+        trace.decisions.append(
+            {
+                "skill": skill,
+                "where": where,
+                "method": "all",
+                "devices": devices,
+                "rejected": rejected,
+            }
+        )
+        if not candidates:
+            raise self._no_device(skill, where, Decision(skill, where, None, "all", [], rejected))
+        results = await asyncio.gather(
+            *(
+                self._forward(c.device, skill, payload, deadline, f"{idem}-{c.device}", tr, trace)
+                for c in candidates
+            ),
+            return_exceptions=True,
+        )
+        out: dict[str, Any] = {"results": {}, "errors": {}}
+        for c, r in zip(candidates, results, strict=True):
+            if isinstance(r, CallError):
+                out["errors"][c.device] = {"code": r.code, "message": r.message}
+            elif isinstance(r, BaseException):
+                out["errors"][c.device] = {"code": "internal", "message": str(r)}
+            else:
+                out["results"][c.device] = r
+        return out
+
+    def statistics(self) -> dict[str, int]:
+        return {"routed": self.routed, "failovers": self.failovers, "hedges": self.hedges}
+
+
+class _Fail(Exception):
+    def __init__(
+        self, code: ErrorCode, message: str, details: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+def _skill_names(entry: Any) -> list[str]:
+    return [s.name for s in entry.manifest.skills] if entry.manifest else []
