@@ -304,10 +304,13 @@ class Coordinator:
     ) -> Any:
         tried: set[str] = set()
         attempts = 0
+        last: CallError | None = None
         while True:
             self._remaining(deadline, skill)
             decision = self._decide(skill, where, frozenset(tried), trace)
             if decision.chosen is None:
+                if last is not None:  # every candidate was tried: the last answer stands
+                    raise last
                 raise self._no_device(skill, where, decision)
             device = decision.chosen
             spec = self.registry.devices[device].skill(skill)
@@ -322,6 +325,7 @@ class Coordinator:
                 retry = exc.code in (_RETRYABLE if spec.idempotent else _NEVER_RAN)
                 if not retry or attempts >= self.retry_budget:
                     raise
+                last = exc
                 attempts += 1
                 self.failovers += 1
                 log.info("failover: %s/%s answered %s; trying another device", device, skill,

@@ -1,0 +1,227 @@
+"""The coordinator against a real mosquitto: routing, failover, idempotency, deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from edgeagent import (
+    AgentConfig,
+    BadRequest,
+    BrokerConfig,
+    CallTimeout,
+    DeviceAgent,
+    Fleet,
+    NotFound,
+    Unavailable,
+    skill,
+)
+from edgeagent.coordinator import Coordinator
+from edgeagent.skills import Skill, build_skill
+from edgeagent.transport.mqtt import MqttTransport
+
+pytestmark = pytest.mark.broker
+
+
+def lamp(url: str, fleet: str, device: str, room: str) -> DeviceAgent:
+    cfg = AgentConfig(
+        device=device,
+        fleet=fleet,
+        broker={"url": url},  # type: ignore[arg-type]
+        tags={"room": room, "kind": "lamp"},
+        skills=[{"module": "smarthome.lamp:Lamp"}],  # type: ignore[list-item]
+    )
+    return DeviceAgent(cfg)
+
+
+def custom(url: str, fleet: str, device: str, skills: Sequence[Skill]) -> DeviceAgent:
+    cfg = AgentConfig(
+        device=device,
+        fleet=fleet,
+        broker={"url": url},  # type: ignore[arg-type]
+        tags={"kind": "worker"},
+        skills=[{"module": "unused"}],  # type: ignore[list-item]
+    )
+    return DeviceAgent(cfg, skills=list(skills))
+
+
+def coordinator(url: str, fleet: str, **kw: Any) -> Coordinator:
+    return Coordinator(MqttTransport(BrokerConfig(url=url)), root="edgeagent", fleet=fleet, **kw)
+
+
+def test_routes_by_tags_and_explains(broker_url: str, fleet_name: str) -> None:
+    async def main() -> None:
+        async with (
+            lamp(broker_url, fleet_name, "lamp-k", "kitchen"),
+            lamp(broker_url, fleet_name, "lamp-h", "hall"),
+            coordinator(broker_url, fleet_name) as coord,
+            Fleet(broker_url, fleet=fleet_name) as fleet,
+        ):
+            assert set(coord.registry.devices) == {"lamp-k", "lamp-h"}
+            out, route = await fleet.call_skill(
+                "set_brightness", {"level": 33}, where={"room": "hall"}, explain=True
+            )
+            assert out == {"on": True, "brightness": 33}
+            (decision,) = route["decisions"]
+            assert decision["chosen"] == "lamp-h"
+            assert decision["rejected"] == {"lamp-k": "tags room=kitchen≠hall"}
+            assert route["attempts"][0]["device"] == "lamp-h"
+            assert await fleet.call("lamp-h", "get_state") == {"on": True, "brightness": 33}
+            assert (await fleet.call("lamp-k", "get_state"))["on"] is False
+
+            both = await fleet.call_skill("turn_on", mode="all", where={"kind": "lamp"})
+            assert set(both["results"]) == {"lamp-k", "lamp-h"}
+            assert both["errors"] == {}
+
+            with pytest.raises(NotFound, match="no device in the fleet has a skill 'fly'"):
+                await fleet.call_skill("fly")
+            with pytest.raises(NotFound, match="attic"):
+                await fleet.call_skill("turn_on", where={"room": "attic"})
+            with pytest.raises(BadRequest, match="level"):
+                await fleet.call_skill("set_brightness", {"level": 900}, where={"room": "hall"})
+            # The coordinator keeps serving after all of that.
+            assert (await fleet.call_skill("get_state", where={"room": "kitchen"}))["on"] is True
+
+    asyncio.run(main())
+
+
+def test_spreads_load_and_fails_over_when_busy(broker_url: str, fleet_name: str) -> None:
+    served: dict[str, int] = {}
+
+    def worker(name: str) -> Skill:
+        @skill(side_effect="read", max_concurrency=1, max_queue=0)
+        async def slow_read(n: int) -> str:
+            served[name] = served.get(name, 0) + 1
+            await asyncio.sleep(0.15)
+            return name
+
+        return build_skill(slow_read)
+
+    async def main() -> None:
+        async with (
+            custom(broker_url, fleet_name, "w1", [worker("w1")]),
+            custom(broker_url, fleet_name, "w2", [worker("w2")]),
+            coordinator(broker_url, fleet_name, hedge=False) as coord,
+            Fleet(broker_url, fleet=fleet_name) as fleet,
+        ):
+            # Two at once: each worker takes one at a time, so both must be used (by the
+            # choice, or by failover after a `busy`), and neither call fails.
+            got = await asyncio.gather(
+                fleet.call_skill("slow_read", {"n": 1}), fleet.call_skill("slow_read", {"n": 2})
+            )
+            assert sorted(got) == ["w1", "w2"]
+            # Four at once against capacity two: some are refused everywhere and say so.
+            results = await asyncio.gather(
+                *(fleet.call_skill("slow_read", {"n": i}) for i in range(4)),
+                return_exceptions=True,
+            )
+            ok = [r for r in results if isinstance(r, str)]
+            refused = [r for r in results if not isinstance(r, str)]
+            assert len(ok) >= 2
+            assert all(getattr(r, "code", None) == "busy" for r in refused), refused
+            assert coord.statistics()["failovers"] >= 1
+
+    asyncio.run(main())
+
+
+def test_non_idempotent_actuation_never_runs_twice(broker_url: str, fleet_name: str) -> None:
+    runs: dict[str, int] = {"a": 0, "b": 0}
+
+    def counter(name: str, delay: float) -> Skill:
+        @skill(side_effect="actuate", idempotent=False, timeout_s=5)
+        async def bump() -> int:
+            runs[name] += 1
+            await asyncio.sleep(delay)
+            return runs[name]
+
+        return build_skill(bump)
+
+    async def main() -> None:
+        async with (
+            custom(broker_url, fleet_name, "a", [counter("a", 1.5)]),
+            custom(broker_url, fleet_name, "b", [counter("b", 1.5)]),
+            coordinator(broker_url, fleet_name) as coord,
+            Fleet(broker_url, fleet=fleet_name) as fleet,
+        ):
+            # The device is slower than the deadline: the coordinator times out and must NOT
+            # try the other device, because the first may (and does) still run the call.
+            started = time.monotonic()
+            with pytest.raises(CallTimeout):
+                await fleet.call_skill("bump", timeout=1)
+            assert time.monotonic() - started < 2.5
+            await asyncio.sleep(1.0)
+            assert sum(runs.values()) == 1
+            assert coord.statistics()["failovers"] == 0
+
+            # The same idempotency key twice (a client retry) runs once: the device answers
+            # the repeat with the first run's reply.
+            first = await fleet.call_skill("bump", idempotency_key="k-1", timeout=5)
+            key_device = "a" if runs["a"] == first and runs["a"] > 0 else "b"
+            total = sum(runs.values())
+            again = await fleet.call("a" if key_device == "a" else "b", "bump", None)
+            assert again == first + 1  # a different call (no key) does run
+            total += 1
+            repeat = await fleet.request(
+                f"edgeagent/{fleet_name}/dev/{key_device}/call/bump",
+                b"{}",
+                timeout=5,
+                user_properties=(("idem", "k-1"),),
+            )
+            assert repeat.output == first  # the remembered reply, not a new run
+            assert sum(runs.values()) == total
+
+    asyncio.run(main())
+
+
+def test_offline_device_is_skipped_and_registry_rebuilds(broker_url: str, fleet_name: str) -> None:
+    async def main() -> None:
+        kitchen = lamp(broker_url, fleet_name, "lamp-k", "kitchen")
+        hall = lamp(broker_url, fleet_name, "lamp-h", "hall")
+        async with kitchen, hall, Fleet(broker_url, fleet=fleet_name) as fleet:
+            async with coordinator(broker_url, fleet_name) as coord:
+                assert coord.registry.online("lamp-k")
+                assert isinstance(kitchen.transport, MqttTransport)
+                await kitchen.stop(grace_s=0)  # publishes offline
+                for _ in range(100):
+                    if not coord.registry.online("lamp-k"):
+                        break
+                    await asyncio.sleep(0.02)
+                with pytest.raises(Unavailable, match="lamp-k: state offline"):
+                    await fleet.call_skill("turn_on", where={"room": "kitchen"})
+                assert (await fleet.call_skill("turn_on"))["on"] is True  # lamp-h takes it
+            # A new coordinator knows the fleet from retained messages alone.
+            async with coordinator(broker_url, fleet_name) as fresh:
+                assert fresh.registry.online("lamp-h")
+                assert not fresh.registry.online("lamp-k")
+
+    asyncio.run(main())
+
+
+def test_deadline_is_never_exceeded_and_expired_calls_are_not_forwarded(
+    broker_url: str, fleet_name: str
+) -> None:
+    started_runs: list[float] = []
+
+    @skill(side_effect="read", timeout_s=30)
+    async def sleepy() -> str:
+        started_runs.append(time.monotonic())
+        await asyncio.sleep(3)
+        return "late"
+
+    async def main() -> None:
+        async with (
+            custom(broker_url, fleet_name, "s", [build_skill(sleepy)]),
+            coordinator(broker_url, fleet_name, hedge=False),
+            Fleet(broker_url, fleet=fleet_name) as fleet,
+        ):
+            t0 = time.monotonic()
+            with pytest.raises(CallTimeout):
+                await fleet.call_skill("sleepy", timeout=1)
+            assert time.monotonic() - t0 < 2.0
+
+    asyncio.run(main())
+    assert len(started_runs) == 1
