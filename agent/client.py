@@ -208,13 +208,16 @@ class Fleet:
         trace: str | None = None,
         explain: bool = False,
         idempotency_key: str | None = None,
+        retry_after: float | None = None,
     ) -> Any:
         """Call ``skill`` on whichever device the coordinator picks (``mode="all"``: every
         matching device; the output is then ``{"results": {device: output}, "errors": {...}}``).
 
         ``where`` filters devices by tags. With ``explain=True`` the return value is
         ``(output, route)``, the coordinator's routing record. An idempotency key is sent (one is
-        made if not given), so a retried call is never run twice.
+        made if not given), so a retried call is never run twice. ``retry_after`` seconds without
+        a reply, the same call (same key) is sent again, until ``timeout``: with coordinator
+        replicas, a call held by one that died is taken up by another.
         """
         timeout = self.timeout if timeout is None else timeout
         props: tuple[tuple[str, str], ...] = (
@@ -225,14 +228,26 @@ class Fleet:
             props += ((WHERE_PROPERTY, ",".join(f"{k}={v}" for k, v in sorted(where.items()))),)
         if explain:
             props += ((EXPLAIN_PROPERTY, "1"),)
-        reply = await self.request(
-            self.topics.coord_call(skill),
-            _encode_input(input),
-            timeout=timeout,
-            trace=trace,
-            what=f"the coordinator ({skill})",
-            user_properties=props,
-        )
+        payload = _encode_input(input)
+        deadline = self.clock.monotonic() + timeout
+        while True:
+            left = deadline - self.clock.monotonic()
+            attempt = left if retry_after is None else min(retry_after, left)
+            try:
+                reply = await self.request(
+                    self.topics.coord_call(skill),
+                    payload,
+                    timeout=attempt,
+                    trace=trace,
+                    what=f"the coordinator ({skill})",
+                    user_properties=props,
+                    expiry_s=left,
+                )
+                break
+            except CallTimeout:
+                if retry_after is None or deadline - self.clock.monotonic() <= 0:
+                    raise
+                log.info("no reply for %s after %.2g s; sending it again", skill, attempt)
         if isinstance(reply, ErrorReply):
             error = CallError.from_reply(reply)
             error.route = reply.route
@@ -249,8 +264,13 @@ class Fleet:
         what: str = "",
         content_type: str = JSON_CONTENT_TYPE,
         user_properties: tuple[tuple[str, str], ...] = (),
+        expiry_s: float | None = None,
     ) -> Any:
-        """Low level: publish ``payload`` to ``topic`` as an MQTT 5 request, await the reply."""
+        """Low level: publish ``payload`` to ``topic`` as an MQTT 5 request, await the reply.
+
+        The request's Message Expiry Interval is ``expiry_s`` (default: ``timeout``), rounded up
+        to whole seconds.
+        """
         loop = asyncio.get_running_loop()
         self._next += 1
         corr = self._next.to_bytes(8, "big")
@@ -260,7 +280,7 @@ class Fleet:
         props = Props(
             response_topic=self._reply_topic,
             correlation_data=corr,
-            message_expiry=max(1, math.ceil(timeout)),
+            message_expiry=max(1, math.ceil(timeout if expiry_s is None else expiry_s)),
             content_type=content_type,
             user_properties=user,
         )
