@@ -294,15 +294,31 @@ def coordinator() -> None:
               help="Shared-subscription group: replicas in one group share the calls.")  # fmt: skip
 @click.option("--retry-budget", default=2, show_default=True, help="Failovers per call.")
 @click.option("--no-hedge", is_flag=True, help="Do not hedge slow read calls.")
+@click.option(
+    "--rules",
+    "rules_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Automations (YAML): when an event happens, call a skill. See examples/smart-home.",
+)
 @click.pass_obj
-def coordinator_run(obj: Ctx, group: str, retry_budget: int, no_hedge: bool) -> None:
+def coordinator_run(
+    obj: Ctx, group: str, retry_budget: int, no_hedge: bool, rules_file: Path | None
+) -> None:
     """Run a coordinator until SIGTERM or Ctrl-C. Run several for scale-out and failover.
 
     Any MQTT 5 client can then call {root}/{fleet}/coord/call/SKILL with the skill's input, a
     Response Topic, and User Properties where=room=kitchen, mode=one|all, explain=1.
     """
     from .coordinator import Coordinator
+    from .rules import load_rules
     from .transport.mqtt import MqttTransport
+
+    try:
+        rules = load_rules(rules_file) if rules_file is not None else None
+    except EdgeAgentError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()
@@ -313,8 +329,12 @@ def coordinator_run(obj: Ctx, group: str, retry_budget: int, no_hedge: bool) -> 
         transport = MqttTransport(broker, retry_first_connect=True)
         async with Coordinator(
             transport, root=obj.root, fleet=obj.fleet, group=group,
-            retry_budget=retry_budget, hedge=not no_hedge,
+            retry_budget=retry_budget, hedge=not no_hedge, rules=rules,
         ) as coord:  # fmt: skip
+            if rules is not None:
+                click.echo(f"coordinator: {len(rules)} rules from {rules_file}", err=True)
+                for warning in rules.check(coord.registry.skills()):
+                    click.echo(f"warning: {warning}", err=True)
             devices = len(coord.registry.devices)
             click.echo(
                 f"coordinator: routing for fleet {obj.fleet} at {broker.display()} "

@@ -92,7 +92,8 @@ def _adapter(tp: Any) -> TypeAdapter[Any]:
     return adapter
 
 
-def _encode_input(value: Any) -> bytes:
+def encode_input(value: Any) -> bytes:
+    """A skill input as request bytes: models, dicts and lists as JSON; bytes and str as is."""
     if value is None:
         return b"{}"
     if isinstance(value, BaseModel):
@@ -175,10 +176,10 @@ class Fleet:
         what = f"{device}/{skill}"
         if binary is None:
             reply = await self.request(
-                topic, _encode_input(input), timeout=timeout, trace=trace, what=what
+                topic, encode_input(input), timeout=timeout, trace=trace, what=what
             )
         else:
-            others = () if input is None else ((INPUT_PROPERTY, _encode_input(input).decode()),)
+            others = () if input is None else ((INPUT_PROPERTY, encode_input(input).decode()),)
             reply = await self.request(
                 topic,
                 binary,
@@ -228,7 +229,7 @@ class Fleet:
             props += ((WHERE_PROPERTY, ",".join(f"{k}={v}" for k, v in sorted(where.items()))),)
         if explain:
             props += ((EXPLAIN_PROPERTY, "1"),)
-        payload = _encode_input(input)
+        payload = encode_input(input)
         deadline = self.clock.monotonic() + timeout
         while True:
             left = deadline - self.clock.monotonic()

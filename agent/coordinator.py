@@ -34,6 +34,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from .client import encode_input
 from .clock import SYSTEM_CLOCK, Clock
 from .errors import CallError
 from .protocol import (
@@ -45,6 +46,7 @@ from .protocol import (
     WHERE_PROPERTY,
     ErrorCode,
     ErrorReply,
+    Event,
     Ok,
     Topics,
     decode,
@@ -52,6 +54,7 @@ from .protocol import (
 )
 from .registry import Registry
 from .routing import Decision, decide, parse_where
+from .rules import Action, RuleSet
 from .transport.base import Inbound, Props, Transport, valid_publish_topic
 
 log = logging.getLogger(__name__)
@@ -98,6 +101,7 @@ class Coordinator:
         hedge: bool = True,
         clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
+        rules: RuleSet | None = None,
     ) -> None:
         from .client import Fleet
 
@@ -111,9 +115,11 @@ class Coordinator:
         self.registry = Registry()
         self._fleet = Fleet(transport=transport, root=root, fleet=fleet, clock=clock)
         self._tasks: set[asyncio.Task[None]] = set()
+        self.rules = rules
         self.routed = 0
         self.failovers = 0
         self.hedges = 0
+        self.rules_fired = 0
 
     async def __aenter__(self) -> Coordinator:
         await self.start()
@@ -132,6 +138,12 @@ class Coordinator:
         await self.transport.subscribe(
             self.topics.coord_calls_filter(self.group), self._on_call, qos=1
         )
+        if self.rules is not None:
+            # Shared too: with several replicas, one of them acts on each event.
+            for topic_filter in self.rules.event_filters(self.topics.root, self.topics.fleet):
+                await self.transport.subscribe(
+                    f"$share/{self.group}-rules/{topic_filter}", self._on_event, qos=1
+                )
         await self._fleet.__aenter__()
         await self._fleet._sync()  # the retained fleet has arrived: the registry is complete
 
@@ -158,6 +170,48 @@ class Coordinator:
             log.warning("ignoring malformed %s: %s", msg.topic, exc.errors()[0]["msg"])
             return
         self.registry.apply(message, self.clock.monotonic())
+
+    # Rules --------------------------------------------------------------------------------------
+
+    def _on_event(self, msg: Inbound) -> None:
+        assert self.rules is not None
+        try:
+            event = decode(msg.payload)
+        except ValidationError as exc:
+            log.warning("ignoring malformed event on %s: %s", msg.topic, exc.errors()[0]["msg"])
+            return
+        if not isinstance(event, Event):
+            return
+        entry = self.registry.devices.get(event.device)
+        tags = entry.tags if entry is not None and entry.manifest is not None else None
+        for action in self.rules.match(event, tags=tags, now=self.clock.time()):
+            self.rules_fired += 1
+            # The key is the event's: a replayed or twice-delivered event never acts twice.
+            idem = f"rule-{action.rule}-{event.device}-{event.name}-{event.ts}"
+            task = asyncio.get_running_loop().create_task(self._act(action, idem))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _act(self, action: Action, idem: str) -> None:
+        deadline = self.clock.monotonic() + DEFAULT_DEADLINE_S
+        payload = encode_input(action.input)
+        trace = _Trace()
+        try:
+            if action.device is not None:
+                out: Any = await self._forward(
+                    action.device, action.skill, payload, deadline, idem, None, trace
+                )
+            elif action.mode == "all":
+                out = await self._fan_out(
+                    action.skill, payload, action.where, deadline, idem, None, trace
+                )
+            else:
+                out = await self._route_one(
+                    action.skill, payload, action.where, deadline, idem, None, trace
+                )
+            log.info("rule %s: %s -> %s", action.rule, action.explanation, out)
+        except (CallError, _Fail) as exc:
+            log.warning("rule %s: %s failed: %s", action.rule, action.skill, exc)
 
     # Calls --------------------------------------------------------------------------------------
 
@@ -419,7 +473,12 @@ class Coordinator:
         return out
 
     def statistics(self) -> dict[str, int]:
-        return {"routed": self.routed, "failovers": self.failovers, "hedges": self.hedges}
+        return {
+            "routed": self.routed,
+            "failovers": self.failovers,
+            "hedges": self.hedges,
+            "rules_fired": self.rules_fired,
+        }
 
 
 class _Fail(Exception):

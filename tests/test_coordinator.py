@@ -225,3 +225,62 @@ def test_deadline_is_never_exceeded_and_expired_calls_are_not_forwarded(
 
     asyncio.run(main())
     assert len(started_runs) == 1
+
+
+def test_rules_turn_the_hall_lamp_on_when_the_doorbell_rings(
+    broker_url: str, fleet_name: str
+) -> None:
+    from edgeagent.rules import load_rules
+    from tests.conftest import EXAMPLES
+
+    rules = load_rules(EXAMPLES / "rules.yaml")
+
+    def doorbell() -> DeviceAgent:
+        cfg = AgentConfig(
+            device="doorbell-front",
+            fleet=fleet_name,
+            broker={"url": broker_url},  # type: ignore[arg-type]
+            tags={"room": "hall", "kind": "doorbell"},
+            skills=[{"module": "smarthome.doorbell:Doorbell"}],  # type: ignore[list-item]
+        )
+        return DeviceAgent(cfg)
+
+    async def wait_state(fleet: Fleet, on: bool) -> dict[str, Any]:
+        for _ in range(150):
+            state: dict[str, Any] = await fleet.call("lamp-hall", "get_state")
+            if state["on"] is on:
+                return state
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"lamp-hall never became on={on}: {state}")
+
+    async def main() -> None:
+        async with (
+            lamp(broker_url, fleet_name, "lamp-hall", "hall"),
+            lamp(broker_url, fleet_name, "lamp-kitchen", "kitchen"),
+            doorbell(),
+            coordinator(broker_url, fleet_name, rules=rules) as coord,
+            Fleet(broker_url, fleet=fleet_name) as fleet,
+        ):
+            await fleet.call("doorbell-front", "press", {"who": "cat"})
+            await asyncio.sleep(0.3)
+            assert (await fleet.call("lamp-hall", "get_state"))["on"] is False  # not the cat
+            await fleet.call("doorbell-front", "press", {"who": "courier"})
+            state = await wait_state(fleet, True)
+            assert state["brightness"] == 80
+            # The hall lamp's `changed` event fires the next rule: the kitchen follows the hall.
+            for _ in range(150):
+                kitchen = await fleet.call("lamp-kitchen", "get_state")
+                if kitchen["on"]:
+                    break
+                await asyncio.sleep(0.02)
+            assert kitchen == {"on": True, "brightness": 80}
+            fired = coord.statistics()["rules_fired"]
+            assert fired == 2
+            # Cooldown: a second ring within 30 s does not act again.
+            await fleet.call("lamp-hall", "turn_off")
+            await fleet.call("doorbell-front", "press", {"who": "courier"})
+            await asyncio.sleep(0.3)
+            assert (await fleet.call("lamp-hall", "get_state"))["on"] is False
+            assert coord.statistics()["rules_fired"] == fired
+
+    asyncio.run(main())
