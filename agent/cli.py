@@ -281,6 +281,53 @@ def call(
     click.echo(json.dumps(result, indent=2 if sys.stdout.isatty() else None))
 
 
+@main.command()
+@click.argument("text")
+@click.option("--threshold", default=0.6, show_default=True, help="Least confidence to act on.")
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for a reply.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was understood and the output.")
+@click.pass_obj
+def ask(obj: Ctx, text: str, threshold: float, timeout: float, as_json: bool) -> None:
+    """Do what TEXT asks ("turn off the kitchen lights") through the coordinator.
+
+    A layered router (exact skill syntax, a grammar, then the zoo's tiny intent model) maps the
+    text to a skill, its input and the devices it is about. Below --threshold nothing is done:
+    the best candidates are printed and the exit code is 3.
+    """
+
+    async def go() -> Any:
+        async with obj.make_fleet(timeout) as fleet:
+            return await fleet.ask(text, threshold=threshold, timeout=timeout)
+
+    result = _run(go())
+    if result.unsure is not None:
+        cands = [
+            {"skill": c.skill, "input": c.input, "where": c.where, "confidence": c.confidence}
+            for c in result.unsure.candidates
+        ]
+        if as_json:
+            click.echo(json.dumps({"unsure": True, "reason": result.unsure.reason,
+                                   "candidates": cands}, indent=2))  # fmt: skip
+        else:
+            click.echo(f"not sure what you mean: {result.unsure.reason}", err=True)
+            for c in cands:
+                click.echo(f"  maybe: {c['skill']} {json.dumps(c['input'])} where {c['where']} "
+                           f"({c['confidence']:.2f})", err=True)  # fmt: skip
+        sys.exit(3)
+    i = result.interpretation
+    if as_json:
+        click.echo(json.dumps({
+            "skill": i.skill, "input": i.input, "where": i.where, "mode": i.mode,
+            "confidence": i.confidence, "layer": i.layer, "explanation": i.explanation,
+            "output": result.output,
+        }, indent=2))  # fmt: skip
+        return
+    where = ",".join(f"{k}={v}" for k, v in sorted(i.where.items())) or "any device"
+    click.echo(f"{i.skill} {json.dumps(i.input)} on {where} ({i.mode}; {i.layer}, "
+               f"confidence {i.confidence:.2f})", err=True)  # fmt: skip
+    click.echo(json.dumps(result.output))
+
+
 # coordinator --------------------------------------------------------------------------------------
 
 

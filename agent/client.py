@@ -92,6 +92,18 @@ def _adapter(tp: Any) -> TypeAdapter[Any]:
     return adapter
 
 
+@dataclass(frozen=True, slots=True)
+class AskResult:
+    """What :meth:`Fleet.ask` understood and what came back (``unsure`` when it would not guess)."""
+
+    text: str
+    interpretation: Any
+    """The :class:`edgeagent.nlu.Interpretation` that was carried out, or None."""
+    unsure: Any
+    """The :class:`edgeagent.nlu.Unsure` (best candidates, reason) when nothing was called."""
+    output: Any
+
+
 def encode_input(value: Any) -> bytes:
     """A skill input as request bytes: models, dicts and lists as JSON; bytes and str as is."""
     if value is None:
@@ -254,6 +266,38 @@ class Fleet:
             error.route = reply.route
             raise error
         return (reply.output, reply.route) if explain else reply.output
+
+    async def ask(
+        self,
+        text: str,
+        *,
+        threshold: float = 0.6,
+        timeout: float | None = None,
+        router: Any = None,
+    ) -> AskResult:
+        """Understand a plain-language request and carry it out through the coordinator.
+
+        The layered router (:mod:`edgeagent.nlu`: exact skill syntax, a grammar, then the zoo's
+        intent model) maps ``text`` to a skill, its input and a ``where`` over the devices that
+        are online now. Below ``threshold`` nothing is called: the result holds the best
+        candidates instead (``result.unsure``).
+        """
+        from .nlu import Catalog, Interpretation, Router
+
+        if router is None:
+            manifests = [d.manifest for d in await self.devices() if d.online and d.manifest]
+            router = Router(Catalog.from_manifests(manifests), threshold=threshold)
+        reading = router.route(text)
+        if not isinstance(reading, Interpretation):
+            return AskResult(text=text, interpretation=None, unsure=reading, output=None)
+        output = await self.call_skill(
+            reading.skill,
+            reading.input,
+            where=reading.where,
+            mode=reading.mode,
+            timeout=timeout,
+        )
+        return AskResult(text=text, interpretation=reading, unsure=None, output=output)
 
     async def request(
         self,

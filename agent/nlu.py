@@ -8,14 +8,14 @@
     # Interpretation(skill='turn_off', input={}, where={'room': 'kitchen', 'kind': 'lamp'},
     #                mode='one', confidence=0.95, layer='grammar', explanation='grammar: …')
     router.route("order pizza")
-    # Unsure(candidates=[…], reason='grammar: no command verb …; model: intent unknown …')
+    # Unsure(candidates=[], reason='grammar: no command verb recognized; model: …')
 
 Three layers, tried in order; the first confident, runnable reading wins:
 
 1. **exact**: the text is a skill name, or ``skill_name key=value …``. Keys naming an input
    property of the skill go to ``input`` (values parsed as JSON when they parse, else strings);
-   keys naming a device tag (``room``, ``kind``, …) or ``device`` go to ``where``; ``mode=all``
-   sets the mode. Confidence 1.
+   keys naming a device tag (``room``, ``kind``, …) go to ``where`` (``device=ID``: that device's
+   tags); ``mode=all`` sets the mode. Confidence 1.
 2. **grammar**: a small set of regular expressions for command verbs ("turn off", "switch … on",
    "dim … to 30%", "set … to 21 degrees", questions, "ring", …), room words (the catalog's
    ``room`` tag values plus synonyms: "living room", "lounge" → ``living``) and kind words
@@ -31,9 +31,14 @@ a skill no device has. Numbers ("30%", "21 degrees") fill the skill's one requir
 property, checked against the schema's type and bounds. Below ``threshold``, or when no reading
 can run as is, :meth:`Router.route` returns :class:`Unsure` with up to three candidates from all
 layers, best first, instead of guessing.
+It also answers Unsure, rather than let a later layer decide, when the text is in the exact form
+but cannot run, when the model reads a different skill than the grammar did, and for a negated
+command ("don't turn off …").
 
-``where`` holds device tag filters (``{"room": "kitchen", "kind": "lamp"}``) and, only when the
-text names a device id, the pseudo-tag ``device``. ``mode`` is ``"all"`` when the text says
+``where`` holds device tag filters only (``{"room": "kitchen", "kind": "lamp"}``), as the
+coordinator's registry matches them; a device named by its id ("turn off lamp-kitchen",
+``device=lamp-kitchen`` in the exact form) becomes its tags, and is routed to only when those tags
+single it out among the devices with the skill. ``mode`` is ``"all"`` when the text says
 "all"/"every"/"everything"/"both"; otherwise ``"one"``, and a command naming a kind but no room
 leaves the choice among that kind's devices to the caller.
 
@@ -51,6 +56,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from .errors import EdgeAgentError
 from .protocol import SkillSpec
 
 if TYPE_CHECKING:
@@ -58,20 +64,31 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ACTION_SKILLS",
+    "KIND_CUES",
     "KIND_TAGS",
+    "KIND_WORDS",
+    "LAYERS",
+    "ROOM_WORDS",
     "Catalog",
     "CatalogDevice",
     "Interpretation",
+    "Layer",
+    "Mode",
     "Router",
+    "SupportsRun",
     "Unsure",
+    "kind_concept",
+    "skill_choices",
 ]
 
 Layer = Literal["exact", "grammar", "model"]
 Mode = Literal["one", "all"]
+LAYERS: tuple[Layer, ...] = ("exact", "grammar", "model")
 
 DEFAULT_MODEL = "zoo:intent"
 DEFAULT_THRESHOLD = 0.6
 MAX_CANDIDATES = 3
+NO_VERB = "no command verb"
 NOT_RUNNABLE_CAP = 0.5
 """A candidate that cannot run as is (missing or invalid input) reports at most this confidence."""
 
@@ -140,7 +157,17 @@ KIND_CUES: dict[str, tuple[str, ...]] = {
         "degree",
         "celsius",
     ),
-    "doorbell": ("ring", "rang", "rung", "ringing", "rings", "ding"),
+    "doorbell": (
+        "ring",
+        "rang",
+        "rung",
+        "ringing",
+        "rings",
+        "ding",
+        "at the door",
+        "visitor",
+        "visitors",
+    ),
 }
 
 #: Room tag values → words for them. A catalog room not listed is matched by its own name.
@@ -203,11 +230,8 @@ class CatalogDevice:
         return next((s for s in self.skills if s.name == name), None)
 
     def matches(self, where: Mapping[str, str]) -> bool:
-        """True if every filter holds (``device`` compares with the device id)."""
-        return all(
-            (self.device if key == "device" else self.tags.get(key)) == value
-            for key, value in where.items()
-        )
+        """True if the device has every tag ``where`` asks for (the registry's rule)."""
+        return all(self.tags.get(key) == value for key, value in where.items())
 
 
 @dataclass(frozen=True)
@@ -329,13 +353,14 @@ class SupportsRun(Protocol):
 
 # --- text helpers -------------------------------------------------------------------------------
 
-# The same number pattern as edgeagent.models.zoo.intent.parse (kept here: no numpy needed).
+# edgeagent.models.zoo.intent.parse's number pattern (kept here: no numpy needed), except that
+# digits inside a name ("lamp-1") are not a number.
 _NUMBER = re.compile(
-    r"(?<![\w.])(-?\d+(?:[.,]\d+)?)\s*(%|percent\b|per cent\b|degrees?\b|°\s*c?|c\b)?",
+    r"(?<![\w.:-])(-?\d+(?:[.,]\d+)?)\s*(%|percent\b|per cent\b|degrees?\b|°\s*c?|c\b)?",
     re.IGNORECASE,
 )
 _TIME_UNIT = re.compile(
-    r"^\s*(?:minutes?|mins?|seconds?|secs?|hours?|hrs?|days?|am|pm|a\.m|p\.m|o'?clock)\b"
+    r"^(?::\d\d|\s*(?:minutes?|mins?|seconds?|secs?|hours?|hrs?|days?|am|pm|a\.m|p\.m|o'?clock)\b)"
 )
 _POLITE = re.compile(
     r"^(?:(?:please|hey|hi|hello|ok|okay|so|um|uh|oh|well|yo|kindly|quickly|just|now|"
@@ -344,17 +369,17 @@ _POLITE = re.compile(
 _QUESTION = re.compile(
     r"^(?:is|are|was|were|did|does|do|has|have|had|what|whats|what's|how|hows|how's|which|who|"
     r"when|where|why|tell me|check|show me|show|let me know|any|anyone|anybody|i wonder|"
-    r"give me|report|read|find out|see if)\b"
+    r"report|read|find out|see if)\b"
 )
 _NEGATION = re.compile(r"\b(?:don'?t|do not|dont|never|no need to)\b")
 _ALL = re.compile(r"\b(?:all|every|everything|each|both|everywhere)\b(?! the way)")
-_CLEAN = re.compile(r"[^a-z0-9%°'.\-\s]+")
+_CLEAN = re.compile(r"[^a-z0-9%°'.:\-\s]+")
 
 
 def _normalize(text: str) -> str:
     t = text.lower().replace("\u2019", "'").replace("\u2018", "'")
     t = _CLEAN.sub(" ", t)
-    t = re.sub(r"(?<!\d)[.](?!\d)", " ", t)  # keep decimal points only
+    t = re.sub(r"(?<!\d)[.:]|[.:](?!\d)", " ", t)  # keep "20.5" and "6:30" only
     return " " + " ".join(t.split()) + " "
 
 
@@ -375,9 +400,15 @@ class _Number:
     text: str
 
 
+_COUNTED = re.compile(rf"^\s*(?:{_words(w for ws in KIND_WORDS.values() for w in ws)})\b")
+
+
 def _find_number(norm: str) -> _Number | None:
+    """The first level or temperature: not a time ("6:30", "10 minutes") nor a count of devices
+    ("2 lamps")."""
     for match in _NUMBER.finditer(norm):
-        if _TIME_UNIT.match(norm[match.end() :]):
+        rest = norm[match.end() :]
+        if _TIME_UNIT.match(rest) or (not match.group(2) and _COUNTED.match(rest)):
             continue
         raw = (match.group(2) or "").lower().strip()
         unit = "percent" if raw.startswith(("%", "per")) else "degrees" if raw else None
@@ -391,14 +422,16 @@ def _has_time_number(norm: str) -> bool:
 
 # --- the grammar ----------------------------------------------------------------------------------
 
-_ON_VERBS = r"(?:turn|switch|power|flip|put|get|leave|keep|click)"
-_OFF_VERBS = r"(?:turn|switch|power|flip|put|get|shut|knock|click)"
+_INFLECTED = r"(?:s|es|ed|d|ing|ting|ming|ping)?"
+"""Verb endings: "turning", "switched", "putting", "dimming"."""
+_ON_VERBS = rf"(?:turn|switch|power|flip|put|get|leave|keep|click){_INFLECTED}"
+_OFF_VERBS = rf"(?:turn|switch|power|flip|put|get|shut|knock|click){_INFLECTED}"
 _GAP = r"(?:\s+[\w'%.-]+){1,6}?"
 _LIGHT_WORDS = _words(KIND_WORDS["light"])
 _ANY_KIND_WORDS = _words(w for ws in KIND_WORDS.values() for w in ws)
 _SET_VERBS = (
     r"\b(?:set|dim|brighten|adjust|change|bring|make|raise|lower|bump|crank|increase|decrease|"
-    r"reduce|drop|put|turn|warm|heat|cool|up|down|level|move)\b"
+    rf"reduce|drop|put|turn|warm|heat|cool|up|down|level|move){_INFLECTED}\b"
 )
 
 
@@ -426,8 +459,13 @@ _RULES: tuple[_ActionRule, ...] = (
     _rule("turn_off", r"\bshut\s+down\b", 3),
     _rule("turn_on", rf"\b{_ON_VERBS}{_GAP}\s+on\b", 2),
     _rule("turn_off", rf"\b{_OFF_VERBS}{_GAP}\s+(?:off|out)\b", 2),
-    _rule("turn_off", r"\b(?:kill|cut|douse|extinguish|deactivate|disable)\b", 2),
-    _rule("turn_on", r"\b(?:light up|illuminate|activate|enable|power up|fire up)\b", 2),
+    _rule("turn_off", rf"\b(?:kill|cut|douse|extinguish|deactivate|disable){_INFLECTED}\b", 2),
+    _rule(
+        "turn_on",
+        rf"\b(?:light{_INFLECTED} up|illuminat(?:e|es|ed|ing)|activat(?:e|es|ed|ing)|"
+        rf"enabl(?:e|es|ed|ing)|power{_INFLECTED} up|fir(?:e|es|ed|ing) up)\b",
+        2,
+    ),
     _rule("turn_off", rf"\b(?:{_LIGHT_WORDS})\s+out\b", 2, "light"),
     _rule("turn_on", rf"\b(?:{_ANY_KIND_WORDS})\s+on\b", 1),
     _rule("turn_off", r"\boff\b", 1),
@@ -448,8 +486,8 @@ _RULES: tuple[_ActionRule, ...] = (
         True,
     ),
     _rule("set_level", r"\b(?:dim|dimmer|brighten|brighter)\b", 1, "light"),
-    _rule("toggle", r"\b(?:toggle|flip)\b", 2),
-    _rule("notify", r"\b(?:ring|press|push|buzz|chime|ding)\b", 2),
+    _rule("toggle", rf"\b(?:toggl(?:e|es|ed|ing)|flip{_INFLECTED})\b", 2),
+    _rule("notify", rf"\b(?:ring|press|push|buzz|chime|ding){_INFLECTED}\b", 2),
     _rule("lock", r"\block\b", 2),
     _rule("unlock", r"\bunlock\b", 2),
     _rule("open", r"\bopen\b", 2),
@@ -489,7 +527,12 @@ class _Target:
 @dataclass(frozen=True)
 class _Candidate:
     interpretation: Interpretation
-    runnable: bool
+    problem: str | None = None
+    """Why it cannot run as is (missing or invalid input, …); None if it can."""
+
+    @property
+    def runnable(self) -> bool:
+        return self.problem is None
 
 
 class _Lexicon:
@@ -515,7 +558,7 @@ class _Lexicon:
         )
         self.skill_phrases = {
             name: re.compile(rf"\b{_words([name.lower().replace('_', ' ')])}\b")
-            for name in catalog.skill_names
+            for name in sorted(catalog.skill_names, key=len, reverse=True)
         }
 
     def slots(self, norm: str) -> _Slots:
@@ -680,7 +723,8 @@ class Router:
 
     ``model``: a model spec for :func:`edgeagent.models.skillset.resolve_model` (``zoo:intent``,
     a file, an optimizer folder) or None for no model layer; ``session``: an already loaded model
-    (anything with ``run``), used instead of loading ``model``.
+    (anything with ``run``), used instead of loading ``model``; ``layers``: the layers to use
+    (all three by default; fewer to measure one alone).
     """
 
     def __init__(
@@ -690,9 +734,14 @@ class Router:
         model: str | None = DEFAULT_MODEL,
         threshold: float = DEFAULT_THRESHOLD,
         session: SupportsRun | None = None,
+        layers: Sequence[Layer] = LAYERS,
     ) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be within [0, 1], got {threshold}")
+        unknown = sorted(set(layers) - set(LAYERS))
+        if unknown:
+            raise ValueError(f"unknown layers {unknown}; layers are {', '.join(LAYERS)}")
+        self.layers: tuple[Layer, ...] = tuple(x for x in LAYERS if x in layers)
         self.catalog = catalog
         self.model = model
         self.threshold = threshold
@@ -700,6 +749,7 @@ class Router:
         self._model_error: str | None = None
         self._lock = threading.Lock()
         self._lexicon = _Lexicon(catalog)
+        self._tags_of = {d.device: dict(d.tags) for d in catalog.devices}
 
     # Public ----------------------------------------------------------------------------------
 
@@ -719,14 +769,33 @@ class Router:
             return Unsure([], "empty text")
         candidates: list[_Candidate] = []
         reasons: list[str] = []
-        for layer in (self._exact, self._grammar, self._model_layer):
+        run = {"exact": self._exact, "grammar": self._grammar, "model": self._model_layer}
+        layers = [run[x] for x in self.layers]
+        negation = _NEGATION.search(_normalize(text))
+        if negation:
+            layers = layers[:1] if self.layers[:1] == ("exact",) else []
+            reasons.append(f'"{negation.group(0)}": a negated command is never acted on')
+        for layer in layers:
             found, why = layer(text)
             candidates.extend(found)
             if why:
                 reasons.append(why)
             best = next((c for c in found if c.runnable), None)
+            earlier = {
+                c.interpretation.skill
+                for c in candidates[: len(candidates) - len(found)]
+                if c.problem != NO_VERB
+            }
+            if best is not None and earlier and best.interpretation.skill not in earlier:
+                reasons.append(
+                    f"{best.interpretation.layer}: reads {best.interpretation.skill}, but the "
+                    f"layer before read {' or '.join(sorted(earlier))}: not guessing between them"
+                )
+                continue
             if best is not None and best.interpretation.confidence >= self.threshold:
                 return best.interpretation
+            if found and layer == self._exact:
+                break  # a call in the exact form that cannot run: no other layer second-guesses it
             if best is not None:
                 reasons.append(
                     f"{best.interpretation.layer}: best reading {best.interpretation.skill} "
@@ -750,10 +819,11 @@ class Router:
         input_keys = {
             k for d in self.catalog.devices if (s := d.skill(name)) for k in _properties(s)
         }
-        tag_keys = set(self.catalog.tags) | {"device"}
+        tag_keys = set(self.catalog.tags)
         value: dict[str, Any] = {}
         where: dict[str, str] = {}
         mode: Mode = "one"
+        named: str | None = None
         problems: list[str] = []
         for arg in args:
             key, _, raw = arg.partition("=")
@@ -761,6 +831,11 @@ class Router:
                 value[key] = _json_or_str(raw)
             elif key in tag_keys:
                 where[key] = raw
+            elif key == "device" and raw not in self._tags_of:
+                problems.append(f"no device {raw!r}")
+            elif key == "device":
+                named = raw
+                where.update(self._tags_of[raw])
             elif key == "mode" and raw in ("one", "all"):
                 mode = "all" if raw == "all" else "one"
             else:
@@ -769,6 +844,8 @@ class Router:
         spec = self.catalog.spec(name, where)
         if spec is None:
             problems.append(f"no device with {_where_text(where)} has {name}")
+        elif named is not None and devices != (named,) and mode == "one":
+            problems.append(_not_singled_out(named, devices))
         else:
             problem = _check_input(spec, value)
             if problem:
@@ -790,7 +867,7 @@ class Router:
             explanation,
         )
         why = f"exact: {'; '.join(problems)}" if problems else None
-        return [_Candidate(interp, not problems)], why
+        return [_Candidate(interp, "; ".join(problems) or None)], why
 
     # Layer 2: grammar ----------------------------------------------------------------------------
 
@@ -827,17 +904,16 @@ class Router:
                 cue, implied = rule.cue or cue, rule.implied
                 said["verb"] = m.group(0).strip()
         direct: str | None = None
-        for name, pattern in self._lexicon.skill_phrases.items():
+        for name, pattern in self._lexicon.skill_phrases.items():  # longest name first
             m = pattern.search(norm)
             if m and (action is None or strength <= 3):
                 direct = name
                 said["skill name"] = m.group(0)
+                break
         if action is None and direct is None:
             if slots.number is not None and _has_time_number(norm):
                 return [], "grammar: a time or duration is not a device command"
             return self._no_verb(slots), "grammar: no command verb recognized"
-        if action is not None and action != "query_state" and _NEGATION.search(norm):
-            return [], "grammar: the command is negated"
         cues = [*([cue] if cue else []), *(c for c in slots.cues if c != cue)]
         confidence = 0.95
         if implied:
@@ -859,18 +935,20 @@ class Router:
         if not targets:
             return [], f"grammar: {action_text}: {why}"
         found = self._candidates(targets, slots, confidence, "grammar", explanation)
-        return found, None
+        if any(c.runnable for c in found):
+            return found, None
+        return found, f"grammar: {found[0].interpretation.skill}: {found[0].problem}"
 
     def _no_verb(self, slots: _Slots) -> list[_Candidate]:
         """No verb but a named device, room or kind: its skills as weak candidates."""
         where: dict[str, str] = {}
-        if slots.device:
-            where["device"] = slots.device
         if len(slots.rooms) == 1:
             where["room"] = slots.rooms[0]
         tags = [t for c in slots.kinds for t in self._kind_tags(c)]
         if len(tags) == 1:
             where["kind"] = tags[0]
+        if slots.device:
+            where = dict(self._tags_of[slots.device])
         if not where:
             return []
         out = []
@@ -881,7 +959,7 @@ class Router:
             value, _ = _build_input(spec, slots.number)
             text = f"grammar: no verb; {_where_text(where)} has skill {name} ({spec.description})"
             interp = Interpretation(name, value, where, slots.mode, 0.3, "grammar", text)
-            out.append(_Candidate(interp, False))
+            out.append(_Candidate(interp, NO_VERB))
         return out
 
     # Layer 3: the model --------------------------------------------------------------------------
@@ -895,14 +973,10 @@ class Router:
                 from .models.skillset import resolve_model
 
                 self._session = load_model(resolve_model(self.model).path)
+            except EdgeAgentError as exc:  # ModelError, RuntimeMissing, ConfigError
+                self._model_error = str(exc)
             except (ImportError, OSError, ValueError, RuntimeError) as exc:
                 self._model_error = f"{type(exc).__name__}: {exc}"
-            except Exception as exc:  # ModelError, ConfigError, RuntimeMissing
-                from .errors import EdgeAgentError
-
-                if not isinstance(exc, EdgeAgentError):
-                    raise
-                self._model_error = str(exc)
             return self._session
 
     def _model_layer(self, text: str) -> tuple[list[_Candidate], str | None]:
@@ -928,8 +1002,6 @@ class Router:
         }
         room_probs = _softmax([float(x) for x in outputs["room"][0]])
         slots = self._lexicon.slots(_normalize(text))
-        if command.number is not None and slots.number is None:
-            slots = _with_number(slots, _Number(command.number, command.unit, str(command.number)))
         pairs = sorted(
             (
                 (pi * pk, intent_name, pi, kind_name, pk)
@@ -955,14 +1027,18 @@ class Router:
             room_text = ", room from the text"
         candidates: list[_Candidate] = []
         reasons: list[str] = []
-        top_name = f"{pairs[0][1]}/{pairs[0][3]}" if pairs else "?"
+        top_name = f"{command.intent}/{command.kind}"  # the argmax pair, pairs[0]
         for p, intent_name, pi, kind_name, pk in pairs:
-            if intent_name == "unknown" or p * room_p < 0.02:
-                if not reasons:
-                    reasons.append(f"intent {intent_name} ({_fmt(pi)}): not a device command")
+            if intent_name == "unknown":
+                if pi >= 0.5:
+                    reasons.append(f"intent unknown ({_fmt(pi)}): not a device command")
                 continue
+            if p * room_p < 0.02:
+                continue  # a reading too unlikely to offer
             kinds = () if kind_name == "none" else (kind_name,)
-            if not (kinds or slots.rooms or slots.device or slots.mode == "all"):
+            if not (kinds or slots.rooms or slots.foreign_rooms or slots.device) and (
+                slots.mode == "one"
+            ):
                 reasons.append(f"{intent_name}/none: names no device, room or kind")
                 continue
             conflict = bool(slots.kinds) and kind_name not in slots.kinds
@@ -984,9 +1060,8 @@ class Router:
         candidates.sort(key=lambda c: (c.interpretation.confidence, c.runnable), reverse=True)
         if any(c.runnable for c in candidates):
             return candidates, None
-        return candidates, f"model: top reading {top_name}: " + (
-            "; ".join(reasons[:2]) or "nothing runs"
-        )
+        reasons = list(dict.fromkeys(reasons))[:2]
+        return candidates, "model: " + ("; ".join(reasons) or f"{top_name}: nothing runs")
 
     # Shared: targets and candidates ----------------------------------------------------------
 
@@ -1004,13 +1079,21 @@ class Router:
             rooms = ", ".join(slots.foreign_rooms)
             return [], f"no device is in the {rooms} (rooms: {_list(self.catalog.rooms)})", False
         base: dict[str, str] = {}
-        if slots.device:
-            base["device"] = slots.device
+        if slots.device:  # a device named by its id: its tags, whatever else the text says
+            base = dict(self._tags_of[slots.device])
+            found = self._targets_over(action, base, [None], [(None, None)])
+            return found, self._none_why(action, base, [None], [(None, None)]), False
         room_options: list[str | None] = list(slots.rooms) or [None]
         kind_options: list[tuple[str | None, str | None]]
         if slots.kinds:
             kind_options = [(c, t) for c in slots.kinds for t in self._kind_tags(c)]
             if not kind_options:
+                # "any rings at the front door": no door, but the doorbell the words point at.
+                for concept in (c for c in cues if c not in slots.kinds):
+                    options = [(concept, t) for t in self._kind_tags(concept)]
+                    found = self._targets_over(action, base, room_options, options)
+                    if found:
+                        return found, "", True
                 named = ", ".join(slots.kinds)
                 return [], f"no {named} device (kinds: {_list(self.catalog.kinds)})", False
             found = self._targets_over(action, base, room_options, kind_options)
@@ -1090,12 +1173,13 @@ class Router:
     def _targets_for_skill(self, name: str, slots: _Slots) -> tuple[list[_Target], str]:
         """The text says a skill's own name ("read temperature", "recent rings")."""
         base: dict[str, str] = {}
-        if slots.device:
-            base["device"] = slots.device
         if len(slots.rooms) == 1:
             base["room"] = slots.rooms[0]
         tags = [t for c in slots.kinds for t in self._kind_tags(c)]
         options = [{**base, "kind": t} for t in tags] or [base]
+        if slots.device:
+            base = dict(self._tags_of[slots.device])
+            options = [base]
         out = [
             _Target(name, w, self.catalog.devices_with(name, w), spec)
             for w in options
@@ -1119,11 +1203,13 @@ class Router:
             if ambiguous:
                 conf = min(conf, 0.5)
                 notes.append(f"ambiguous ({len(targets)} readings)")
-            untargeted = not ({"room", "kind", "device"} & set(t.where))
+            untargeted = not ({"room", "kind"} & set(t.where)) and slots.device is None
             if untargeted and slots.mode == "one" and len(t.devices) > 1:
                 conf = min(conf, 0.45)
                 notes.append("no room or kind named: which device?")
             value, problem = _build_input(t.spec, slots.number)
+            if slots.device and t.devices != (slots.device,) and slots.mode == "one":
+                problem = _not_singled_out(slots.device, t.devices)
             if value:
                 notes.append(f"input {json.dumps(value, sort_keys=True)}")
             if slots.mode == "all":
@@ -1140,12 +1226,19 @@ class Router:
                 layer,
                 f"{explanation} → {'; '.join(notes)}",
             )
-            out.append(_Candidate(interp, problem is None))
+            out.append(_Candidate(interp, problem))
         out.sort(key=lambda c: (c.interpretation.confidence, c.runnable), reverse=True)
         return out
 
 
 # --- small helpers ------------------------------------------------------------------------------
+
+
+def _not_singled_out(device: str, selected: Sequence[str]) -> str:
+    if device not in selected:
+        return f"{device} does not have it"
+    others = ", ".join(d for d in selected if d != device)
+    return f"{device}'s tags also select {others}: the where cannot name {device} alone"
 
 
 def _json_or_str(raw: str) -> Any:
@@ -1169,10 +1262,6 @@ def _top(labels: Sequence[str], probs: Sequence[float], k: int = 2) -> list[tupl
 
 def _list(values: Iterable[str]) -> str:
     return ", ".join(sorted(values)) or "none"
-
-
-def _with_number(slots: _Slots, number: _Number) -> _Slots:
-    return _replace(slots, number=number)
 
 
 def _with_rooms(slots: _Slots, rooms: tuple[str, ...], foreign: tuple[str, ...]) -> _Slots:

@@ -284,3 +284,37 @@ def test_rules_turn_the_hall_lamp_on_when_the_doorbell_rings(
             assert coord.statistics()["rules_fired"] == fired
 
     asyncio.run(main())
+
+
+def test_ask_in_plain_language_routes_through_the_coordinator(
+    broker_url: str, fleet_name: str
+) -> None:
+    async def main() -> None:
+        async with (
+            lamp(broker_url, fleet_name, "lamp-hall", "hall"),
+            lamp(broker_url, fleet_name, "lamp-kitchen", "kitchen"),
+            coordinator(broker_url, fleet_name),
+            Fleet(broker_url, fleet=fleet_name) as fleet,
+        ):
+            await fleet.call_skill("turn_on", mode="all")
+            done = await fleet.ask("please turn off the kitchen lights")
+            assert done.unsure is None
+            assert (done.interpretation.skill, done.interpretation.where) == (
+                "turn_off",
+                {"kind": "lamp", "room": "kitchen"},
+            )
+            assert done.output == {"on": False, "brightness": 80}
+            assert (await fleet.call("lamp-hall", "get_state"))["on"] is True
+
+            dim = await fleet.ask("dim the hall lamp to 25%")
+            assert dim.output == {"on": True, "brightness": 25}
+
+            unsure = await fleet.ask("order me a pizza")
+            assert unsure.interpretation is None
+            assert unsure.output is None
+            assert len(unsure.unsure.candidates) <= 3
+            # Nothing was called: both lamps are as they were.
+            assert (await fleet.call("lamp-hall", "get_state")) == {"on": True, "brightness": 25}
+            assert (await fleet.call("lamp-kitchen", "get_state"))["on"] is False
+
+    asyncio.run(main())
