@@ -36,7 +36,7 @@ from pydantic import ValidationError
 
 from .client import encode_input
 from .clock import SYSTEM_CLOCK, Clock
-from .errors import CallError
+from .errors import CallError, CallTimeout
 from .protocol import (
     EXPLAIN_PROPERTY,
     IDEMPOTENCY_PROPERTY,
@@ -48,6 +48,7 @@ from .protocol import (
     ErrorReply,
     Event,
     Ok,
+    StateMessage,
     Topics,
     decode,
     encode,
@@ -115,6 +116,7 @@ class Coordinator:
         self.registry = Registry()
         self._fleet = Fleet(transport=transport, root=root, fleet=fleet, clock=clock)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._waiting: dict[str, set[asyncio.Future[Any]]] = {}
         self.rules = rules
         self.routed = 0
         self.failovers = 0
@@ -170,6 +172,13 @@ class Coordinator:
             log.warning("ignoring malformed %s: %s", msg.topic, exc.errors()[0]["msg"])
             return
         self.registry.apply(message, self.clock.monotonic())
+        if isinstance(message, StateMessage) and message.status == "offline":
+            # Its last will (or a clean stop): calls waiting on it will get no answer.
+            for waiter in list(self._waiting.get(message.device, ())):
+                if not waiter.done():
+                    waiter.set_exception(
+                        CallTimeout(f"device {message.device!r} went offline during the call")
+                    )
 
     # Rules --------------------------------------------------------------------------------------
 
@@ -321,8 +330,12 @@ class Coordinator:
         self.registry.started(device, skill)
         started = self.clock.monotonic()
         ok = False
-        try:
-            reply = await self._fleet.request(
+        # Resolved early (CallTimeout) if the device's state turns offline while we wait.
+        gone: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        waiters = self._waiting.setdefault(device, set())
+        waiters.add(gone)
+        request = asyncio.ensure_future(
+            self._fleet.request(
                 self.topics.call(device, skill),
                 payload,
                 timeout=left,
@@ -330,6 +343,13 @@ class Coordinator:
                 what=f"{device}/{skill}",
                 user_properties=((IDEMPOTENCY_PROPERTY, idem),),
             )
+        )
+        try:
+            await asyncio.wait({request, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not request.done():
+                request.cancel()
+                gone.result()  # raises the CallTimeout set by _on_fleet
+            reply = request.result()
             if isinstance(reply, ErrorReply):
                 raise CallError.from_reply(reply)
             ok = True
@@ -338,6 +358,9 @@ class Coordinator:
             trace.attempts.append(_Attempt(device, exc.code, self._ms(started)))
             raise
         finally:
+            waiters.discard(gone)
+            if not gone.done():
+                gone.cancel()
             took = self.clock.monotonic() - started
             self.registry.finished(device, skill, took, ok)
             if ok:

@@ -93,7 +93,14 @@ def running_agent(
         agent_cmd(config, url, fleet),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            # Configs written elsewhere (tmp_path) still find the example skill modules.
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(EXAMPLES), os.environ.get("PYTHONPATH")])
+            ),
+        },
     )
     watch = Retained(url, f"edgeagent/{fleet}/dev/{device}/state")
     try:

@@ -501,6 +501,7 @@ def test_load_skills_from_module_and_skillset() -> None:
     assert skills[0].name == "echo"
     assert {s.name for s in skills} == {
         "echo",
+        "slow_echo",
         "turn_on",
         "turn_off",
         "set_brightness",
