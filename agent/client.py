@@ -37,7 +37,6 @@ from .protocol import (
     EXPLAIN_PROPERTY,
     IDEMPOTENCY_PROPERTY,
     INPUT_PROPERTY,
-    JSON_CONTENT_TYPE,
     MODE_PROPERTY,
     TRACE_PROPERTY,
     WHERE_PROPERTY,
@@ -235,8 +234,9 @@ class Fleet:
         timeout = self.timeout if timeout is None else timeout
         props: tuple[tuple[str, str], ...] = (
             (IDEMPOTENCY_PROPERTY, idempotency_key or uuid.uuid4().hex),
-            (MODE_PROPERTY, mode),
         )
+        if mode != "one":  # one is the default: every property costs decoding time
+            props += ((MODE_PROPERTY, mode),)
         if where:
             props += ((WHERE_PROPERTY, ",".join(f"{k}={v}" for k, v in sorted(where.items()))),)
         if explain:
@@ -307,7 +307,7 @@ class Fleet:
         timeout: float,
         trace: str | None = None,
         what: str = "",
-        content_type: str = JSON_CONTENT_TYPE,
+        content_type: str | None = None,
         user_properties: tuple[tuple[str, str], ...] = (),
         expiry_s: float | None = None,
     ) -> Any:

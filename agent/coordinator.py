@@ -48,6 +48,7 @@ from .protocol import (
     ErrorReply,
     Event,
     Ok,
+    SkillSpec,
     StateMessage,
     Topics,
     decode,
@@ -63,6 +64,8 @@ log = logging.getLogger(__name__)
 DEFAULT_DEADLINE_S = 10.0
 #: Hedge no earlier than this, seconds: below it a second request costs more than it saves.
 MIN_HEDGE_S = 0.002
+#: Least time to wait for one device before an idempotent call fails over, seconds.
+MIN_PATIENCE_S = 0.25
 _RETRYABLE: frozenset[str] = frozenset({"busy", "unavailable", "not_found", "timeout"})
 _NEVER_RAN: frozenset[str] = frozenset({"busy", "unavailable", "not_found"})
 
@@ -76,12 +79,12 @@ class _Attempt:
 
 @dataclass(slots=True)
 class _Trace:
-    decisions: list[dict[str, Any]] = field(default_factory=list)
+    decisions: list[Decision | dict[str, Any]] = field(default_factory=list)
     attempts: list[_Attempt] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "decisions": self.decisions,
+            "decisions": [d.as_dict() if isinstance(d, Decision) else d for d in self.decisions],
             "attempts": [
                 {"device": a.device, "outcome": a.outcome, "ms": a.ms} for a in self.attempts
             ],
@@ -304,7 +307,7 @@ class Coordinator:
     ) -> Decision:
         candidates, rejected = self.registry.candidates(skill, where, exclude=tried)
         decision = decide(skill, where, candidates, rejected, self.rng)
-        trace.decisions.append(decision.as_dict())
+        trace.decisions.append(decision)
         return decision
 
     def _no_device(self, skill: str, where: dict[str, str], decision: Decision) -> _Fail:
@@ -324,12 +327,19 @@ class Coordinator:
         idem: str,
         tr: str | None,
         trace: _Trace,
+        patience: float | None = None,
     ) -> Any:
-        """One forward; returns the Ok output or raises CallError (CallTimeout if unanswered)."""
+        """One forward; returns the Ok output or raises CallError (CallTimeout if unanswered).
+
+        The device gets the whole remaining deadline (Message Expiry); we wait at most
+        ``patience`` seconds for it, so an idempotent call can still fail over in time.
+        """
         left = self._remaining(deadline, skill)
+        wait = left if patience is None else min(left, patience)
         self.registry.started(device, skill)
         started = self.clock.monotonic()
         ok = False
+        timed_out = False
         # Resolved early (CallTimeout) if the device's state turns offline while we wait.
         gone: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         waiters = self._waiting.setdefault(device, set())
@@ -338,10 +348,11 @@ class Coordinator:
             self._fleet.request(
                 self.topics.call(device, skill),
                 payload,
-                timeout=left,
+                timeout=wait,
                 trace=tr,
                 what=f"{device}/{skill}",
                 user_properties=((IDEMPOTENCY_PROPERTY, idem),),
+                expiry_s=left,
             )
         )
         try:
@@ -355,16 +366,29 @@ class Coordinator:
             ok = True
             return reply.output
         except CallError as exc:
+            timed_out = exc.code == "timeout"
             trace.attempts.append(_Attempt(device, exc.code, self._ms(started)))
             raise
         finally:
             waiters.discard(gone)
             if not gone.done():
                 gone.cancel()
+            if not request.done():
+                request.cancel()
             took = self.clock.monotonic() - started
-            self.registry.finished(device, skill, took, ok)
+            self.registry.finished(device, skill, took, ok, timed_out)
             if ok:
                 trace.attempts.append(_Attempt(device, "ok", round(took * 1000, 3)))
+
+    def _patience(self, spec: SkillSpec, device: str, deadline: float) -> float | None:
+        """How long to wait for one device before failing over (idempotent skills only):
+        8 × its measured p95, at least 0.25 s; unmeasured, half of what is left. None: all."""
+        if not spec.idempotent or self.retry_budget == 0:
+            return None
+        p95 = self.registry.p95_s(device, spec.name)
+        if p95 is None:
+            return max(MIN_PATIENCE_S, (deadline - self.clock.monotonic()) / 2)
+        return max(MIN_PATIENCE_S, 8 * p95)
 
     def _ms(self, since: float) -> float:
         return round((self.clock.monotonic() - since) * 1000, 3)
@@ -397,7 +421,16 @@ class Coordinator:
                 if self.hedge and spec.side_effect == "read" and spec.idempotent:
                     return await self._hedged(device, skill, payload, where, deadline, idem, tr,
                                               trace, tried)  # fmt: skip
-                return await self._forward(device, skill, payload, deadline, idem, tr, trace)
+                return await self._forward(
+                    device,
+                    skill,
+                    payload,
+                    deadline,
+                    idem,
+                    tr,
+                    trace,
+                    self._patience(spec, device, deadline),
+                )
             except CallError as exc:
                 retry = exc.code in (_RETRYABLE if spec.idempotent else _NEVER_RAN)
                 if not retry or attempts >= self.retry_budget:

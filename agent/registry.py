@@ -163,10 +163,14 @@ class Registry:
     def started(self, device: str, skill: str) -> None:
         self.entry(device).load(skill).outstanding += 1
 
-    def finished(self, device: str, skill: str, seconds: float | None, ok: bool) -> None:
+    def finished(
+        self, device: str, skill: str, seconds: float | None, ok: bool, timed_out: bool = False
+    ) -> None:
+        """A routed call ended. A timeout counts as a (long) latency sample, so a device that
+        hangs while staying connected scores worse and gets fewer calls."""
         load = self.entry(device).load(skill)
         load.outstanding = max(0, load.outstanding - 1)
-        if seconds is not None and ok:
+        if seconds is not None and (ok or timed_out):
             load.observe(seconds)
         if not ok:
             load.failures += 1

@@ -127,3 +127,41 @@ def test_coordinator_survives_a_broker_restart(
                 assert await fleet.call_skill("echo", {"data": "after"}, timeout=5) == "after"
 
     asyncio.run(main())
+
+
+def test_a_hung_device_that_stays_connected_is_failed_over_in_time(
+    broker_url: str, fleet_name: str, tmp_path: Path
+) -> None:
+    from edgeagent.routing import DEFAULT_LATENCY_S, score
+
+    with (
+        running_agent(echo_config(tmp_path, "e1"), broker_url, fleet_name, "e1") as e1,
+        running_agent(echo_config(tmp_path, "e2"), broker_url, fleet_name, "e2") as e2,
+    ):
+        procs = {"e1": e1, "e2": e2}
+
+        async def main() -> tuple[dict[str, object], float, str]:
+            async with (
+                coordinator(broker_url, fleet_name, hedge=False) as coord,
+                Fleet(broker_url, fleet=fleet_name) as fleet,
+            ):
+                for i in range(20):  # measure both devices
+                    await fleet.call_skill("echo", {"data": str(i)}, where={"kind": "echo"})
+                cands, _ = coord.registry.candidates("echo")
+                assert {c.device for c in cands} == {"e1", "e2"}
+                nxt = min(cands, key=lambda c: (score(c, DEFAULT_LATENCY_S), c.device)).device
+                procs[nxt].send_signal(signal.SIGSTOP)  # hung, but its TCP connection stays
+                t0 = time.monotonic()
+                out, route = await fleet.call_skill("echo", {"data": "x"}, timeout=10, explain=True)
+                assert out == "x"
+                return route, time.monotonic() - t0, nxt
+
+        try:
+            route, took, hung = asyncio.run(main())
+        finally:
+            for p in procs.values():
+                p.send_signal(signal.SIGCONT)
+        attempts = [(a["device"], a["outcome"]) for a in route["attempts"]]  # type: ignore[index]
+        other = "e2" if hung == "e1" else "e1"
+        assert attempts == [(hung, "timeout"), (other, "ok")], attempts
+        assert took < 2.0, took  # patience is 8 x p95 (at least 0.25 s), not the 10 s deadline
