@@ -318,3 +318,48 @@ def test_ask_in_plain_language_routes_through_the_coordinator(
             assert (await fleet.call("lamp-kitchen", "get_state"))["on"] is False
 
     asyncio.run(main())
+
+
+def test_slow_reads_are_hedged_to_a_second_device(broker_url: str, fleet_name: str) -> None:
+    slow: dict[str, float] = {"r1": 0.0, "r2": 0.0}
+
+    def reader(name: str) -> Skill:
+        @skill(side_effect="read")
+        async def look(n: int) -> str:
+            await asyncio.sleep(slow[name])
+            return name
+
+        return build_skill(look)
+
+    async def main() -> None:
+        async with (
+            custom(broker_url, fleet_name, "r1", [reader("r1")]),
+            custom(broker_url, fleet_name, "r2", [reader("r2")]),
+            coordinator(broker_url, fleet_name) as coord,
+            Fleet(broker_url, fleet=fleet_name) as fleet,
+        ):
+            for i in range(30):  # both fast and measured: p95 of a few ms
+                await fleet.call_skill("look", {"n": i})
+            assert coord.statistics()["hedges"] == 0
+            from edgeagent.routing import DEFAULT_LATENCY_S, score
+
+            cands, _ = coord.registry.candidates("look")
+            chosen = min(
+                cands,
+                key=lambda c: (
+                    round(score(c, DEFAULT_LATENCY_S) * 1000, 4),
+                    c.outstanding,
+                    c.device,
+                ),
+            ).device
+            slow[chosen] = 1.0  # the device the next call goes to is now slow
+            t0 = time.monotonic()
+            out, route = await fleet.call_skill("look", {"n": -1}, explain=True)
+            took = time.monotonic() - t0
+            assert coord.statistics()["hedges"] == 1
+            other = "r2" if chosen == "r1" else "r1"
+            assert out == other  # the hedge, sent after the first device's p95, answered first
+            assert [a["device"] for a in route["attempts"]][-1] == other
+            assert took < 0.5, took  # not the 1 s of the slow device
+
+    asyncio.run(main())

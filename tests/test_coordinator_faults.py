@@ -149,7 +149,14 @@ def test_a_hung_device_that_stays_connected_is_failed_over_in_time(
                     await fleet.call_skill("echo", {"data": str(i)}, where={"kind": "echo"})
                 cands, _ = coord.registry.candidates("echo")
                 assert {c.device for c in cands} == {"e1", "e2"}
-                nxt = min(cands, key=lambda c: (score(c, DEFAULT_LATENCY_S), c.device)).device
+                nxt = min(
+                    cands,
+                    key=lambda c: (
+                        round(score(c, DEFAULT_LATENCY_S) * 1000, 4),
+                        c.outstanding,
+                        c.device,
+                    ),
+                ).device
                 procs[nxt].send_signal(signal.SIGSTOP)  # hung, but its TCP connection stays
                 t0 = time.monotonic()
                 out, route = await fleet.call_skill("echo", {"data": "x"}, timeout=10, explain=True)
