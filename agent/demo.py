@@ -67,6 +67,12 @@ async def _wait_online(fleet: Fleet, names: set[str], timeout: float) -> None:
 async def _tour(url: str, say: Callable[[str], None], keep: bool) -> None:
     async with Fleet(url, fleet=DEMO_FLEET) as fleet:
         await _wait_online(fleet, set(DEVICES), 30)
+        for _ in range(100):  # the coordinator is ready once it routes a call
+            try:
+                await fleet.call_skill("get_state", where={"room": "hall"}, timeout=1)
+                break
+            except CallError:
+                await asyncio.sleep(0.1)
         say("\nThe fleet (from retained state and manifests):")
         for d in await fleet.devices():
             tags = ",".join(f"{k}={v}" for k, v in sorted(d.tags.items()))
@@ -84,7 +90,7 @@ async def _tour(url: str, say: Callable[[str], None], keep: bool) -> None:
 
         say("\nCalling skills over MQTT 5 request/response:")
         await show("lamp-kitchen", "set_brightness", {"level": 40})
-        await show("lamp-hall", "turn_on")
+        await show("lamp-hall", "get_state")
         await show("thermostat-living", "set_target", {"celsius": 21.5})
         await show("thermostat-living", "read_temperature")
 
@@ -96,6 +102,20 @@ async def _tour(url: str, say: Callable[[str], None], keep: bool) -> None:
         event = await asyncio.wait_for(waiter, 5)
         say(f"  event from {event.device}: {event.name} {json.dumps(event.data)}")
         await events.aclose()
+        say("  the coordinator's rules (examples/smart-home/rules.yaml) react to it:")
+        for lamp in ("lamp-hall", "lamp-kitchen"):
+            state = await _wait_lit(fleet, lamp, 80)
+            say(f"  {lamp} -> {json.dumps(state)}")
+
+        say("\nThe coordinator routes by skill and tags, or from plain language:")
+        out, route = await fleet.call_skill(
+            "set_brightness", {"level": 60}, where={"room": "hall"}, explain=True, timeout=5
+        )
+        (decision,) = route["decisions"]
+        say(f"  call --skill set_brightness --where room=hall -> {json.dumps(out)} "
+            f"on {decision['chosen']} ({decision['method']})")  # fmt: skip
+        every = await fleet.call_skill("get_state", mode="all", where={"kind": "lamp"}, timeout=5)
+        say(f"  call --skill get_state --all -> {json.dumps(every['results'])}")
 
         say("\nTiny local models, one per device, optimized for its profile:")
         for d in await fleet.devices():
@@ -114,8 +134,10 @@ async def _tour(url: str, say: Callable[[str], None], keep: bool) -> None:
         parsed = await fleet.call("speaker-living", "parse_command", {"text": text})
         say(f'  speaker-living heard "{text}" -> {parsed["intent"]} {parsed["kind"]} '
             f"in the {parsed['room']}")  # fmt: skip
-        if (parsed["intent"], parsed["kind"]) == ("turn_off", "light"):
-            await show(f"lamp-{parsed['room']}", "turn_off")
+        asked = await fleet.ask(text, timeout=5)
+        i = asked.interpretation
+        say(f'  ask "{text}" -> {i.skill} where {i.where} ({i.layer}) -> '
+            f"{json.dumps(asked.output)}")  # fmt: skip
 
         say("\nBad input gets a typed error, and the device keeps serving:")
         await show("lamp-kitchen", "set_brightness", {"level": 250})
@@ -129,6 +151,16 @@ async def _tour(url: str, say: Callable[[str], None], keep: bool) -> None:
             )
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.Event().wait()
+
+
+async def _wait_lit(fleet: Fleet, lamp: str, level: int) -> Any:
+    state: Any = None
+    for _ in range(100):
+        state = await fleet.call(lamp, "get_state", timeout=5)
+        if state["on"] and state["brightness"] == level:
+            break
+        await asyncio.sleep(0.05)
+    return state
 
 
 def _rng() -> Any:
@@ -169,6 +201,12 @@ def run_demo(
                 )
             )
             say(f"Started agent {device} (pid {procs[-1].pid}, log {logs / f'{device}.log'})")
+        coord_log = (logs / "coordinator.log").open("wb")
+        rules = folder / "rules.yaml"
+        command = [sys.executable, "-m", "edgeagent.cli", "--broker", broker, "--fleet", DEMO_FLEET]
+        command += ["--log-level", "info", "coordinator", "run", "--rules", str(rules)]
+        procs.append(subprocess.Popen(command, stdout=coord_log, stderr=subprocess.STDOUT))
+        say(f"Started the coordinator with {rules} (log {logs / 'coordinator.log'})")
         asyncio.run(_tour(broker, say, keep))
     except KeyboardInterrupt:
         pass
@@ -183,7 +221,10 @@ def run_demo(
             except subprocess.TimeoutExpired:
                 p.kill()
                 codes.append(p.wait(5))
-        say(f"\nStopped {len(procs)} agents (SIGTERM: drain, publish offline, disconnect).")
+        say(
+            f"\nStopped {len(procs) - 1} agents and the coordinator "
+            "(SIGTERM: drain, publish offline, disconnect)."
+        )
         if local is not None:
             local.close()
     if any(c != 0 for c in codes):

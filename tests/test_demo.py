@@ -39,7 +39,14 @@ def test_demo_runs_a_fleet_and_calls_its_skills() -> None:
     assert any(r.get("target") == 21.5 for r in replies)
     assert re.search(r'event from doorbell-front: ring \{"who": "courier"', out)
     assert "-> error bad_request: invalid input: level" in out
-    assert "Stopped 7 agents" in out
+    assert "Stopped 7 agents and the coordinator" in out
+    # The coordinator: the doorbell rule lit the hall (and the kitchen follows), routing by
+    # tags, fan-out, and a plain-language request carried out.
+    assert 'lamp-hall -> {"on": true, "brightness": 80}' in out
+    assert 'lamp-kitchen -> {"on": true, "brightness": 80}' in out
+    assert re.search(r"--where room=hall -> \{[^}]*\} on lamp-hall", out)
+    assert re.search(r'--all -> \{"lamp-hall": \{.*"lamp-kitchen"', out)
+    assert re.search(r'ask "turn off the kitchen lights" -> turn_off where .*"on": false', out)
     # The model skills: a digit read by the meter's optimized model, a worn bearing flagged,
     # and a spoken command parsed and carried out.
     assert re.search(r"meter-basement\s+read_digit\s+model digits v1\+litert", out)
@@ -47,4 +54,3 @@ def test_demo_runs_a_fleet_and_calls_its_skills() -> None:
     assert re.search(r"worn bearing\) -> score [0-9.]+, anomalous=True", out)
     assert re.search(r"healthy pump\) -> score [0-9.]+, anomalous=False", out)
     assert "-> turn_off light in the kitchen" in out
-    assert '{"on": false, "brightness": 40}' in out
