@@ -9,8 +9,9 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .broker import BrokerConfig, TlsConfig
-from .client import DeviceInfo, Fleet
+from .client import AskResult, DeviceInfo, Fleet
 from .config import AgentConfig, load_config
+from .coordinator import Coordinator
 from .device import DeviceAgent
 from .errors import (
     BadRequest,
@@ -28,12 +29,14 @@ from .skills import SkillContext, SkillSet, skill
 
 __all__ = [
     "AgentConfig",
+    "AskResult",
     "BadRequest",
     "BrokerConfig",
     "Busy",
     "CallError",
     "CallTimeout",
     "ConfigError",
+    "Coordinator",
     "DeviceAgent",
     "DeviceInfo",
     "EdgeAgentError",
