@@ -273,26 +273,7 @@ def helper_process(*args: str) -> Iterator[subprocess.Popen[str]]:
 class RelayRequester(bench_rr.RawRequester):
     """bench_rr's raw requester, sending to the relay's topic instead of the responder's."""
 
-    def _send(self) -> None:
-        corr, props = self._props()
-        self._sent[corr] = time.perf_counter()
-        self.client.publish(RELAY_TOPIC, self.payload, qos=0, properties=props)
-
-    def sequential(self, calls: int) -> list[float]:
-        self._pipelined = False
-        latencies = []
-        for _ in range(calls):
-            corr, props = self._props()
-            want = self._received + 1
-            t0 = time.perf_counter()
-            self._sent[corr] = t0
-            self.client.publish(RELAY_TOPIC, self.payload, qos=0, properties=props)
-            while self._received < want:
-                self.client.loop(timeout=CALL_TIMEOUT_S)
-            latencies.append(time.perf_counter() - t0)
-        if self._last_reply != self.payload:
-            raise RuntimeError("the relay replied with a different payload")
-        return latencies
+    request_topic = RELAY_TOPIC
 
 
 async def _measure_async(

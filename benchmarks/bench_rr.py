@@ -292,6 +292,9 @@ async def wait_agent_online(url: str, timeout: float = 30.0) -> None:
 class RawRequester:
     """A bare paho MQTT 5 requester, single-threaded: this thread drives ``Client.loop()``."""
 
+    request_topic = RAW_REQUEST_TOPIC
+    """Where requests go (a subclass may point it at a relay)."""
+
     def __init__(self, host: str, port: int, payload: bytes) -> None:
         self.payload = payload
         client_id = f"bench-raw-{uuid.uuid4().hex[:8]}"
@@ -343,7 +346,7 @@ class RawRequester:
     def _send(self) -> None:
         corr, props = self._props()
         self._sent[corr] = time.perf_counter()
-        self.client.publish(RAW_REQUEST_TOPIC, self.payload, qos=0, properties=props)
+        self.client.publish(self.request_topic, self.payload, qos=0, properties=props)
 
     def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
         corr = getattr(msg.properties, "CorrelationData", None)
@@ -364,7 +367,7 @@ class RawRequester:
             want = self._received + 1
             t0 = time.perf_counter()
             self._sent[corr] = t0
-            self.client.publish(RAW_REQUEST_TOPIC, self.payload, qos=0, properties=props)
+            self.client.publish(self.request_topic, self.payload, qos=0, properties=props)
             while self._received < want:
                 self.client.loop(timeout=CALL_TIMEOUT_S)
             latencies.append(time.perf_counter() - t0)
