@@ -340,7 +340,8 @@ def test_slow_reads_are_hedged_to_a_second_device(broker_url: str, fleet_name: s
         ):
             for i in range(30):  # both fast and measured: p95 of a few ms
                 await fleet.call_skill("look", {"n": i})
-            assert coord.statistics()["hedges"] == 0
+            # (Under load a warm-up call may already have been hedged: count from here.)
+            hedges_before = coord.statistics()["hedges"]
             from edgeagent.routing import DEFAULT_LATENCY_S, score
 
             cands, _ = coord.registry.candidates("look")
@@ -356,7 +357,7 @@ def test_slow_reads_are_hedged_to_a_second_device(broker_url: str, fleet_name: s
             t0 = time.monotonic()
             out, route = await fleet.call_skill("look", {"n": -1}, explain=True)
             took = time.monotonic() - t0
-            assert coord.statistics()["hedges"] == 1
+            assert coord.statistics()["hedges"] == hedges_before + 1
             other = "r2" if chosen == "r1" else "r1"
             assert out == other  # the hedge, sent after the first device's p95, answered first
             assert [a["device"] for a in route["attempts"]][-1] == other
