@@ -1,0 +1,16 @@
+"""Constants shared by the plain-language router's modules."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Layer = Literal["exact", "grammar", "model"]
+Mode = Literal["one", "all"]
+LAYERS: tuple[Layer, ...] = ("exact", "grammar", "model")
+
+DEFAULT_MODEL = "zoo:intent"
+DEFAULT_THRESHOLD = 0.6
+MAX_CANDIDATES = 3
+NO_VERB = "no command verb"
+NOT_RUNNABLE_CAP = 0.5
+"""A candidate that cannot run as is (missing or invalid input) reports at most this confidence."""
