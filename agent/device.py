@@ -125,7 +125,10 @@ class DeviceAgent:
         skill_sets: Sequence[SkillSet] = (),
         events: dict[str, str] | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        executor: concurrent.futures.Executor | None = None,
     ) -> None:
+        """``executor`` runs synchronous skills (default: ``config.workers`` threads of the
+        agent's own); one handed in is shared, so the agent never shuts it down."""
         self.config = config
         self.device_id = config.device
         self.topics = Topics(config.root, config.fleet)
@@ -157,7 +160,8 @@ class DeviceAgent:
         self._background: list[asyncio.Task[None]] = []
         self._calls: set[asyncio.Task[None]] = set()
         self._idem: OrderedDict[str, _IdemEntry] = OrderedDict()
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._executor: concurrent.futures.Executor | None = executor
+        self._own_executor = executor is None
         self._draining = False
         self._stopped = asyncio.Event()
         self._idle = asyncio.Event()
@@ -177,9 +181,10 @@ class DeviceAgent:
 
     async def start(self) -> None:
         self._started_mono = self.clock.monotonic()
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=self.config.workers, thread_name_prefix=f"skill-{self.device_id}"
-        )
+        if self._own_executor:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=self.config.workers, thread_name_prefix=f"skill-{self.device_id}"
+            )
         self._tg = asyncio.TaskGroup()
         await self._tg.__aenter__()
         self.transport.on_connect(self._announce)
@@ -226,8 +231,28 @@ class DeviceAgent:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await tg.__aexit__(None, None, None)
-        if self._executor is not None:
+        if self._executor is not None and self._own_executor:
             self._executor.shutdown(wait=False, cancel_futures=True)
+        self._stopped.set()
+
+    async def abort(self) -> None:
+        """Die as a crashed process would: cancel everything, publish nothing more.
+
+        The caller breaks the connection first (so the broker publishes the last will); the
+        simulator uses this for crash faults.
+        """
+        if self._stopped.is_set() or self._tg is None:
+            return
+        self._draining = True
+        for task in [*self._background, *self._calls]:
+            task.cancel()
+        tg, self._tg = self._tg, None
+        with contextlib.suppress(asyncio.CancelledError):
+            await tg.__aexit__(None, None, None)
+        if self._executor is not None and self._own_executor:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        if self.transport.connected:
+            await self.transport.close()
         self._stopped.set()
 
     async def wait_stopped(self) -> None:

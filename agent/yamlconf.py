@@ -13,7 +13,7 @@ from .errors import ConfigError
 M = TypeVar("M", bound=BaseModel)
 
 
-def _node_at(node: yaml.Node, loc: tuple[int | str, ...]) -> yaml.Node:
+def node_at(node: yaml.Node, loc: tuple[int | str, ...]) -> yaml.Node:
     """The node an error location points at; for a mapping entry, its key (the line to fix)."""
     for i, key in enumerate(loc):
         if isinstance(node, yaml.MappingNode):
@@ -40,7 +40,7 @@ def format_validation_error(
         loc = tuple(err["loc"])
         where = source
         if root is not None:
-            node = _node_at(root, loc)
+            node = node_at(root, loc)
             where = f"{source}:{node.start_mark.line + 1}"
         field = ".".join(str(p) for p in loc) or "(top level)"
         msg = err["msg"]

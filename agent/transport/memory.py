@@ -307,7 +307,16 @@ class MemoryBroker:
 
     # Routing ------------------------------------------------------------------------------------
 
-    def _route(self, topic: str, payload: bytes, qos: int, retain: bool, props: Props) -> None:
+    def _route(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        props: Props,
+        sender: MemoryTransport | None = None,
+    ) -> None:
+        """A message reaches the broker (``sender`` None: a will or the broker itself)."""
         if not topic or "+" in topic or "#" in topic:
             raise ValueError(f"invalid publish topic {topic!r}")
         self._routed += 1
@@ -319,8 +328,12 @@ class MemoryBroker:
         self._collect(self._root, topic.split("/"), 0, targets)
         if targets:
             self._deliveries += len(targets)
-            assert self._loop is not None
-            self._loop.call_soon(self._deliver, targets, msg, False)
+            self._schedule(targets, msg)
+
+    def _schedule(self, targets: list[_Target], msg: _Msg) -> None:
+        """Hand ``msg`` to ``targets``: on the next loop turn here; later over simulated links."""
+        assert self._loop is not None
+        self._loop.call_soon(self._deliver, targets, msg, False)
 
     def _deliver(self, targets: list[_Target], msg: _Msg, retain: bool) -> None:
         props = msg.props
@@ -406,7 +419,7 @@ class MemoryTransport:
         if not self._connected:
             log.warning("%s not connected; dropped message to %s", self.client_id, topic)
             return
-        self.broker._route(topic, payload, qos, retain, props)
+        self.broker._route(topic, payload, qos, retain, props, self)
         self._out += 1
 
     async def publish(
@@ -420,7 +433,7 @@ class MemoryTransport:
     ) -> None:
         if not self._connected:
             raise TransportError(f"{self.client_id} is not connected to the in-memory broker")
-        self.broker._route(topic, payload, qos, retain, props)
+        self.broker._route(topic, payload, qos, retain, props, self)
         self._out += 1
 
     async def subscribe(self, topic_filter: str, handler: Handler, *, qos: int = 0) -> None:

@@ -1,0 +1,372 @@
+"""Run a fleet: start the agents, coordinators and a client, drive the workload and the faults,
+watch the fleet, and build the report.
+
+Two modes run the same code:
+
+* **embedded** (:func:`run_embedded`): an in-process broker with simulated links
+  (:class:`~edgeagent.simulator.network.SimBroker`) on a :class:`VirtualTimeLoop`: a run of hours
+  takes seconds and a seed reproduces it exactly;
+* **broker** (:func:`run_broker`): every device is a real MQTT 5 client of a real broker, in
+  real time. ``--broker local`` starts a private mosquitto (so ``broker_restart`` can be
+  injected); any other URL is used as it is.
+
+:class:`Simulation` owns everything it starts and implements the fault actions of its mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..broker import BrokerConfig
+from ..client import Fleet
+from ..coordinator import Coordinator
+from ..device import DeviceAgent
+from ..protocol import Health, StateMessage, Topics, decode
+from ..rules import load_rules
+from ..transport.base import Inbound, Transport
+from ..transport.memory import MemoryTransport
+from .devices import FleetPlan, SimDevice
+from .faults import FaultScheduler, check_faults
+from .metrics import Recorder, build_report
+from .network import SimBroker
+from .vclock import InlineExecutor, VirtualClock, VirtualTimeLoop
+from .workload import WorkloadRunner
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, float], None]
+"""Called with a phase (``starting``, ``running``, ``draining``) and its fraction done."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunStats:
+    """How the run went for the machine (not part of the report: it varies run to run)."""
+
+    wall_s: float
+    start_wall_s: float
+    devices: int
+    calls: int
+    messages_lost: int
+
+
+class Simulation:
+    """One run of a :class:`FleetPlan` (use :func:`run_embedded` or :func:`run_broker`)."""
+
+    def __init__(
+        self,
+        plan: FleetPlan,
+        *,
+        make_transport: Callable[[str, SimDevice | None], Transport],
+        clock: Any,
+        broker: SimBroker | None = None,
+        local_broker: Any = None,
+        spec_file: str = "",
+        mode: str = "embedded",
+        progress: Progress | None = None,
+    ) -> None:
+        self.plan = plan
+        self.spec = plan.spec
+        self.make_transport = make_transport
+        self.clock = clock
+        self.broker = broker
+        self.local_broker = local_broker
+        self.spec_file = spec_file
+        self.mode = mode
+        self.progress = progress or (lambda phase, fraction: None)
+        self.recorder = Recorder()
+        self.topics = Topics(self.spec.root, self.spec.fleet)
+        self.executor = InlineExecutor()
+        self.coordinators: list[Coordinator] = []
+        self._loop = asyncio.get_running_loop()
+        self._t0 = self._loop.time()
+        self._bucket = self.spec.bucket()
+        self.stats: RunStats | None = None
+
+    # Lifecycle ----------------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        return self._loop.time() - self._t0
+
+    def _agent(self, dev: SimDevice) -> DeviceAgent:
+        dev.transport = self.make_transport(f"sim-{dev.id}", dev)
+        dev.agent = DeviceAgent(
+            dev.config,
+            transport=dev.transport,
+            skills=dev.skills,
+            skill_sets=dev.sets,
+            events=dev.events,
+            clock=self.clock,
+            executor=self.executor,
+        )
+        return dev.agent  # type: ignore[no-any-return]
+
+    async def run(self) -> dict[str, Any]:
+        wall0 = time.perf_counter()
+        devices = self.plan.all_devices()
+        check_faults(self.spec.faults, self.mode, broker_restartable=self._restartable)
+        monitor = self.make_transport("sim-monitor", None)
+        await monitor.subscribe(self.topics.all_states(), self._on_state, qos=1)
+        await monitor.subscribe(self.topics.all_health(), self._on_health)
+        await monitor.connect()
+        for i, dev in enumerate(devices):
+            await self._agent(dev).start()
+            if i % 200 == 199 or i == len(devices) - 1:
+                self.progress("starting", (i + 1) / len(devices))
+        c = self.spec.coordinator
+        rules = load_rules(self.spec.resolve(c.rules)) if c.rules is not None else None
+        for i in range(c.replicas):
+            coord = Coordinator(
+                self.make_transport(f"sim-coord-{i}", None),
+                root=self.spec.root,
+                fleet=self.spec.fleet,
+                retry_budget=c.retry_budget,
+                hedge=c.hedge,
+                clock=self.clock,
+                rng=random.Random(f"{self.spec.seed}/coordinator/{i}"),
+                rules=rules,
+            )
+            await coord.start()
+            self.coordinators.append(coord)
+        fleet = Fleet(
+            transport=self.make_transport("sim-client", None),
+            root=self.spec.root,
+            fleet=self.spec.fleet,
+            clock=self.clock,
+        )
+        await fleet.__aenter__()
+        start_wall = time.perf_counter() - wall0
+        router = self._router() if any(w.ask for w in self.spec.workload) else None
+        self._t0 = self._loop.time()
+        workload = WorkloadRunner(self.spec, fleet, self.recorder, self.plan.device_group, router)
+        faults = FaultScheduler(self.plan, self, self.recorder)
+        fault_tasks = faults.tasks(self._t0, self.spec.duration_s)
+        ticker = self._loop.create_task(self._tick())
+        try:
+            await workload.run(self.spec.duration_s)
+            await asyncio.sleep(max(0.0, self.spec.duration_s - self._now()))
+            self.progress("running", 1.0)
+            end_s = self._now()
+            self.progress("draining", 0.0)
+            await workload.drain()
+        finally:
+            ticker.cancel()
+            for task in fault_tasks:
+                task.cancel()
+            await asyncio.gather(*fault_tasks, ticker, return_exceptions=True)
+        report = build_report(
+            self.spec,
+            self.recorder,
+            mode=self.mode,
+            spec_file=self.spec_file,
+            groups={
+                g.group.name: {"profile": g.profile.name, "members": [d.id for d in g.devices]}
+                for g in self.plan.groups
+            },
+            calibration={
+                g.group.name: {name: cost.as_dict() for name, cost in sorted(g.costs.items())}
+                for g in self.plan.groups
+            },
+            memory={
+                g.group.name: {
+                    "budget_mb": g.budget_mb,
+                    "used_mb": round(g.memory_mb, 2),
+                    "source": g.memory_source,
+                    "ok": g.memory_mb <= g.budget_mb,
+                }
+                for g in self.plan.groups
+            },
+            end_s=end_s,
+        )
+        await fleet.close()
+        for coord in self.coordinators:
+            await coord.stop()
+            await coord.transport.close()
+        for dev in devices:
+            if dev.agent is not None:
+                await self._stop_agent(dev)
+        await monitor.close()
+        lost = self.broker.lost_messages if self.broker is not None else 0
+        self.stats = RunStats(
+            round(time.perf_counter() - wall0, 3), round(start_wall, 3), len(devices),
+            len(self.recorder.calls), lost,
+        )  # fmt: skip
+        return report
+
+    async def _stop_agent(self, dev: SimDevice) -> None:
+        await dev.agent.stop(grace_s=0)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self._bucket)
+            self.progress("running", min(1.0, self._now() / self.spec.duration_s))
+
+    def _router(self) -> Any:
+        from ..nlu import Catalog, Router
+
+        manifests = [d.agent.manifest() for d in self.plan.all_devices() if d.agent is not None]
+        return Router(Catalog.from_manifests(manifests))
+
+    # The monitor --------------------------------------------------------------------------------
+
+    def _on_state(self, msg: Inbound) -> None:
+        try:
+            state = decode(msg.payload)
+        except ValueError:
+            return
+        if not isinstance(state, StateMessage) or state.device not in self.plan.device_group:
+            return
+        t = max(0.0, self._now())
+        if state.status == "offline":
+            self.recorder.went_offline(state.device, t)
+        elif state.status == "online":
+            self.recorder.came_online(state.device, t)
+
+    def _on_health(self, msg: Inbound) -> None:
+        try:
+            health = decode(msg.payload)
+        except ValueError:
+            return
+        if not isinstance(health, Health):
+            return
+        group = self.plan.device_group.get(health.device)
+        now = self._now()
+        if group is not None and 0 <= now < self.spec.duration_s:
+            self.recorder.queue_depth(group, int(now // self._bucket), health.queue_depth)
+
+    # Fault actions ------------------------------------------------------------------------------
+
+    @property
+    def _restartable(self) -> bool:
+        return self.broker is not None or self.local_broker is not None
+
+    async def crash(self, device: SimDevice) -> None:
+        transport, agent = device.transport, device.agent
+        if agent is None:
+            return
+        device.agent = None
+        _kill(transport)
+        await agent.abort()
+
+    async def restart(self, device: SimDevice) -> None:
+        if device.agent is None:
+            await self._agent(device).start()
+
+    def partition(self, device: SimDevice) -> None:
+        if self.broker is not None and isinstance(device.transport, MemoryTransport):
+            self.broker.partition(device.transport)
+        elif device.transport is not None:
+            _kill(device.transport, reconnect=False)
+
+    def heal(self, device: SimDevice) -> None:
+        if self.broker is not None and isinstance(device.transport, MemoryTransport):
+            self.broker.heal(device.transport)
+        elif device.transport is not None:
+            _revive(device.transport)
+
+    def link(self, device: SimDevice, *, loss: float, delay_s: float) -> None:
+        if self.broker is not None:
+            state = self.broker.link(f"sim-{device.id}")
+            state.extra_loss, state.extra_delay_s = loss, delay_s
+
+    def message_loss(self, loss: float) -> None:
+        if self.broker is not None:
+            self.broker.loss = loss
+
+    def broker_down(self) -> None:
+        if self.broker is not None:
+            self.broker.disconnect_all()
+        elif self.local_broker is not None:
+            self.local_broker.stop()
+
+    def broker_up(self) -> None:
+        if self.broker is not None:
+            self.broker.restart()
+        elif self.local_broker is not None:
+            self.local_broker.start()
+
+
+def _kill(transport: Any, *, reconnect: bool = False) -> None:
+    """Break a connection uncleanly (the broker publishes the will)."""
+    if isinstance(transport, MemoryTransport):
+        transport.kill(reconnect=reconnect)
+    else:
+        transport.abort(reconnect=reconnect)
+
+
+def _revive(transport: Any) -> None:
+    transport.resume()
+
+
+def run_embedded(
+    plan: FleetPlan, *, spec_file: str = "", progress: Progress | None = None
+) -> tuple[dict[str, Any], RunStats]:
+    """Run ``plan`` on virtual time in this thread; returns the report and run statistics."""
+
+    async def main() -> tuple[dict[str, Any], RunStats]:
+        loop = asyncio.get_running_loop()
+        clock = VirtualClock(loop)
+        broker = SimBroker(clock=loop.time, rng=random.Random(f"{plan.spec.seed}/network"))
+        default = plan.spec.link
+        links = {g.group.name: g.group.link or default for g in plan.groups}
+
+        def make_transport(client_id: str, dev: SimDevice | None) -> Transport:
+            t = MemoryTransport(broker, client_id)
+            link = links[dev.group] if dev is not None else default
+            if link.latency_ms or link.jitter_ms or link.loss:
+                state = broker.link(client_id)
+                state.latency_s = link.latency_ms / 1000
+                state.jitter_s = link.jitter_ms / 1000
+                state.loss = link.loss if dev is not None else 0.0
+            return t
+
+        sim = Simulation(
+            plan, make_transport=make_transport, clock=clock, broker=broker,
+            spec_file=spec_file, mode="embedded", progress=progress,
+        )  # fmt: skip
+        report = await sim.run()
+        assert sim.stats is not None
+        return report, sim.stats
+
+    with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
+        return runner.run(main())
+
+
+def run_broker(
+    plan: FleetPlan,
+    broker_url: str,
+    *,
+    spec_file: str = "",
+    progress: Progress | None = None,
+    local_broker: Any = None,
+) -> tuple[dict[str, Any], RunStats]:
+    """Run ``plan`` in real time against a real broker; every device is an MQTT 5 client."""
+    from ..transport import lite
+
+    config = BrokerConfig.from_url(broker_url)
+
+    async def main() -> tuple[dict[str, Any], RunStats]:
+        from ..clock import SYSTEM_CLOCK
+
+        def make_transport(client_id: str, dev: SimDevice | None) -> Transport:
+            return lite.LiteTransport(config, client_id=f"{client_id}-{plan.spec.seed}")
+
+        sim = Simulation(
+            plan, make_transport=make_transport, clock=SYSTEM_CLOCK, local_broker=local_broker,
+            spec_file=spec_file, mode="broker", progress=progress,
+        )  # fmt: skip
+        report = await sim.run()
+        assert sim.stats is not None
+        return report, sim.stats
+
+    return asyncio.run(main())
+
+
+def spec_label(path: Path | None) -> str:
+    return str(path) if path is not None else "<spec>"
