@@ -44,7 +44,7 @@ from .base import (
     valid_publish_topic,
     validate_filter,
 )
-from .packing import PackedProperties
+from .packing import PackedProperties, UnusualPacket, unpack_publish
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,38 @@ def _props_from_paho(p: Properties | None) -> Props:
         content_type=d.get("ContentType"),
         user_properties=tuple(user) if user else (),
     )
+
+
+class _Client(paho.Client):
+    """paho's client with a fast path for received QoS 0 and 1 PUBLISH packets.
+
+    paho decodes every PUBLISH's properties with its ``Properties`` class (about 35 µs for a
+    reply, 70 µs for a request with four properties) and then matches per-topic callbacks under
+    two locks. :func:`~edgeagent.transport.packing.unpack_publish` decodes the packet straight
+    into an :class:`Inbound` (about 3 µs), which goes to ``deliver`` as ``on_message`` would
+    have. Anything unusual (malformed, a property a PUBLISH may not carry, QoS 2) goes through
+    paho's own code unchanged, so paho still rejects what it rejects; ``on_message`` stays set
+    for that. A test checks that paho still has the method overridden here.
+    """
+
+    deliver: Callable[[Inbound], None]
+    fast_path: int = 0
+
+    def _handle_publish(self) -> MQTTErrorCode:
+        in_packet = self._in_packet
+        header = in_packet["command"]
+        if not header & 0x04:  # QoS 0 or 1
+            try:
+                topic, mid, props, payload = unpack_publish(header, in_packet["packet"])
+            except (UnusualPacket, IndexError, UnicodeDecodeError):
+                pass  # paho decodes it again and reports what is wrong
+            else:
+                self.fast_path += 1
+                self.deliver(Inbound(topic, payload, (header >> 1) & 3, bool(header & 1), props))
+                if header & 0x02 and not self._manual_ack:
+                    return self._send_puback(mid)
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return super()._handle_publish()
 
 
 class _TrackingContext(ssl.SSLContext):
@@ -271,8 +303,8 @@ class MqttTransport:
             log.warning("connection to %s lost; reconnecting", self.broker.display())
             await asyncio.sleep(self._backoff(0))
 
-    def _make_client(self) -> paho.Client:
-        client = paho.Client(
+    def _make_client(self) -> _Client:
+        client = _Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=MQTTProtocolVersion.MQTTv5,
@@ -301,6 +333,7 @@ class MqttTransport:
         client.on_connect = self._paho_on_connect
         client.on_disconnect = self._paho_on_disconnect
         client.on_message = self._paho_on_message
+        client.deliver = self._inbox_append
         client.on_subscribe = self._paho_on_subscribe
         client.on_unsubscribe = self._paho_on_subscribe
         client.on_socket_close = self._paho_on_socket_close
@@ -570,6 +603,9 @@ class MqttTransport:
             return
         if client is self._client:
             self._teardown_socket()
+
+    def _inbox_append(self, msg: Inbound) -> None:
+        self._inbox.append(msg)
 
     def _paho_on_message(self, client: paho.Client, _ud: Any, msg: paho.MQTTMessage) -> None:
         self._inbox.append(
