@@ -519,9 +519,11 @@ def _describe(msg: Any) -> str:
 
 from .cli_devices import devices  # noqa: E402 - subcommand groups live in their own modules
 from .cli_models import models  # noqa: E402
+from .cli_sim import sim  # noqa: E402
 
 main.add_command(devices)
 main.add_command(models)
+main.add_command(sim)
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m edgeagent.cli`

@@ -93,6 +93,13 @@ def load_config(path: str | Path) -> AgentConfig:
     return cfg.model_copy(update={"base_dir": Path(path).resolve().parent})
 
 
+def _takes(cls: type, name: str) -> bool:
+    try:
+        return name in inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def load_skills(
     cfg: AgentConfig, source: str = "config"
 ) -> tuple[list[Skill], list[SkillSet], dict[str, str]]:
@@ -114,8 +121,11 @@ def load_skills(
             cls = getattr(module, attr, None)
             if not (inspect.isclass(cls) and issubclass(cls, SkillSet)):
                 raise ConfigError(f"{where}: {src.module!r} is not a SkillSet class")
+            options = dict(src.options)
+            if cfg.profile and "profile" not in options and _takes(cls, "profile"):
+                options["profile"] = cfg.profile  # a model skill set picks its device's variant
             try:
-                target = cls(**src.options)
+                target = cls(**options)
             except TypeError as exc:
                 raise ConfigError(f"skills.{i}.options: {exc}") from exc
             sets.append(target)

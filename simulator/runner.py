@@ -184,6 +184,7 @@ class Simulation:
             },
             end_s=end_s,
         )
+        report["coordinators"] = [c.statistics() for c in self.coordinators]
         await fleet.close()
         for coord in self.coordinators:
             await coord.stop()
