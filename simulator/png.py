@@ -205,6 +205,19 @@ def nice_ticks(lo: float, hi: float, target: int = 5) -> list[float]:
     return ticks
 
 
+def axis_ticks(values: Sequence[float]) -> list[float]:
+    """At least two round ticks from at or below min(0, values) to at or above max(values)."""
+    finite = [v for v in values if math.isfinite(v)]
+    lo, hi = min([0.0, *finite]), max([0.0, *finite])
+    ticks = nice_ticks(lo, hi if hi > lo else lo + 1) or [lo]
+    step = ticks[1] - ticks[0] if len(ticks) > 1 else 1.0
+    if ticks[0] > lo:
+        ticks.insert(0, ticks[0] - step)
+    if ticks[-1] < hi or len(ticks) < 2:
+        ticks.append(ticks[-1] + step)
+    return ticks
+
+
 def format_tick(v: float) -> str:
     """A short label for a tick value: ``5``, ``2.5``, ``0.05``, ``12k``."""
     if abs(v) >= 10_000:
@@ -276,15 +289,8 @@ def line_chart(
         x_lo, x_hi = (min(xs), max(xs)) if xs else (0.0, 1.0)
     if x_hi <= x_lo:
         x_lo, x_hi = x_lo - 1, x_hi + 1
-    values = [v for _, vs in series for v in vs if v is not None and math.isfinite(v)]
-    y_lo, y_hi = min([0.0, *values]), max([0.0, *values])
-    if y_hi <= y_lo:
-        y_hi = y_lo + 1
-    y_ticks = nice_ticks(y_lo, y_hi)
-    if y_ticks[-1] < y_hi:  # round the top of the axis up to the next tick
-        step = y_ticks[1] - y_ticks[0] if len(y_ticks) > 1 else y_hi - y_lo
-        y_ticks.append(y_ticks[-1] + step)
-    y_hi = max(y_hi, y_ticks[-1])
+    y_ticks = axis_ticks([v for _, vs in series for v in vs if v is not None])
+    y_lo, y_hi = y_ticks[0], y_ticks[-1]
 
     def px(v: float) -> int:
         return round(left + (v - x_lo) / (x_hi - x_lo) * (right - left))
