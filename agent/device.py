@@ -158,7 +158,8 @@ class DeviceAgent:
         self._call_prefix = self.topics.call(self.device_id, "")
         self._tg: asyncio.TaskGroup | None = None
         self._background: list[asyncio.Task[None]] = []
-        self._calls: set[asyncio.Task[None]] = set()
+        # A dict, not a set: cancelled in the order they came (sets of tasks iterate by address).
+        self._calls: dict[asyncio.Task[None], None] = {}
         self._idem: OrderedDict[str, _IdemEntry] = OrderedDict()
         self._executor: concurrent.futures.Executor | None = executor
         self._own_executor = executor is None
@@ -493,8 +494,8 @@ class DeviceAgent:
         task = self._tg.create_task(
             self._run(slot, value, reply_to, reply_props, trace, deadline, idem)
         )
-        self._calls.add(task)
-        task.add_done_callback(self._calls.discard)
+        self._calls[task] = None
+        task.add_done_callback(self._forget_call)
 
     async def _run(
         self,
@@ -591,6 +592,9 @@ class DeviceAgent:
             self._idem_finish(idem, replied)
             if release:
                 self._finish(slot, counted=running)
+
+    def _forget_call(self, task: asyncio.Task[None]) -> None:
+        self._calls.pop(task, None)
 
     def _finish(self, slot: _Slot, counted: bool = True) -> None:
         if counted:

@@ -230,7 +230,7 @@ def build_fleet(
                 device=device_id,
                 fleet=spec.fleet,
                 root=spec.root,
-                profile=profile.name,
+                profile=group.profile,  # a name, or a user profile's file
                 tags=group.tags_for(i),
                 skills=group.skills,
                 health_interval_s=group.health_interval_s,

@@ -122,7 +122,7 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 
 
 def evaluate(a: Assertion, recorder: Recorder, spec: FleetSpec) -> dict[str, Any]:
-    """Check one assertion against the calls in its scope (and its fault's window)."""
+    """Check one assertion against the calls in its scope (and in flight during its fault)."""
     records = recorder.calls
     if a.skill is not None:
         records = [r for r in records if r.skill == a.skill]
@@ -134,7 +134,10 @@ def evaluate(a: Assertion, recorder: Recorder, spec: FleetSpec) -> dict[str, Any
             for e in recorder.timeline
             if e["kind"] == "fault" and e["name"] == a.during
         ]
-        records = [r for r in records if any(t0 <= r.t < t1 for t0, t1 in windows)]
+        # A call counts if it was in flight at any time during the fault.
+        records = [
+            r for r in records if any(r.t < t1 and r.t + r.ms / 1000 >= t0 for t0, t1 in windows)
+        ]
     metric, op, bound = a.parsed()
     stats = _stats(records)
     value = sum(stats["errors"].values()) if metric == "errors" else stats[metric]

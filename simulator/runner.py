@@ -294,15 +294,25 @@ class Simulation:
 
 
 def _kill(transport: Any, *, reconnect: bool = False) -> None:
-    """Break a connection uncleanly (the broker publishes the will)."""
-    if isinstance(transport, MemoryTransport):
-        transport.kill(reconnect=reconnect)
-    else:
-        transport.abort(reconnect=reconnect)
+    """Break a connection uncleanly, as a power cut would (the broker publishes the will)."""
+    transport.kill(reconnect=reconnect)
+
+
+_revivals: set[asyncio.Task[None]] = set()
 
 
 def _revive(transport: Any) -> None:
-    transport.resume()
+    """Reconnect a transport :func:`_kill` left down (broker mode's partition healing)."""
+
+    async def reconnect() -> None:
+        try:
+            await transport.connect()
+        except Exception as exc:  # the broker may be down too: it will be retried by faults
+            log.warning("%s could not rejoin: %s", transport.client_id, exc)
+
+    task = asyncio.get_running_loop().create_task(reconnect())
+    _revivals.add(task)
+    task.add_done_callback(_revivals.discard)
 
 
 def run_embedded(
@@ -356,7 +366,7 @@ def run_broker(
         from ..clock import SYSTEM_CLOCK
 
         def make_transport(client_id: str, dev: SimDevice | None) -> Transport:
-            return lite.LiteTransport(config, client_id=f"{client_id}-{plan.spec.seed}")
+            return lite.LiteTransport(config, client_id=f"{plan.spec.fleet}-{client_id}")
 
         sim = Simulation(
             plan, make_transport=make_transport, clock=SYSTEM_CLOCK, local_broker=local_broker,

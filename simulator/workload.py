@@ -57,7 +57,7 @@ class WorkloadRunner:
         self.router = router
         self._loop = asyncio.get_running_loop()
         self._start = self._loop.time()
-        self._calls: set[asyncio.Task[None]] = set()
+        self._calls: dict[asyncio.Task[None], None] = {}
         self._inputs: dict[str, InputFn] = {}
         for i, w in enumerate(spec.workload):
             if w.input_from is not None:
@@ -94,9 +94,12 @@ class WorkloadRunner:
                 fn = self._inputs.get(w.label)
                 value = fn(rng) if fn is not None else w.input
                 task = self._loop.create_task(self._call(w, w.skill or "", value, w.where, t))
-            self._calls.add(task)
-            task.add_done_callback(self._calls.discard)
+            self._calls[task] = None
+            task.add_done_callback(self._forget)
             t += rng.expovariate(w.rate_per_s)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._calls.pop(task, None)
 
     async def _ask(self, w: Workload, text: str, t: float) -> None:
         from ..nlu import Interpretation
