@@ -46,7 +46,8 @@ groups:
     profile: x86-64
     skills: [{module: smarthome.echo}]
 workload:
-  - {skill: set_brightness, rate_per_s: 2, where: {kind: lamp}, input_from: "smarthome.samples:brightness"}
+  - {skill: set_brightness, rate_per_s: 2, where: {kind: lamp},
+     input_from: "smarthome.samples:brightness"}
   - {skill: read_digit, rate_per_s: 4, input_from: "smarthome.samples:digit_image"}
   - {skill: slow_echo, rate_per_s: 5, input: {data: hi, delay_s: 0.8}}
 faults:
@@ -78,7 +79,8 @@ def test_crashed_device_shows_failovers_and_offline_period() -> None:
     faults = [e for e in report["timeline"] if e["kind"] == "fault"]
     assert len(faults) == 1
     crashed = faults[0]["targets"]
-    assert len(crashed) == 1 and crashed[0].startswith("hub-")
+    assert len(crashed) == 1
+    assert crashed[0].startswith("hub-")
     offline = [e for e in report["timeline"] if e["kind"] == "offline"]
     assert [e["device"] for e in offline] == crashed
     assert offline[0]["t"] == pytest.approx(40, abs=0.5)
@@ -90,7 +92,8 @@ def test_crashed_device_shows_failovers_and_offline_period() -> None:
     assert report["skills"]["slow_echo"]["success_rate"] == 1.0
     # The online count dips by one while it is down.
     online = {p["t"]: p["online"] for p in hub["series"]}
-    assert min(online.values()) == 2 and max(online.values()) == 3
+    assert min(online.values()) == 2
+    assert max(online.values()) == 3
     assert all(a["passed"] for a in report["assertions"]), report["assertions"]
 
 
@@ -112,9 +115,12 @@ def test_profiles_set_device_speed() -> None:
     assert lamp["kind"] == hub["kind"] == "python"
     assert lamp["device_ms"] > 10 * hub["device_ms"]  # Pi Zero 2 W vs the reference machine
     meter = cal["meter"]["read_digit"]
-    assert meter["kind"] == "fp32" and meter["model_ms"] > 0
-    assert meter["model_factor"] > 1 and meter["device_ms"] > meter["model_ms"]
-    assert report["memory"]["meter"]["used_mb"] > 0 and report["memory"]["meter"]["ok"]
+    assert meter["kind"] == "fp32"
+    assert meter["model_ms"] > 0
+    assert meter["model_factor"] > 1
+    assert meter["device_ms"] > meter["model_ms"]
+    assert report["memory"]["meter"]["used_mb"] > 0
+    assert report["memory"]["meter"]["ok"]
 
 
 def test_slow_fault_raises_latency_while_it_lasts() -> None:
@@ -249,7 +255,8 @@ def test_simulated_links_delay_lose_and_keep_order() -> None:
         got, lost = runner.run(main())
     seq = [n for _, n in got]
     assert seq == sorted(seq)  # jitter never reorders one link
-    assert 60 < lost < 140 and len(got) + lost == 400
+    assert 60 < lost < 140
+    assert len(got) + lost == 400
     assert min(t for t, _ in got) >= 0.020  # two one-way hops of at least 10 ms
 
 
@@ -277,9 +284,11 @@ def test_cli_runs_writes_the_report_and_exits_on_failed_assertions(tmp_path: Pat
         main, ["sim", "run", str(spec), "--report", str(out), "--quiet", "--seed", "5"], env=env
     )
     assert result.exit_code == 0, result.output
-    assert "read_digit" in result.output and "PASS" in result.output
+    assert "read_digit" in result.output
+    assert "PASS" in result.output
     report = json.loads((out / "report.json").read_text())
-    assert report["seed"] == 5 and report["duration_s"] == 60
+    assert report["seed"] == 5
+    assert report["duration_s"] == 60
     assert {"report.html", "fleet.png"} <= {p.name for p in out.iterdir()}
     failing = tmp_path / "failing.yaml"
     failing.write_text(spec.read_text().replace('"success_rate >= 0.99"', '"calls > 100000"'))
