@@ -7,11 +7,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import shutil
+import subprocess
 import time
 import tracemalloc
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,10 +23,10 @@ from edgeagent import DeviceAgent, Fleet
 from edgeagent.broker import BrokerConfig
 from edgeagent.config import AgentConfig
 from edgeagent.errors import TransportError
-from edgeagent.transport.base import Inbound, Props, Will
+from edgeagent.transport.base import Inbound, Props, Transport, Will
 from edgeagent.transport.lite import MAX_PACKET, LiteTransport
 from edgeagent.transport.mqtt import MqttTransport
-from tests.broker.mosquitto import Mosquitto
+from tests.broker.mosquitto import Mosquitto, free_port
 
 pytestmark = pytest.mark.broker
 
@@ -73,6 +76,7 @@ def assert_props(got: Props) -> None:
 def test_round_trip_keeps_every_property(broker_url: str, fleet_name: str) -> None:
     async def main() -> None:
         pub, sub = lite(broker_url, "pub"), lite(broker_url, "sub")
+        assert isinstance(pub, Transport)
         got: list[Inbound] = []
         await sub.subscribe(f"{fleet_name}/+/x", got.append, qos=1)
         await sub.connect()
@@ -372,6 +376,39 @@ def test_idle_clients_cost_little_memory(broker_url: str, fleet_name: str) -> No
     run(main)
 
 
+def test_tls_round_trip_and_verification_failure(tmp_path: Path) -> None:
+    exe = shutil.which("openssl")
+    if exe is None:
+        pytest.skip("openssl is not installed")
+    key, crt = tmp_path / "server.key", tmp_path / "server.crt"
+    subprocess.run(
+        [exe, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", key, "-out", crt, "-days", "2", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    port = free_port()
+    # As root, mosquitto reads the key after dropping to its own user: keep it root.
+    extra = f"\nuser root\nlistener {port} 127.0.0.1\ncertfile {crt}\nkeyfile {key}\n"
+
+    async def main() -> None:
+        broker = BrokerConfig(url=f"mqtts://localhost:{port}", tls={"ca_file": crt})
+        t = LiteTransport(broker, client_id="tls", host="127.0.0.1")  # verified as localhost
+        got: list[Inbound] = []
+        await t.subscribe("tls/x", got.append, qos=1)
+        await t.connect()
+        await t.publish("tls/x", b"secret", qos=1, props=PROPS)
+        await until(lambda: bool(got), what="the message over TLS")
+        assert_props(got[0].props)
+        await t.close()
+        untrusted = LiteTransport(BrokerConfig(url=f"mqtts://127.0.0.1:{port}"), client_id="x")
+        with pytest.raises(TransportError, match="certificate verify failed"):
+            await untrusted.connect()
+
+    with Mosquitto(extra_config=extra):
+        run(main)
+
+
 # --------------------------------------------------------------------------------------------
 # Against a scripted broker
 
@@ -466,17 +503,28 @@ def test_keepalive_pings_and_gives_up_on_a_silent_broker() -> None:
     run(main)
 
 
-def test_oversized_packet_disconnects(caplog: pytest.LogCaptureFixture) -> None:
-    huge = b"\x30" + bytes((0x80, 0x80, 0x80, 0x01))  # a PUBLISH header announcing 2 MiB
+@pytest.mark.parametrize(
+    ("packet", "logged"),
+    [
+        (b"\x30" + bytes((0x80, 0x80, 0x80, 0x01)), "2097152-byte packet refused"),  # 2 MiB
+        (b"\x30\x05\x00\x01x\x01\xff", "unknown property 0xFF"),
+        (b"\x30\x04\x00\x05ab", "malformed packet"),  # the topic runs past the end
+    ],
+    ids=["too-large", "unknown-property", "truncated"],
+)
+def test_bad_packets_disconnect_with_a_log_line(
+    caplog: pytest.LogCaptureFixture, packet: bytes, logged: str
+) -> None:
     assert MAX_PACKET < 2 << 20
 
     async def main() -> None:
-        async with fake_broker(b"\x20\x03\x00\x00\x00", then=huge) as (url, _):
+        async with fake_broker(b"\x20\x03\x00\x00\x00", then=packet) as (url, _):
             t = lite(url, reconnect=False)
             with caplog.at_level(logging.ERROR, logger="edgeagent.transport.lite"):
                 await t.connect()
                 await until(lambda: not t.connected, what="the disconnect")
-            assert "packet refused" in caplog.text
+            assert logged in caplog.text
+            assert t.statistics().messages_in == 0
             await t.close()
 
     run(main)

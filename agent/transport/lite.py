@@ -245,7 +245,10 @@ class _Proto(asyncio.Protocol):
         pos, n = 0, len(buf)
         try:
             while n - pos >= 2:
-                size, start = _read_varint(buf, pos + 1)
+                try:
+                    size, start = _read_varint(buf, pos + 1)
+                except IndexError:
+                    break  # even the remaining length is cut short: wait for more bytes
                 if start - pos + size > MAX_PACKET:
                     log.error("%s: %d-byte packet refused; disconnecting", owner.client_id, size)
                     self.write(b"\xe0\x01\x95")  # DISCONNECT: Packet too large
@@ -257,9 +260,7 @@ class _Proto(asyncio.Protocol):
                 pos = start + size
                 if self.owner is None:
                     return
-        except IndexError:
-            pass  # the remaining length itself is cut short: wait for more bytes
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (IndexError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
             log.error("%s: malformed packet (%s); disconnecting", owner.client_id, exc)
             self.abort()
             return
@@ -618,8 +619,8 @@ class LiteTransport:
         if proto is None:
             raise TransportError(f"not connected to {self.broker.display()}")
         pid = self._next_id()
-        opts = {f: bytes((self._subs[f][0],)) if kind == 0x82 else b"" for f in filters}
-        body = b"".join(_str(f) + opts[f] for f in filters)
+        sub = kind == 0x82
+        body = b"".join(_str(f) + (bytes((self._subs[f][0],)) if sub else b"") for f in filters)
         proto.write(_packet(kind, pid.to_bytes(2, "big") + b"\x00" + body))
         ack = await self._await_ack(pid)
         return ack[_read_props(ack, 2)[1] :]
