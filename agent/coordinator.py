@@ -20,6 +20,10 @@ skill that is not idempotent only when the device certainly did not run it (``bu
 so even a duplicate delivery cannot run a call twice. Read skills are hedged: if the first device
 has not answered after its measured p95, a second request goes to another device and the first
 answer wins. ``mode=all`` fans out to every matching device and gathers replies and errors.
+
+The hot path is kept lean (``docs/benchmarks.md``): a forward is a future resolved by the reply
+handler (no task, no ``asyncio.wait``), and a device's ``ok`` reply is relayed to the caller as
+the device sent it unless the caller asked for ``explain``.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import uuid
 from dataclasses import dataclass, field
@@ -36,7 +41,7 @@ from pydantic import ValidationError
 
 from .client import encode_input
 from .clock import SYSTEM_CLOCK, Clock
-from .errors import CallError, CallTimeout
+from .errors import CallError, CallTimeout, InternalError, TransportError
 from .protocol import (
     EXPLAIN_PROPERTY,
     IDEMPOTENCY_PROPERTY,
@@ -52,6 +57,7 @@ from .protocol import (
     StateMessage,
     Topics,
     decode,
+    decode_reply,
     encode,
 )
 from .registry import Registry
@@ -68,6 +74,8 @@ MIN_HEDGE_S = 0.002
 MIN_PATIENCE_S = 0.25
 _RETRYABLE: frozenset[str] = frozenset({"busy", "unavailable", "not_found", "timeout"})
 _NEVER_RAN: frozenset[str] = frozenset({"busy", "unavailable", "not_found"})
+#: How every edgeagent agent starts an ok reply; such a reply is relayed without parsing.
+_OK_PREFIX = b'{"type":"ok",'
 
 
 @dataclass(slots=True)
@@ -119,7 +127,12 @@ class Coordinator:
         self.registry = Registry()
         self._fleet = Fleet(transport=transport, root=root, fleet=fleet, clock=clock)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._waiting: dict[str, set[asyncio.Future[Any]]] = {}
+        # Forwards in flight: by correlation data, and by device (failed at once if it goes
+        # offline). Each resolves to the device's raw ok reply or raises CallError.
+        self._forwards: dict[bytes, asyncio.Future[bytes]] = {}
+        self._waiting: dict[str, set[asyncio.Future[bytes]]] = {}
+        self._next = 0
+        self._forward_topic = self.topics.reply(transport.client_id).rsplit("/", 1)[0] + "/fwd"
         self.rules = rules
         self.routed = 0
         self.failovers = 0
@@ -140,6 +153,7 @@ class Coordinator:
             self.topics.all_health(),
         ):
             await self.transport.subscribe(topic_filter, self._on_fleet, qos=1)
+        await self.transport.subscribe(self._forward_topic, self._on_forward_reply)
         await self.transport.subscribe(
             self.topics.coord_calls_filter(self.group), self._on_call, qos=1
         )
@@ -210,16 +224,20 @@ class Coordinator:
         trace = _Trace()
         try:
             if action.device is not None:
-                out: Any = await self._forward(
-                    action.device, action.skill, payload, deadline, idem, None, trace
+                out: Any = _output(
+                    await self._forward(
+                        action.device, action.skill, payload, deadline, idem, None, trace
+                    )
                 )
             elif action.mode == "all":
                 out = await self._fan_out(
                     action.skill, payload, action.where, deadline, idem, None, trace
                 )
             else:
-                out = await self._route_one(
-                    action.skill, payload, action.where, deadline, idem, None, trace
+                out = _output(
+                    await self._route_one(
+                        action.skill, payload, action.where, deadline, idem, None, trace
+                    )
                 )
             log.info("rule %s: %s -> %s", action.rule, action.explanation, out)
         except (CallError, _Fail) as exc:
@@ -259,7 +277,8 @@ class Coordinator:
     ) -> None:
         explain = props.user_property(EXPLAIN_PROPERTY) == "1"
         trace = _Trace()
-        reply: Ok | ErrorReply
+        reply: Ok | ErrorReply | None = None
+        raw = b""
         try:
             where = parse_where(props.user_property(WHERE_PROPERTY))
             mode = props.user_property(MODE_PROPERTY) or "one"
@@ -269,20 +288,16 @@ class Coordinator:
             tr = props.user_property(TRACE_PROPERTY)
             if mode == "all":
                 output: Any = await self._fan_out(skill, payload, where, deadline, idem, tr, trace)
+                reply = Ok(output=output, route=trace.as_dict() if explain else None)
             else:
-                output = await self._route_one(skill, payload, where, deadline, idem, tr, trace)
-            reply = Ok(output=output, route=trace.as_dict() if explain else None)
+                raw = await self._route_one(skill, payload, where, deadline, idem, tr, trace)
+                if explain:
+                    reply = Ok(output=_output(raw), route=trace.as_dict())
+                # else: the device's ok reply goes back as it came (only the properties change)
             self.routed += 1
         except ValueError as exc:
             reply = ErrorReply(code="bad_request", message=str(exc))
-        except _Fail as exc:
-            reply = ErrorReply(
-                code=exc.code,
-                message=exc.message,
-                details=exc.details,
-                route=trace.as_dict() if explain else None,
-            )
-        except CallError as exc:
+        except (_Fail, CallError) as exc:
             reply = ErrorReply(
                 code=exc.code,
                 message=exc.message,
@@ -294,7 +309,9 @@ class Coordinator:
             reply = ErrorReply(code="internal", message=f"coordinator: {type(exc).__name__}: {exc}")
         if isinstance(reply, ErrorReply):
             log.info("coordinator call %s -> %s: %s", skill, reply.code, reply.message)
-        self.transport.publish_nowait(reply_to, encode(reply), props=reply_props)
+        if reply is not None:
+            raw = encode(reply)
+        self.transport.publish_nowait(reply_to, raw, props=reply_props)
 
     def _remaining(self, deadline: float, skill: str) -> float:
         left = deadline - self.clock.monotonic()
@@ -318,6 +335,95 @@ class Coordinator:
         code: ErrorCode = "not_found" if only_tags else "unavailable"
         return _Fail(code, f"no device can take {skill!r} where {where or '{}'}: {why}")
 
+    # Forwards -----------------------------------------------------------------------------------
+
+    def _launch(
+        self,
+        device: str,
+        skill: str,
+        payload: bytes,
+        deadline: float,
+        idem: str,
+        tr: str | None,
+        trace: _Trace,
+        patience: float | None = None,
+    ) -> asyncio.Future[bytes]:
+        """Send one forward; the future resolves to the device's raw ``ok`` reply or raises
+        CallError (CallTimeout if unanswered, or if the device goes offline meanwhile).
+
+        The device gets the whole remaining deadline (Message Expiry); we wait at most
+        ``patience`` seconds for it, so an idempotent call can still fail over in time.
+        Cancelling the future abandons the forward. Its outcome is recorded (registry, trace)
+        when it settles, whoever awaits it.
+        """
+        left = self._remaining(deadline, skill)
+        if not self.transport.connected:
+            raise TransportError(f"not connected: cannot forward {skill!r} to {device!r}")
+        wait = left if patience is None else min(left, patience)
+        loop = asyncio.get_running_loop()
+        self._next += 1
+        corr = self._next.to_bytes(8, "big")
+        future: asyncio.Future[bytes] = loop.create_future()
+        self._forwards[corr] = future
+        waiters = self._waiting.setdefault(device, set())
+        waiters.add(future)
+        self.registry.started(device, skill)
+        started = self.clock.monotonic()
+        timer = loop.call_later(
+            wait, _expire, future, f"no reply from {device}/{skill} within {wait:g} s"
+        )
+
+        def settled(fut: asyncio.Future[bytes]) -> None:
+            timer.cancel()
+            self._forwards.pop(corr, None)
+            waiters.discard(fut)
+            took = self.clock.monotonic() - started
+            if fut.cancelled():
+                self.registry.finished(device, skill, took, False, False)
+                return
+            exc = fut.exception()
+            if exc is None:
+                self.registry.finished(device, skill, took, True)
+                trace.attempts.append(_Attempt(device, "ok", round(took * 1000, 3)))
+                return
+            code = exc.code if isinstance(exc, CallError) else "internal"
+            self.registry.finished(device, skill, took, False, code == "timeout")
+            trace.attempts.append(_Attempt(device, code, round(took * 1000, 3)))
+
+        future.add_done_callback(settled)
+        user = ((TRACE_PROPERTY, tr),) if tr else ()
+        self.transport.publish_nowait(
+            self.topics.call(device, skill),
+            payload,
+            props=Props(
+                response_topic=self._forward_topic,
+                correlation_data=corr,
+                message_expiry=max(1, math.ceil(left)),
+                user_properties=(*user, (IDEMPOTENCY_PROPERTY, idem)),
+            ),
+        )
+        return future
+
+    def _on_forward_reply(self, msg: Inbound) -> None:
+        corr = msg.props.correlation_data
+        future = self._forwards.get(corr) if corr is not None else None
+        if future is None or future.done():
+            log.debug("late or unknown reply on %s dropped", msg.topic)
+            return
+        payload = msg.payload
+        if payload.startswith(_OK_PREFIX) and payload.endswith(b"}"):
+            future.set_result(payload)  # relayed as is: the caller's client validates it
+            return
+        try:
+            reply = decode_reply(payload)
+        except ValidationError as exc:
+            future.set_exception(InternalError(f"malformed reply: {exc.errors()[0]['msg']}"))
+            return
+        if isinstance(reply, ErrorReply):
+            future.set_exception(CallError.from_reply(reply))
+        else:
+            future.set_result(payload)
+
     async def _forward(
         self,
         device: str,
@@ -328,57 +434,9 @@ class Coordinator:
         tr: str | None,
         trace: _Trace,
         patience: float | None = None,
-    ) -> Any:
-        """One forward; returns the Ok output or raises CallError (CallTimeout if unanswered).
-
-        The device gets the whole remaining deadline (Message Expiry); we wait at most
-        ``patience`` seconds for it, so an idempotent call can still fail over in time.
-        """
-        left = self._remaining(deadline, skill)
-        wait = left if patience is None else min(left, patience)
-        self.registry.started(device, skill)
-        started = self.clock.monotonic()
-        ok = False
-        timed_out = False
-        # Resolved early (CallTimeout) if the device's state turns offline while we wait.
-        gone: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        waiters = self._waiting.setdefault(device, set())
-        waiters.add(gone)
-        request = asyncio.ensure_future(
-            self._fleet.request(
-                self.topics.call(device, skill),
-                payload,
-                timeout=wait,
-                trace=tr,
-                what=f"{device}/{skill}",
-                user_properties=((IDEMPOTENCY_PROPERTY, idem),),
-                expiry_s=left,
-            )
-        )
-        try:
-            await asyncio.wait({request, gone}, return_when=asyncio.FIRST_COMPLETED)
-            if not request.done():
-                request.cancel()
-                gone.result()  # raises the CallTimeout set by _on_fleet
-            reply = request.result()
-            if isinstance(reply, ErrorReply):
-                raise CallError.from_reply(reply)
-            ok = True
-            return reply.output
-        except CallError as exc:
-            timed_out = exc.code == "timeout"
-            trace.attempts.append(_Attempt(device, exc.code, self._ms(started)))
-            raise
-        finally:
-            waiters.discard(gone)
-            if not gone.done():
-                gone.cancel()
-            if not request.done():
-                request.cancel()
-            took = self.clock.monotonic() - started
-            self.registry.finished(device, skill, took, ok, timed_out)
-            if ok:
-                trace.attempts.append(_Attempt(device, "ok", round(took * 1000, 3)))
+    ) -> bytes:
+        """One forward; returns the device's raw ok reply or raises CallError."""
+        return await self._launch(device, skill, payload, deadline, idem, tr, trace, patience)
 
     def _patience(self, spec: SkillSpec, device: str, deadline: float) -> float | None:
         """How long to wait for one device before failing over (idempotent skills only):
@@ -402,7 +460,8 @@ class Coordinator:
         idem: str,
         tr: str | None,
         trace: _Trace,
-    ) -> Any:
+    ) -> bytes:
+        """Route to one device, failing over; returns its raw ok reply."""
         tried: set[str] = set()
         attempts = 0
         last: CallError | None = None
@@ -421,7 +480,7 @@ class Coordinator:
                 if self.hedge and spec.side_effect == "read" and spec.idempotent:
                     return await self._hedged(device, skill, payload, where, deadline, idem, tr,
                                               trace, tried)  # fmt: skip
-                return await self._forward(
+                return await self._launch(
                     device,
                     skill,
                     payload,
@@ -452,28 +511,27 @@ class Coordinator:
         tr: str | None,
         trace: _Trace,
         tried: set[str],
-    ) -> Any:
+    ) -> bytes:
         """Forward; if no answer after the device's p95, also ask a second device."""
-        first = asyncio.ensure_future(
-            self._forward(device, skill, payload, deadline, idem, tr, trace)
-        )
+        first = self._launch(device, skill, payload, deadline, idem, tr, trace)
         p95 = self.registry.p95_s(device, skill)
         if p95 is None:
             return await first
         delay = max(p95, MIN_HEDGE_S)
-        done, _ = await asyncio.wait({first}, timeout=min(delay, self._remaining(deadline, skill)))
-        if done:
+        if await _settled_within(first, min(delay, self._remaining(deadline, skill))):
             return first.result()
         decision = self._decide(skill, where, frozenset(tried), trace)
         if decision.chosen is None:
             return await first
         tried.add(decision.chosen)
         self.hedges += 1
-        second = asyncio.ensure_future(
+        try:
             # A hedge is a separate read: its own key, so the device does not merge it.
-            self._forward(decision.chosen, skill, payload, deadline, idem + "-h", tr, trace)
-        )
-        pending = {first, second}
+            second = self._launch(decision.chosen, skill, payload, deadline, idem + "-h", tr, trace)
+        except BaseException:
+            first.cancel()
+            raise
+        pending: set[asyncio.Future[bytes]] = {first, second}
         error: BaseException | None = None
         try:
             while pending:
@@ -520,12 +578,16 @@ class Coordinator:
         )
         out: dict[str, Any] = {"results": {}, "errors": {}}
         for c, r in zip(candidates, results, strict=True):
+            if isinstance(r, bytes):
+                try:
+                    out["results"][c.device] = _output(r)
+                    continue
+                except CallError as exc:
+                    r = exc
             if isinstance(r, CallError):
                 out["errors"][c.device] = {"code": r.code, "message": r.message}
-            elif isinstance(r, BaseException):
-                out["errors"][c.device] = {"code": "internal", "message": str(r)}
             else:
-                out["results"][c.device] = r
+                out["errors"][c.device] = {"code": "internal", "message": str(r)}
         return out
 
     def statistics(self) -> dict[str, int]:
@@ -549,3 +611,40 @@ class _Fail(Exception):
 
 def _skill_names(entry: Any) -> list[str]:
     return [s.name for s in entry.manifest.skills] if entry.manifest else []
+
+
+def _output(raw: bytes) -> Any:
+    """The output of a device's raw ok reply."""
+    try:
+        reply = decode_reply(raw)
+    except ValidationError as exc:
+        raise InternalError(f"malformed reply: {exc.errors()[0]['msg']}") from exc
+    if isinstance(reply, ErrorReply):  # pragma: no cover - only ok replies are kept raw
+        raise CallError.from_reply(reply)
+    return reply.output
+
+
+def _expire(future: asyncio.Future[bytes], message: str) -> None:
+    if not future.done():
+        future.set_exception(CallTimeout(message))
+
+
+async def _settled_within(future: asyncio.Future[Any], timeout: float) -> bool:
+    """Wait until ``future`` is done or ``timeout`` seconds passed; True if it is done.
+    (``asyncio.wait`` with a timeout, without its sets.)"""
+    if not future.done():
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+
+        def wake(*_: object) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        handle = loop.call_later(timeout, wake)
+        future.add_done_callback(wake)
+        try:
+            await waiter
+        finally:
+            handle.cancel()
+            future.remove_done_callback(wake)
+    return future.done()
