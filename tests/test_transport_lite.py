@@ -416,14 +416,18 @@ def test_tls_round_trip_and_verification_failure(tmp_path: Path) -> None:
 @asynccontextmanager
 async def fake_broker(
     connack: bytes, then: bytes = b"", answer_pings: bool = True
-) -> AsyncIterator[tuple[str, list[int]]]:
+) -> AsyncIterator[tuple[str, list[tuple[int, bytes]]]]:
     """A TCP server that answers CONNECT with ``connack`` then sends ``then``; yields its URL and
-    the packet types it received."""
-    seen: list[int] = []
+    the packets it received as ``(type, body)``."""
+    seen: list[tuple[int, bytes]] = []
     writers: list[asyncio.StreamWriter] = []
+    handlers: list[asyncio.Task[Any]] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writers.append(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.append(task)
         try:
             while True:
                 first = (await reader.readexactly(1))[0]
@@ -435,7 +439,7 @@ async def fake_broker(
                     if byte < 0x80:
                         break
                 body = await reader.readexactly(size)
-                seen.append(first >> 4)
+                seen.append((first >> 4, body))
                 if first >> 4 == 1 and connack:
                     writer.write(connack + then)
                 elif first >> 4 == 12 and answer_pings:
@@ -461,7 +465,36 @@ async def fake_broker(
         server.close()
         for w in writers:
             w.close()
+        if handlers:
+            await asyncio.wait(handlers, timeout=2)  # each sees its socket close and returns
         await server.wait_closed()
+
+
+def test_connect_packet_carries_credentials_will_and_keepalive() -> None:
+    async def main() -> None:
+        async with fake_broker(b"\x20\x03\x00\x00\x00") as (url, seen):
+            broker = BrokerConfig(url=url, username="user", password="pw", keepalive_s=42)
+            will = Will("dev/will", b"bye", qos=1, retain=True)
+            t = LiteTransport(broker, client_id="dev-1", will=will)
+            await t.connect()
+            await t.close()
+            await until(lambda: seen[-1][0] == 14, what="the DISCONNECT")
+        kind, body = seen[0]
+        assert kind == 1
+        assert body[:7] == b"\x00\x04MQTT\x05"
+        # username, password, will retain, will QoS 1, will, clean start
+        assert body[7] == 0x80 | 0x40 | 0x20 | 0x08 | 0x04 | 0x02
+        assert body[8:10] == (42).to_bytes(2, "big")
+        props = b"\x05\x27" + MAX_PACKET.to_bytes(4, "big")  # only Maximum Packet Size
+        assert body[10:] == (
+            props
+            + b"\x00\x05dev-1"
+            + b"\x00\x00\x08dev/will\x00\x03bye"  # no will properties
+            + b"\x00\x04user\x00\x02pw"
+        )
+        assert seen[-1] == (14, b"")  # DISCONNECT, reason 0
+
+    run(main)
 
 
 def test_refusal_reason_and_connect_timeout() -> None:
@@ -488,7 +521,7 @@ def test_keepalive_pings_and_gives_up_on_a_silent_broker() -> None:
             await t.connect()
             assert t._keepalive == 1
             await asyncio.sleep(2.5)
-            assert seen.count(12) >= 2  # PINGREQs, answered
+            assert [kind for kind, _ in seen].count(12) >= 2  # PINGREQs, answered
             assert t.connected
             await t.close()
         async with fake_broker(server_keepalive_1s, answer_pings=False) as (url, seen):
@@ -497,7 +530,7 @@ def test_keepalive_pings_and_gives_up_on_a_silent_broker() -> None:
             started = time.monotonic()
             await until(lambda: not t.connected, timeout=4, what="the keepalive timeout")
             assert 1.4 < time.monotonic() - started < 3.5
-            assert 12 in seen
+            assert (12, b"") in seen
             await t.close()
 
     run(main)

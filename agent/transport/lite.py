@@ -272,7 +272,7 @@ class _Proto(asyncio.Protocol):
         if self.gone is not None and not self.gone.done():
             self.gone.set_result(None)
         if owner is not None:
-            owner._lost(self, str(exc) if exc else "closed by the broker")
+            owner._lost(self, str(exc) if exc else "socket closed")
 
     def keepalive(self, now: float) -> None:
         """PINGREQ after ``keepalive`` idle seconds; give up after 1.5 times that in silence."""
