@@ -24,6 +24,7 @@ instance per agent, so a simulator can host many devices in one process.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import logging
@@ -217,12 +218,30 @@ class Skill:
         return adapter.dump_json(adapter.validate_python(result))
 
 
+_BUILT: dict[Callable[..., Any], Skill] = {}
+"""Skills built from a decorated function with its own options, by function: another instance
+of the same SkillSet (a simulated fleet has thousands) gets a copy bound to it, sharing the
+models and schemas instead of building them again."""
+
+
 def build_skill(func: Callable[..., Any], options: SkillOptions | None = None) -> Skill:
     """Build a :class:`Skill` from a decorated (or plain) function or bound method."""
     opts: SkillOptions | None = options or getattr(func, _MARK, None)
     if opts is None:
         opts = SkillOptions(None, None, "read", True, {}, 4, 64, 10.0, None, None)
     raw = getattr(func, "__func__", func)
+    cacheable = options is None and opts is getattr(raw, _MARK, None)
+    if cacheable and (built := _BUILT.get(raw)) is not None:
+        clone = copy.copy(built)
+        clone.func = func
+        return clone
+    skill = _build(func, raw, opts)
+    if cacheable:
+        _BUILT[raw] = skill
+    return skill
+
+
+def _build(func: Callable[..., Any], raw: Any, opts: SkillOptions) -> Skill:
     name = opts.name or raw.__name__
     check_name(name, f"skill name (from function {raw.__qualname__})")
     try:
