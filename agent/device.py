@@ -164,8 +164,9 @@ class DeviceAgent:
         self._executor: concurrent.futures.Executor | None = executor
         self._own_executor = executor is None
         self._draining = False
-        self._stopped = asyncio.Event()
-        self._idle = asyncio.Event()
+        # Made when needed: an idle agent holds no event (a simulated fleet has 100,000).
+        self._stopped: asyncio.Event | None = None
+        self._idle: asyncio.Event | None = None
         self._started_mono = 0.0
         self._served = 0
         self._failed = 0
@@ -204,16 +205,17 @@ class DeviceAgent:
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain and leave: refuse new calls, let in-flight ones finish, publish offline."""
-        if self._stopped.is_set() or self._tg is None:
+        if self._is_stopped() or self._tg is None:
             return
         grace = self.config.grace_s if grace_s is None else grace_s
         self._draining = True
+        self._idle = asyncio.Event()
         with contextlib.suppress(Exception):
             await self._publish_state("draining", "shutting down")
         if self._busy_count():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(grace):
-                    await self._idle.wait()
+                    await self._idle.wait()  # set by _finish when the last call ends
         if self._busy_count():
             log.warning(
                 "%s: %d calls unfinished after %.1f s grace",
@@ -234,7 +236,15 @@ class DeviceAgent:
             await tg.__aexit__(None, None, None)
         if self._executor is not None and self._own_executor:
             self._executor.shutdown(wait=False, cancel_futures=True)
-        self._stopped.set()
+        self._stopping_event().set()
+
+    def _is_stopped(self) -> bool:
+        return self._stopped is not None and self._stopped.is_set()
+
+    def _stopping_event(self) -> asyncio.Event:
+        if self._stopped is None:
+            self._stopped = asyncio.Event()
+        return self._stopped
 
     async def abort(self) -> None:
         """Die as a crashed process would: cancel everything, publish nothing more.
@@ -242,7 +252,7 @@ class DeviceAgent:
         The caller breaks the connection first (so the broker publishes the last will); the
         simulator uses this for crash faults.
         """
-        if self._stopped.is_set() or self._tg is None:
+        if self._is_stopped() or self._tg is None:
             return
         self._draining = True
         for task in [*self._background, *self._calls]:
@@ -254,10 +264,10 @@ class DeviceAgent:
             self._executor.shutdown(wait=False, cancel_futures=True)
         if self.transport.connected:
             await self.transport.close()
-        self._stopped.set()
+        self._stopping_event().set()
 
     async def wait_stopped(self) -> None:
-        await self._stopped.wait()
+        await self._stopping_event().wait()
 
     def _busy_count(self) -> int:
         return sum(s.in_flight + s.queued for s in self._slots.values())
@@ -600,7 +610,7 @@ class DeviceAgent:
         if counted:
             slot.in_flight -= 1
         slot.sem.release()
-        if self._draining and not self._busy_count():
+        if self._draining and not self._busy_count() and self._idle is not None:
             self._idle.set()
 
 

@@ -6,6 +6,7 @@ import math
 import os
 import resource
 from collections import deque
+from typing import ClassVar
 from collections.abc import Iterable, Sequence
 
 
@@ -20,12 +21,18 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
 class LatencyWindow:
     """The last ``size`` durations (seconds); percentiles are computed on demand."""
 
-    __slots__ = ("_values",)
+    __slots__ = ("_size", "_values")
+
+    _EMPTY: ClassVar[deque[float]] = deque(maxlen=0)
 
     def __init__(self, size: int = 512) -> None:
-        self._values: deque[float] = deque(maxlen=size)
+        self._size = size
+        # Made on the first add: an idle skill costs no buffer (a simulated fleet has 100,000).
+        self._values: deque[float] = self._EMPTY
 
     def add(self, seconds: float) -> None:
+        if self._values is self._EMPTY:
+            self._values = deque(maxlen=self._size)
         self._values.append(seconds)
 
     def __len__(self) -> int:

@@ -18,7 +18,7 @@ go into the report, and ``--calibration`` pins them so a seed reproduces a run a
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import copy
 import math
 import random
 import statistics
@@ -204,7 +204,10 @@ def emulate(skill: Skill, device: SimDevice, cost: SkillCost) -> Skill:
             await asyncio.sleep(device.device_seconds(cost))
         return result
 
-    return dataclasses.replace(skill, func=run, is_async=True)
+    wrapped = copy.copy(skill)  # shares the spec and schemas (a replace would rebuild them)
+    wrapped.func = run
+    wrapped.is_async = True
+    return wrapped
 
 
 def build_fleet(
@@ -225,17 +228,21 @@ def build_fleet(
         devices: list[SimDevice] = []
         costs: dict[str, SkillCost] = {}
         memory: tuple[float, str] = (0.0, "no model")
+        template = AgentConfig(
+            device=group.device_ids()[0],
+            fleet=spec.fleet,
+            root=spec.root,
+            profile=group.profile,  # a name, or a user profile's file
+            skills=group.skills,
+            health_interval_s=group.health_interval_s,
+            base_dir=spec.base_dir,
+        )
+        tag_sets: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
         for i, device_id in enumerate(group.device_ids()):
-            config = AgentConfig(
-                device=device_id,
-                fleet=spec.fleet,
-                root=spec.root,
-                profile=group.profile,  # a name, or a user profile's file
-                tags=group.tags_for(i),
-                skills=group.skills,
-                health_interval_s=group.health_interval_s,
-                base_dir=spec.base_dir,
-            )
+            tags = group.tags_for(i)
+            tags = tag_sets.setdefault(tuple(sorted(tags.items())), tags)
+            # A shallow copy: every device of the group shares the broker and skills settings.
+            config = template.model_copy(update={"device": device_id, "tags": tags})
             try:
                 skills, sets, events = load_skills(config, source=f"{where}")
             except ConfigError:
