@@ -6,8 +6,8 @@ import math
 import os
 import resource
 from collections import deque
-from typing import ClassVar
 from collections.abc import Iterable, Sequence
+from typing import ClassVar
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
