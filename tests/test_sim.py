@@ -168,10 +168,10 @@ def test_assertions_fail_when_they_should() -> None:
         (("    count: 3\n    profile: pi3b-plus", "    count: 3\n    profil: pi3b-plus"),
          r"small.yaml:\d+: groups.1.profil: unknown field"),
         (("group: hub, count: 1", "group: attic, count: 1"),
-         r"small.yaml:25: faults.0.group: no group 'attic'"),
-        (("during: hub crash", "during: flood"), r"small.yaml:28: assertions.1.during: no fault"),
+         r"small.yaml:26: faults.0.group: no group 'attic'"),
+        (("during: hub crash", "during: flood"), r"small.yaml:29: assertions.1.during: no fault"),
         (('check: "success_rate >= 0.99"', 'check: "speed > 1"'),
-         r"small.yaml:27: assertions.0.check: .*METRIC OP NUMBER"),
+         r"small.yaml:28: assertions.0.check: .*METRIC OP NUMBER"),
         (("at_s: 40", "at_s: 400"), r"faults.0.at_s: 400 s is after the run ends"),
     ],
 )  # fmt: skip
@@ -303,7 +303,7 @@ def test_cli_bad_spec_exits_2_with_the_line(tmp_path: Path) -> None:
     spec.write_text(SMALL.replace("group: hub, count: 1", "group: attic, count: 1"))
     result = CliRunner().invoke(main, ["sim", "run", str(spec), "--quiet"])
     assert result.exit_code == 2
-    assert f"{spec}:25: faults.0.group: no group 'attic'" in result.output
+    assert f"{spec}:26: faults.0.group: no group 'attic'" in result.output
 
 
 def test_example_house_checks_out() -> None:
