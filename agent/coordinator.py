@@ -130,7 +130,9 @@ class Coordinator:
         # Forwards in flight: by correlation data, and by device (failed at once if it goes
         # offline). Each resolves to the device's raw ok reply or raises CallError.
         self._forwards: dict[bytes, asyncio.Future[bytes]] = {}
-        self._waiting: dict[str, set[asyncio.Future[bytes]]] = {}
+        # Dicts, not sets: waiters failed together resume in the order they started (a set of
+        # futures iterates by address, which would make simulated runs differ).
+        self._waiting: dict[str, dict[asyncio.Future[bytes], None]] = {}
         self._next = 0
         self._forward_topic = self.topics.reply(transport.client_id).rsplit("/", 1)[0] + "/fwd"
         self.rules = rules
@@ -365,8 +367,8 @@ class Coordinator:
         corr = self._next.to_bytes(8, "big")
         future: asyncio.Future[bytes] = loop.create_future()
         self._forwards[corr] = future
-        waiters = self._waiting.setdefault(device, set())
-        waiters.add(future)
+        waiters = self._waiting.setdefault(device, {})
+        waiters[future] = None
         self.registry.started(device, skill)
         started = self.clock.monotonic()
         timer = loop.call_later(
@@ -376,7 +378,7 @@ class Coordinator:
         def settled(fut: asyncio.Future[bytes]) -> None:
             timer.cancel()
             self._forwards.pop(corr, None)
-            waiters.discard(fut)
+            waiters.pop(fut, None)
             took = self.clock.monotonic() - started
             if fut.cancelled():
                 self.registry.finished(device, skill, took, False, False)
