@@ -306,6 +306,9 @@ class Coordinator:
                 details=exc.details,
                 route=trace.as_dict() if explain else None,
             )
+        except TransportError as exc:  # our own connection dropped mid-call (a broker restart)
+            log.warning("routing %s failed: %s", skill, exc)
+            reply = ErrorReply(code="unavailable", message=f"coordinator: {exc}")
         except Exception as exc:  # never leave a caller hanging
             log.exception("routing %s failed", skill)
             reply = ErrorReply(code="internal", message=f"coordinator: {type(exc).__name__}: {exc}")

@@ -319,3 +319,34 @@ def test_example_house_checks_out() -> None:
     profiles = {g["profile"] for g in groups.values()}
     assert {"pi-zero-2w", "pi5"} <= profiles
     assert all(g["model_memory_mb"] <= g["budget_mb"] for g in groups.values())
+
+
+def test_every_fault_kind_runs_and_lands_in_the_timeline() -> None:
+    faults = """\
+faults:
+  - {name: random crashes, kind: crash, group: hub, random_per_hour: 60, duration_s: 5}
+  - {name: flapping, kind: flap, group: lamp, count: 1, at_s: 10, duration_s: 40, period_s: 10}
+  - {name: slow links, kind: delay, group: meter, delay_ms: 300, at_s: 20, duration_s: 20}
+  - {name: lossy broker, kind: message_loss, loss: 0.3, at_s: 60, duration_s: 10}
+  - {name: restart, kind: broker_restart, at_s: 90, duration_s: 5}
+assertions: []
+"""
+    text = SMALL[: SMALL.index("faults:")] + faults
+    report = simulate(spec_of(text)).report
+    timeline = [e for e in report["timeline"] if e["kind"] == "fault"]
+    kinds = {e["fault"] for e in timeline}
+    assert kinds == {"crash", "flap", "delay", "message_loss", "broker_restart"}
+    crashes = [e for e in timeline if e["name"] == "random crashes"]
+    assert len(crashes) >= 3  # 60 per hour per device, three hubs, two minutes
+    assert all(e["targets"][0].startswith("hub-") for e in crashes)
+    # The delayed meters answer slower while the fault lasts.
+    series = report["skills"]["read_digit"]["series"]
+    slow = [p["p50_ms"] for p in series if 22 <= p["t"] < 38 and p["p50_ms"] is not None]
+    fast = [p["p50_ms"] for p in series if p["t"] >= 100 and p["p50_ms"] is not None]
+    assert min(slow) > max(fast) + 500  # 300 ms more on both ways of the meter's link
+    # While the broker is down calls fail; afterwards every device is back and serving.
+    fleet = report["fleet_series"]
+    assert any(p["ok"] < p["calls"] for p in fleet if 88 <= p["t"] < 96)
+    assert all(p["ok"] == p["calls"] for p in fleet if p["t"] >= 104)
+    assert fleet[-1]["online"] == report["devices"]
+    assert simulate(spec_of(text)).report == report
