@@ -87,8 +87,14 @@ class _Attempt:
 
 @dataclass(slots=True)
 class _Trace:
+    """One call's record (what ``explain`` returns) and where its answer goes."""
+
     decisions: list[Decision | dict[str, Any]] = field(default_factory=list)
     attempts: list[_Attempt] = field(default_factory=list)
+    #: (response topic, properties): a device's ok reply is published there as soon as it
+    #: arrives, from the reply handler (a routed call, not explained); ``answered`` once it is.
+    relay: tuple[str, Props] | None = None
+    answered: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -129,7 +135,7 @@ class Coordinator:
         self._tasks: set[asyncio.Task[None]] = set()
         # Forwards in flight: by correlation data, and by device (failed at once if it goes
         # offline). Each resolves to the device's raw ok reply or raises CallError.
-        self._forwards: dict[bytes, asyncio.Future[bytes]] = {}
+        self._forwards: dict[bytes, tuple[asyncio.Future[bytes], _Trace]] = {}
         # Dicts, not sets: waiters failed together resume in the order they started (a set of
         # futures iterates by address, which would make simulated runs differ).
         self._waiting: dict[str, dict[asyncio.Future[bytes], None]] = {}
@@ -292,10 +298,13 @@ class Coordinator:
                 output: Any = await self._fan_out(skill, payload, where, deadline, idem, tr, trace)
                 reply = Ok(output=output, route=trace.as_dict() if explain else None)
             else:
+                if not explain:
+                    # The device's ok reply goes back as it came (only the properties change),
+                    # straight from the reply handler.
+                    trace.relay = (reply_to, reply_props)
                 raw = await self._route_one(skill, payload, where, deadline, idem, tr, trace)
                 if explain:
                     reply = Ok(output=_output(raw), route=trace.as_dict())
-                # else: the device's ok reply goes back as it came (only the properties change)
             self.routed += 1
         except ValueError as exc:
             reply = ErrorReply(code="bad_request", message=str(exc))
@@ -314,6 +323,8 @@ class Coordinator:
             reply = ErrorReply(code="internal", message=f"coordinator: {type(exc).__name__}: {exc}")
         if isinstance(reply, ErrorReply):
             log.info("coordinator call %s -> %s: %s", skill, reply.code, reply.message)
+        if trace.answered:
+            return
         if reply is not None:
             raw = encode(reply)
         self.transport.publish_nowait(reply_to, raw, props=reply_props)
@@ -369,7 +380,7 @@ class Coordinator:
         self._next += 1
         corr = self._next.to_bytes(8, "big")
         future: asyncio.Future[bytes] = loop.create_future()
-        self._forwards[corr] = future
+        self._forwards[corr] = (future, trace)
         waiters = self._waiting.setdefault(device, {})
         waiters[future] = None
         self.registry.started(device, skill)
@@ -411,23 +422,27 @@ class Coordinator:
 
     def _on_forward_reply(self, msg: Inbound) -> None:
         corr = msg.props.correlation_data
-        future = self._forwards.get(corr) if corr is not None else None
-        if future is None or future.done():
+        entry = self._forwards.get(corr) if corr is not None else None
+        if entry is None or entry[0].done():
             log.debug("late or unknown reply on %s dropped", msg.topic)
             return
+        future, trace = entry
         payload = msg.payload
-        if payload.startswith(_OK_PREFIX) and payload.endswith(b"}"):
-            future.set_result(payload)  # relayed as is: the caller's client validates it
-            return
-        try:
-            reply = decode_reply(payload)
-        except ValidationError as exc:
-            future.set_exception(InternalError(f"malformed reply: {exc.errors()[0]['msg']}"))
-            return
-        if isinstance(reply, ErrorReply):
-            future.set_exception(CallError.from_reply(reply))
-        else:
-            future.set_result(payload)
+        # An edgeagent agent's ok reply is taken as is (the caller's client validates it).
+        if not (payload.startswith(_OK_PREFIX) and payload.endswith(b"}")):
+            try:
+                reply = decode_reply(payload)
+            except ValidationError as exc:
+                future.set_exception(InternalError(f"malformed reply: {exc.errors()[0]['msg']}"))
+                return
+            if isinstance(reply, ErrorReply):
+                future.set_exception(CallError.from_reply(reply))
+                return
+        if trace.relay is not None and not trace.answered:
+            # Answer now rather than a few event-loop turns later, when the routing task wakes.
+            trace.answered = True
+            self.transport.publish_nowait(trace.relay[0], payload, props=trace.relay[1])
+        future.set_result(payload)
 
     async def _forward(
         self,

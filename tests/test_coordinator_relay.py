@@ -4,6 +4,7 @@ forwards are plain futures, and odd device replies are still handled."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +30,7 @@ class FakeDevice:
         self.topics = Topics(fleet=fleet)
         self.device = device
         self.answer = answer
+        self.delay_s = 0.0
         self.transport = MqttTransport(BrokerConfig(url=url))
         self.requests: list[Inbound] = []
 
@@ -68,11 +70,16 @@ class FakeDevice:
         self.requests.append(msg)
         reply = self.answer(msg.payload)
         if reply is not None and msg.props.response_topic:
-            self.transport.publish_nowait(
+            send = functools.partial(
+                self.transport.publish_nowait,
                 msg.props.response_topic,
                 reply,
                 props=Props(correlation_data=msg.props.correlation_data),
             )
+            if self.delay_s:
+                asyncio.get_running_loop().call_later(self.delay_s, send)
+            else:
+                send()
 
 
 def coordinator(url: str, fleet: str, **kw: Any) -> Coordinator:
@@ -179,5 +186,47 @@ def test_unanswered_forward_times_out_and_is_cleaned_up(broker_url: str, fleet_n
             assert len(device.requests) == 1
             assert not coord._forwards
             assert coord.registry.devices["fake-3"].loads["echo"].outstanding == 0
+
+    asyncio.run(main())
+
+
+def test_a_hedged_call_is_answered_once(broker_url: str, fleet_name: str) -> None:
+    """Both devices answer ok (the first late): the caller gets one reply, from the faster."""
+
+    async def main() -> None:
+        async with (
+            FakeDevice(
+                broker_url, fleet_name, "fake-a", lambda _: b'{"type":"ok","output":"a"}'
+            ) as a,
+            FakeDevice(
+                broker_url, fleet_name, "fake-b", lambda _: b'{"type":"ok","output":"b"}'
+            ) as b,
+            coordinator(broker_url, fleet_name) as coord,
+            Fleet(broker_url, fleet=fleet_name) as fleet,
+        ):
+            for _ in range(20):  # both measured: hedging needs a p95
+                await fleet.call_skill("echo", {"data": "warm"})
+            assert {"fake-a", "fake-b"} <= set(coord.registry.devices)
+            a.delay_s, b.delay_s = 0.3, 0.1
+            got: list[Inbound] = []
+            reply_topic = f"edgeagent/{fleet_name}/client/raw-hedge/reply"
+            await fleet.transport.subscribe(reply_topic, got.append)
+            hedges = coord.hedges
+            for i in range(4):
+                await fleet.transport.publish(
+                    Topics(fleet=fleet_name).coord_call("echo"),
+                    b'{"data":"x"}',
+                    props=Props(response_topic=reply_topic, correlation_data=b"c%d" % i),
+                )
+                await asyncio.sleep(0.5)  # both devices have answered by now
+            assert coord.hedges >= hedges + 4
+            assert sorted(m.props.correlation_data or b"" for m in got) == [
+                b"c0",
+                b"c1",
+                b"c2",
+                b"c3",
+            ]
+            assert {m.payload for m in got} == {b'{"type":"ok","output":"b"}'}
+            assert not coord._forwards
 
     asyncio.run(main())
