@@ -82,10 +82,17 @@ def simulate(
     calibration: dict[str, dict[str, float]] | None = None,
     progress: Progress | None = None,
     building: Callable[[int], None] | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> SimResult:
     """Build and run a fleet. ``broker``: None for embedded mode (virtual time), ``"local"``
     for a private mosquitto, or a broker URL. Raises ConfigError before starting anything if the
-    spec, a profile, a skill module or a memory budget is wrong."""
+    spec, a profile, a skill module or a memory budget is wrong. ``shard=(k, n)`` (broker mode):
+    this process runs every n-th device from k; start one process per k with the same spec."""
+    k, n = shard
+    if n < 1 or not 0 <= k < n:
+        raise ConfigError(f"shard {k}/{n}: expected K/N with 0 <= K < N")
+    if n > 1 and broker in (None, "local"):
+        raise ConfigError("shards need a broker they all reach: --broker URL (not embedded/local)")
     source = str(spec) if not isinstance(spec, FleetSpec) else "<spec>"
     fleet_spec = spec if isinstance(spec, FleetSpec) else load_spec(spec)
     update: dict[str, Any] = {}
@@ -116,5 +123,5 @@ def simulate(
         finally:
             local.close()
         return SimResult(report, stats)
-    report, stats = run_broker(plan, broker, spec_file=source, progress=progress)
+    report, stats = run_broker(plan, broker, spec_file=source, progress=progress, shard=shard)
     return SimResult(report, stats)

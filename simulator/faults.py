@@ -64,7 +64,18 @@ def _describe(f: Fault) -> str:
 
 
 class FaultScheduler:
-    def __init__(self, plan: FleetPlan, actions: FaultActions, recorder: Recorder) -> None:
+    def __init__(
+        self,
+        plan: FleetPlan,
+        actions: FaultActions,
+        recorder: Recorder,
+        local: set[str] | None = None,
+        lead: bool = True,
+    ) -> None:
+        """``local``: the devices this process runs (a shard), None for all; only the ``lead``
+        shard records the timeline and applies broker-wide faults."""
+        self.local = local
+        self.lead = lead
         self.plan = plan
         self.actions = actions
         self.recorder = recorder
@@ -107,7 +118,12 @@ class FaultScheduler:
         await asyncio.sleep(max(0.0, at - self._now()))
         t0 = self._now()
         ids = [d.id for d in targets]
-        self.recorder.fault(t0, t0 + f.duration_s, f.kind, f.label, ids, _describe(f))
+        if self.lead:
+            self.recorder.fault(t0, t0 + f.duration_s, f.kind, f.label, ids, _describe(f))
+        if self.local is not None:
+            targets = [d for d in targets if d.id in self.local]
+        if f.group is None and not self.lead:
+            return
         self.applied += 1
         a = self.actions
         kind = f.kind

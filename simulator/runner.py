@@ -16,6 +16,8 @@ Two modes run the same code:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import random
 import time
@@ -28,6 +30,7 @@ from ..broker import BrokerConfig
 from ..client import Fleet
 from ..coordinator import Coordinator
 from ..device import DeviceAgent
+from ..errors import TransportError
 from ..protocol import Health, StateMessage, Topics, decode
 from ..rules import load_rules
 from ..transport.base import Inbound, Transport
@@ -70,8 +73,11 @@ class Simulation:
         spec_file: str = "",
         mode: str = "embedded",
         progress: Progress | None = None,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         self.plan = plan
+        self.shard = shard
+        self._online: set[str] = set()
         self.spec = plan.spec
         self.make_transport = make_transport
         self.clock = clock
@@ -109,16 +115,24 @@ class Simulation:
 
     async def run(self) -> dict[str, Any]:
         wall0 = time.perf_counter()
-        devices = self.plan.all_devices()
+        k, n = self.shard
+        everyone = self.plan.all_devices()
+        devices = [d for i, d in enumerate(everyone) if i % n == k]
         check_faults(self.spec.faults, self.mode, broker_restartable=self._restartable)
-        monitor = self.make_transport("sim-monitor", None)
+        monitor = self.make_transport(f"sim-monitor-{k}", None)
+        if k > 0:
+            return await self._follow(monitor, devices, wall0)
         await monitor.subscribe(self.topics.all_states(), self._on_state, qos=1)
         await monitor.subscribe(self.topics.all_health(), self._on_health)
         await monitor.connect()
+        if n > 1:  # a stale start marker from an earlier run must not start the followers
+            await monitor.publish(self._marker_topic, b"", qos=1, retain=True)
         for i, dev in enumerate(devices):
             await self._agent(dev).start()
             if i % 200 == 199 or i == len(devices) - 1:
                 self.progress("starting", (i + 1) / len(devices))
+        if n > 1:
+            await self._wait_for_shards(len(everyone))
         c = self.spec.coordinator
         rules = load_rules(self.spec.resolve(c.rules)) if c.rules is not None else None
         for i in range(c.replicas):
@@ -144,8 +158,12 @@ class Simulation:
         start_wall = time.perf_counter() - wall0
         router = self._router() if any(w.ask for w in self.spec.workload) else None
         self._t0 = self._loop.time()
+        if n > 1:
+            marker = json.dumps({"name": self.spec.name, "wall": time.time()}).encode()
+            await monitor.publish(self._marker_topic, marker, qos=1, retain=True)
         workload = WorkloadRunner(self.spec, fleet, self.recorder, self.plan.device_group, router)
-        faults = FaultScheduler(self.plan, self, self.recorder)
+        local = {d.id for d in devices} if n > 1 else None
+        faults = FaultScheduler(self.plan, self, self.recorder, local)
         fault_tasks = faults.tasks(self._t0, self.spec.duration_s)
         ticker = self._loop.create_task(self._tick())
         try:
@@ -192,6 +210,8 @@ class Simulation:
         for dev in devices:
             if dev.agent is not None:
                 await self._stop_agent(dev)
+        if n > 1:
+            await monitor.publish(self._marker_topic, b"", qos=1, retain=True)
         await monitor.close()
         lost = self.broker.lost_messages if self.broker is not None else 0
         self.stats = RunStats(
@@ -199,6 +219,75 @@ class Simulation:
             len(self.recorder.calls), lost,
         )  # fmt: skip
         return report
+
+    @property
+    def _marker_topic(self) -> str:
+        return f"{self.topics.base}/sim/start"
+
+    async def _wait_for_shards(self, total: int, timeout: float = 300.0) -> None:
+        """The lead shard waits until every shard's devices are online."""
+        deadline = self._loop.time() + timeout
+        while len(self._online) < total:
+            if self._loop.time() > deadline:
+                raise TransportError(
+                    f"only {len(self._online)} of {total} devices came online within "
+                    f"{timeout:g} s: are all {self.shard[1]} shards running against this broker?"
+                )
+            self.progress("waiting for shards", len(self._online) / total)
+            await asyncio.sleep(0.2)
+
+    async def _follow(
+        self, monitor: Transport, devices: list[SimDevice], wall0: float
+    ) -> dict[str, Any]:
+        """A follower shard: run its devices and their faults on the lead shard's clock."""
+        started = time.time()
+        marker: asyncio.Future[float] = self._loop.create_future()
+
+        cleared = asyncio.Event()
+
+        def on_marker(msg: Inbound) -> None:
+            if not msg.payload and marker.done():
+                cleared.set()  # the lead has its report: the run is over
+                return
+            try:
+                wall = float(json.loads(msg.payload)["wall"])
+            except (ValueError, KeyError, TypeError):
+                return
+            if wall >= started - 1 and not marker.done():
+                marker.set_result(wall)
+
+        await monitor.subscribe(self._marker_topic, on_marker, qos=1)
+        await monitor.connect()
+        for i, dev in enumerate(devices):
+            await self._agent(dev).start()
+            if i % 200 == 199 or i == len(devices) - 1:
+                self.progress("starting", (i + 1) / len(devices))
+        start_wall = time.perf_counter() - wall0
+        self.progress("waiting for lead", 0.0)
+        wall = await marker
+        self._t0 = self._loop.time() - (time.time() - wall)
+        faults = FaultScheduler(self.plan, self, self.recorder, {d.id for d in devices}, False)
+        tasks = faults.tasks(self._t0, self.spec.duration_s)
+        try:
+            await asyncio.sleep(max(0.0, self.spec.duration_s - self._now()))
+            self.progress("running", 1.0)
+            # Stay up until the lead has drained and reported (its calls may still be running).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(120):
+                    await cleared.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for dev in devices:
+            if dev.agent is not None:
+                await self._stop_agent(dev)
+        await monitor.close()
+        self.stats = RunStats(
+            round(time.perf_counter() - wall0, 3), round(start_wall, 3), len(devices), 0, 0
+        )
+        return {"name": self.spec.name, "mode": self.mode, "shard": list(self.shard),
+                "devices": len(devices), "faults_applied": faults.applied}  # fmt: skip
 
     async def _stop_agent(self, dev: SimDevice) -> None:
         await dev.agent.stop(grace_s=0)
@@ -225,8 +314,10 @@ class Simulation:
             return
         t = max(0.0, self._now())
         if state.status == "offline":
+            self._online.discard(state.device)
             self.recorder.went_offline(state.device, t)
         elif state.status == "online":
+            self._online.add(state.device)
             self.recorder.came_online(state.device, t)
 
     def _on_health(self, msg: Inbound) -> None:
@@ -356,8 +447,14 @@ def run_broker(
     spec_file: str = "",
     progress: Progress | None = None,
     local_broker: Any = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> tuple[dict[str, Any], RunStats]:
-    """Run ``plan`` in real time against a real broker; every device is an MQTT 5 client."""
+    """Run ``plan`` in real time against a real broker; every device is an MQTT 5 client.
+
+    ``shard=(k, n)``: run only the devices whose index is k modulo n. Shard 0 leads: it also runs
+    the coordinators, the workload and the monitor, waits until every shard's devices are online,
+    then publishes a retained start marker that the others align their fault schedules to, and
+    writes the report. Start the same spec with each shard index, on one host or several."""
     from ..transport import lite
 
     config = BrokerConfig.from_url(broker_url)
@@ -370,7 +467,7 @@ def run_broker(
 
         sim = Simulation(
             plan, make_transport=make_transport, clock=SYSTEM_CLOCK, local_broker=local_broker,
-            spec_file=spec_file, mode="broker", progress=progress,
+            spec_file=spec_file, mode="broker", progress=progress, shard=shard,
         )  # fmt: skip
         report = await sim.run()
         assert sim.stats is not None

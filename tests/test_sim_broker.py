@@ -96,3 +96,44 @@ def test_broker_restart_with_a_local_broker(fleet_name: str) -> None:
     late = [p for p in series if p["t"] >= 9 and p["calls"]]
     assert all(p["ok"] == p["calls"] for p in early + late)
     assert report["skills"]["set_brightness"]["success_rate"] < 1.0
+
+
+@pytest.mark.broker
+def test_two_shards_run_one_fleet(broker_url: str, fleet_name: str, tmp_path: Path) -> None:
+    """Shard 1 runs in another process (the CLI); shard 0 here leads and reports on all."""
+    import os
+    import subprocess
+    import sys
+
+    spec_file = tmp_path / "sharded.yaml"
+    spec_file.write_text(SPEC.format(fleet=fleet_name))
+    env = {**os.environ, "PYTHONPATH": str(EXAMPLES)}
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "edgeagent", "sim", "run", str(spec_file), "--broker", broker_url,
+         "--shard", "1/2", "--quiet"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        result = simulate(spec_file, broker=broker_url, shard=(0, 2))
+        out, err = follower.communicate(timeout=60)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.communicate()
+    assert follower.returncode == 0, err
+    assert "shard 1/2: ran 3 devices" in out
+    report = result.report
+    assert report["devices"] == 7
+    assert result.stats.devices == 4  # 4 here, 3 in the follower
+    served = {g for g in ("lamp", "hub") if report["groups"][g]["calls"]}
+    assert served == {"lamp", "hub"}
+    assert report["skills"]["set_brightness"]["success_rate"] == 1.0
+    # The crash targets one hub, whichever shard runs it; its offline period is seen here.
+    crashed = next(e for e in report["timeline"] if e["kind"] == "fault")["targets"]
+    offline = [e["device"] for e in report["timeline"] if e["kind"] == "offline"]
+    assert offline == crashed
+
+
+def test_shards_need_a_shared_broker() -> None:
+    with pytest.raises(ConfigError, match="shards need a broker"):
+        simulate(spec_for("x"), shard=(0, 2))  # type: ignore[arg-type]
