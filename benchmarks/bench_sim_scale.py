@@ -59,8 +59,6 @@ import gc
 import json
 import math
 import os
-import platform
-import shutil
 import subprocess
 import sys
 import threading
@@ -69,6 +67,11 @@ import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+try:
+    from benchmarks import bench_rr
+except ModuleNotFoundError:  # run as a script: benchmarks/ is on sys.path, the repo is not
+    import bench_rr  # type: ignore[import-not-found, no-redef, unused-ignore]
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "smart-home"
@@ -447,56 +450,6 @@ def _fmt(r: dict[str, Any]) -> str:
     )
 
 
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text()
-    except OSError:
-        return ""
-
-
-def machine_info() -> dict[str, Any]:
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in _read("/proc/cpuinfo").splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor() or "unknown",
-    )
-    mem_kb = next(
-        (
-            int(line.split()[1])
-            for line in _read("/proc/meminfo").splitlines()
-            if line.startswith("MemTotal:")
-        ),
-        0,
-    )
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    try:
-        out = subprocess.run([exe, "-h"], capture_output=True, text=True, timeout=5).stdout
-        mosquitto = out.splitlines()[0].removeprefix("mosquitto version ").strip() if out else "?"
-    except (OSError, subprocess.TimeoutExpired):
-        mosquitto = "?"
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "memory_gib": round(mem_kb / 1024**2, 1),
-        "python": platform.python_version(),
-        "aiomqtt": _version("aiomqtt"),
-        "edgeagent": _version("edgeagent"),
-        "mosquitto": mosquitto,
-    }
-
-
-def _version(dist: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return "?"
-
-
 def targets(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     broker = results.get("broker")
@@ -525,7 +478,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     results = {phase: run_phase(phase, sizes[phase], args) for phase in args.phases}
     return {
-        "machine": machine_info(),
+        "machine": bench_rr.machine_info(),
         "config": {
             "sizes": {p: sizes[p] for p in args.phases},
             "health_interval_s": args.health_interval,

@@ -23,7 +23,7 @@ import math
 import random
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -215,7 +215,7 @@ def build_fleet(
     *,
     source: str = "spec",
     calibration: dict[str, dict[str, float]] | None = None,
-    progress: Callable[[int], Awaitable[None] | None] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> FleetPlan:
     """Load every group's profile and skills, calibrate and check memory; raise ConfigError."""
     plans: list[GroupPlan] = []
@@ -244,9 +244,9 @@ def build_fleet(
             # A shallow copy: every device of the group shares the broker and skills settings.
             config = template.model_copy(update={"device": device_id, "tags": tags})
             try:
-                skills, sets, events = load_skills(config, source=f"{where}")
+                skills, sets, events = load_skills(config, source=where)
             except ConfigError:
-                raise
+                raise  # already names the group and the field
             except Exception as exc:  # a SkillSet constructor failing, a model not loading
                 raise ConfigError(f"{where}: skills: {type(exc).__name__}: {exc}") from exc
             if i == 0:

@@ -23,7 +23,6 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ..broker import BrokerConfig
@@ -127,10 +126,7 @@ class Simulation:
         await monitor.connect()
         if n > 1:  # a stale start marker from an earlier run must not start the followers
             await monitor.publish(self._marker_topic, b"", qos=1, retain=True)
-        for i, dev in enumerate(devices):
-            await self._agent(dev).start()
-            if i % 200 == 199 or i == len(devices) - 1:
-                self.progress("starting", (i + 1) / len(devices))
+        await self._start(devices)
         if n > 1:
             await self._wait_for_shards(len(everyone))
         c = self.spec.coordinator
@@ -220,6 +216,12 @@ class Simulation:
         )  # fmt: skip
         return report
 
+    async def _start(self, devices: list[SimDevice]) -> None:
+        for i, dev in enumerate(devices):
+            await self._agent(dev).start()
+            if i % 200 == 199 or i == len(devices) - 1:
+                self.progress("starting", (i + 1) / len(devices))
+
     @property
     def _marker_topic(self) -> str:
         return f"{self.topics.base}/sim/start"
@@ -258,10 +260,7 @@ class Simulation:
 
         await monitor.subscribe(self._marker_topic, on_marker, qos=1)
         await monitor.connect()
-        for i, dev in enumerate(devices):
-            await self._agent(dev).start()
-            if i % 200 == 199 or i == len(devices) - 1:
-                self.progress("starting", (i + 1) / len(devices))
+        await self._start(devices)
         start_wall = time.perf_counter() - wall0
         self.progress("waiting for lead", 0.0)
         wall = await marker
@@ -474,7 +473,3 @@ def run_broker(
         return report, sim.stats
 
     return asyncio.run(main())
-
-
-def spec_label(path: Path | None) -> str:
-    return str(path) if path is not None else "<spec>"

@@ -45,7 +45,7 @@ from .base import (
     valid_publish_topic,
     validate_filter,
 )
-from .packing import _blob, _varint, pack_properties
+from .packing import UnusualPacket, _blob, _varint, pack_properties, unpack_publish
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ class _Proto(asyncio.Protocol):
                 pos = start + size
                 if self.owner is None:
                     return
-        except (IndexError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        except (IndexError, ValueError, UnusualPacket) as exc:  # UnicodeDecodeError: a ValueError
             log.error("%s: malformed packet (%s); disconnecting", owner.client_id, exc)
             self.abort()
             return
@@ -652,21 +652,8 @@ class LiteTransport:
 
     def _on_publish(self, proto: _Proto, first: int, body: bytes) -> None:
         qos = (first >> 1) & 3
-        n = int.from_bytes(body[:2], "big")
-        topic, pos = body[2 : 2 + n].decode(), 2 + n + (2 if qos else 0)
-        props = NO_PROPS
-        if body[pos] == 0:
-            pos += 1
-        else:
-            d, pos = _read_props(body, pos)
-            props = Props(
-                response_topic=d.get(0x08),
-                correlation_data=d.get(0x09),
-                message_expiry=d.get(0x02),
-                content_type=d.get(0x03),
-                user_properties=tuple(d.get(0x26, ())),
-            )
-        msg = Inbound(topic, body[pos:], qos, bool(first & 1), props)
+        topic, mid, props, payload = unpack_publish(first, body)  # the paho transport's decoder
+        msg = Inbound(topic, payload, qos, bool(first & 1), props)
         self._in += 1
         for topic_filter, (_, handler, plain) in list(self._subs.items()):
             if topic_matches(plain, topic):
@@ -675,4 +662,4 @@ class LiteTransport:
                 except Exception:
                     log.exception("handler for %r failed on %r", topic_filter, topic)
         if qos:
-            proto.write(b"\x40\x02" + body[2 + n : 4 + n])  # PUBACK (QoS 2 is never subscribed)
+            proto.write(b"\x40\x02" + mid.to_bytes(2, "big"))  # PUBACK (QoS 2 is never subscribed)

@@ -177,7 +177,7 @@ def unpack_publish(header: int, packet: bytes | bytearray) -> tuple[str, int, Pr
                 raise UnusualPacket("topic alias 0")
             pos += 2
         else:
-            raise UnusualPacket(f"property {ident} in a PUBLISH")
+            raise UnusualPacket(f"unknown property 0x{ident:02X} in a PUBLISH")
     if pos != end:
         raise UnusualPacket("property past the properties")
     props = (
