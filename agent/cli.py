@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -113,6 +114,8 @@ def agent_run(obj: Ctx, config: Path) -> None:
             updates["fleet"] = obj.fleet
         if obj.root != DEFAULT_ROOT:
             updates["root"] = obj.root
+        if os.environ.get("EDGEAGENT_RELEASE"):
+            updates["release"] = os.environ["EDGEAGENT_RELEASE"]
         cfg = cfg.model_copy(update=updates)
         device = DeviceAgent(cfg)
     except (EdgeAgentError, ValueError) as exc:
@@ -518,9 +521,13 @@ def _describe(msg: Any) -> str:
 
 
 from .cli_devices import devices  # noqa: E402 - subcommand groups live in their own modules
+from .cli_deploy import bundle, deploy, keys  # noqa: E402
 from .cli_models import models  # noqa: E402
 from .cli_sim import sim  # noqa: E402
 
+main.add_command(bundle)
+main.add_command(deploy)
+main.add_command(keys)
 main.add_command(devices)
 main.add_command(models)
 main.add_command(sim)

@@ -65,6 +65,11 @@ class AgentConfig(BaseModel):
         default=5.0, ge=0, description="On SIGTERM, how long in-flight calls may finish, seconds."
     )
     workers: int = Field(default=4, ge=1, le=64, description="Threads for synchronous skills.")
+    release: str | None = Field(
+        default=None,
+        description="Release (bundle) version, announced in the manifest; set by `agent run` from "
+        "EDGEAGENT_RELEASE, which a deployed device's service sets.",
+    )
     base_dir: Path | None = Field(
         default=None, exclude=True, description="Set by the loader: the config file's folder."
     )

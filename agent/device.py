@@ -44,6 +44,7 @@ from .protocol import (
     EventSpec,
     Health,
     Manifest,
+    Ok,
     SkillHealth,
     StateMessage,
     Topics,
@@ -57,6 +58,9 @@ from .transport.base import Inbound, Props, Transport, Will, valid_publish_topic
 log = logging.getLogger(__name__)
 
 _OK_PREFIX = b'{"type":"ok","output":'
+#: The system skill every agent answers (unless it has a skill of that name): device, release,
+#: agent version, uptime. Names starting with "_" are reserved for such system skills.
+PING_SKILL = "_ping"
 
 
 #: How many idempotency keys (and their replies) an agent remembers.
@@ -284,6 +288,7 @@ class DeviceAgent:
             events=[EventSpec(name=k, description=v) for k, v in sorted(self._events.items())],
             max_payload=self.config.max_payload,
             agent_version=__version__,
+            release=self.config.release,
         )
 
     async def _publish_state(
@@ -383,6 +388,18 @@ class DeviceAgent:
         payload = self._error_bytes(code, message, skill, details)
         self.transport.publish_nowait(topic, payload, props=props)
 
+    def _reply_ping(self, topic: str, props: Props) -> None:
+        """The system skill every agent answers (not listed among the skills): who and what
+        it runs, so a deploy's health check needs nothing from the user's skills."""
+        out = {
+            "device": self.device_id,
+            "release": self.config.release,
+            "agent_version": __version__,
+            "uptime_s": round(self.clock.monotonic() - self._started_mono, 3),
+            "skills": len(self._slots),
+        }
+        self.transport.publish_nowait(topic, encode(Ok(output=out)), props=props)
+
     # Idempotency keys: a repeated key gets the first run's reply, never a second run.
 
     def _idem_seen(self, key: str, reply_to: str, props: Props) -> bool:
@@ -458,6 +475,9 @@ class DeviceAgent:
             )
             return
         slot = self._slots.get(name)
+        if slot is None and name == PING_SKILL:
+            self._reply_ping(reply_to, reply_props)
+            return
         if slot is None:
             known = ", ".join(sorted(self._slots)) or "none"
             self._reply_error(

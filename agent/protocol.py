@@ -222,6 +222,11 @@ class Manifest(_Message):
     events: list[EventSpec] = Field(default_factory=list)
     max_payload: int = Field(description="Largest request payload accepted, bytes.")
     agent_version: str = Field(description="edgeagent version of the device agent.")
+    release: str | None = Field(
+        default=None,
+        description="Release (bundle) version the agent runs, when installed by `edgeagent "
+        "deploy`; null for an agent run by hand.",
+    )
 
 
 class SkillHealth(_Message):

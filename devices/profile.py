@@ -60,6 +60,22 @@ class DeviceProfile(BaseModel):
     runtimes: list[Runtime] = Field(description="Inference runtimes with wheels for this device.")
     threads: int = Field(ge=1, description="Default inference threads.")
     speed: SpeedFactors = Field(description="Speed relative to the reference machine.")
+    python: str = Field(
+        default="3.11",
+        pattern=r"^3\.[0-9]{1,2}$",
+        description="Python of the device's usual OS, for its wheels (3.11: Debian 12 / Raspberry "
+        "Pi OS Bookworm; 3.13: Debian 13 / Trixie).",
+    )
+    family: str | None = Field(
+        default=None,
+        description="Family name `edgeagent deploy --device` accepts for it (e.g. pi): the exact "
+        "profile is then chosen from the device's hardware.",
+    )
+    match: list[str] = Field(
+        default_factory=list,
+        description="Substrings of /proc/device-tree/model that identify this board; empty for a "
+        "generic profile (any board of its architecture).",
+    )
     notes: str = Field(default="", description="Anything else worth knowing.")
     sources: dict[str, str] = Field(
         default_factory=dict,

@@ -23,7 +23,7 @@ from edgeagent.devices import (
 )
 from edgeagent.errors import ConfigError
 
-BUILTINS = ["jetson-orin-nano", "pi-zero-2w", "pi3b-plus", "pi4", "pi5", "x86-64"]
+BUILTINS = ["generic-arm64", "jetson-orin-nano", "pi-zero-2w", "pi3b-plus", "pi4", "pi5", "x86-64"]
 WITH_DOT_PRODUCT = {"pi5", "jetson-orin-nano", "x86-64"}
 
 
