@@ -1,0 +1,374 @@
+"""``edgeagent deploy``: ship a signed bundle to a device over SSH, switch, health-check, and roll
+back on failure. The decisions are in ``plan``; this module is the adapter that carries them out
+over SSH (``ssh``), on the device (``devicetool``, run there) and over MQTT (the health check).
+
+Order of a deploy (each step can fail; none leaves the device without a working release)::
+
+    tool   upload the device tool if its hash differs      (bin/, written atomically)
+    probe  arch, OS, Python, board model, free space, state -> profile check, host problems
+    setup  first contact only: layout, service user, systemd unit
+    trust  the signer's public key, if the device lacks it
+    send   content files the device lacks (store/<sha256>), then bundle.json(+.minisig)
+    install  the device verifies signature, platform, profile, every hash; builds the release
+    activate current -> new (rename), restart, and a timer that rolls back unless confirmed
+    health  online + manifest announces the version + _ping (+ --check) over MQTT
+    commit  (healthy) keep it, prune old releases  |  rollback (not healthy), confirm old is back
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shlex
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..broker import BrokerConfig
+from ..devices import list_profiles
+from ..errors import CallError, EdgeAgentError
+from . import devicetool, remote_verify
+from .bundle import load_trusted, read_manifest
+from .errors import BundleInvalid, HealthCheckFailed, HostUnsuitable, RemoteError
+from .plan import HealthWatch, choose_profile, env_bytes, host_problems, plan_upload
+from .ssh import SshOptions, SshSession, SshTarget, connect
+
+TOOL_NAME = "edgeagent-device.py"
+_TOOL_FILES = {
+    TOOL_NAME: Path(devicetool.__file__),
+    "remote_verify.py": Path(remote_verify.__file__),
+}
+
+Progress = Callable[[str, str], None]
+"""progress(step, message): one line per step, for the terminal."""
+
+
+@dataclass(slots=True)
+class DeployOptions:
+    device: str
+    """Profile name or family (``pi``)."""
+    root: str = devicetool.DEFAULT_ROOT
+    broker: str | None = None
+    """Broker the health check uses; default: the bundle config's."""
+    health_timeout: float = 60.0
+    check: tuple[str, dict[str, Any]] | None = None
+    trust: list[Path] = field(default_factory=list)
+    keep: int = 3
+    service: str = "auto"
+    service_user: str = "edgeagent"
+    confirm_margin: float = 60.0
+    """The device rolls back by itself this long after the health deadline if never confirmed."""
+
+
+@dataclass(slots=True)
+class DeployResult:
+    target: str
+    version: str
+    previous: str | None
+    profile: str
+    profile_reason: str
+    sent_files: int
+    sent_bytes: int
+    bundle_bytes: int
+    env_built: bool
+    healthy: bool
+    rolled_back_to: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    logs: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+class Remote:
+    """The device tool, run over an SSH session."""
+
+    def __init__(self, session: SshSession, root: str) -> None:
+        self.session = session
+        self.root = root
+        self.tool = f"{root}/bin/{TOOL_NAME}"
+
+    async def ensure_tool(self) -> None:
+        """Upload the device tool when the device's copy differs."""
+        names = " ".join(shlex.quote(f"{self.root}/bin/{n}") for n in _TOOL_FILES)
+        res = await self.session.run(f"sha256sum {names} 2>/dev/null || true", check=False)
+        have = {}
+        for line in res.stdout.decode(errors="replace").splitlines():
+            digest, _, path = line.partition("  ")
+            have[path.rsplit("/", 1)[-1]] = digest
+        send = [
+            (src, f"{self.root}/bin/{name}")
+            for name, src in _TOOL_FILES.items()
+            if have.get(name) != devicetool.file_sha256(src)
+        ]
+        if send:
+            await self.session.run(["mkdir", "-p", f"{self.root}/bin"])
+            await self.session.put_files(send)
+
+    async def call(
+        self, *args: str, input: bytes | None = None, timeout: float = 900
+    ) -> dict[str, Any]:
+        cmd = ["python3", self.tool, "--root", self.root, *args]
+        res = await self.session.run(cmd, input=input, check=False, timeout=timeout)
+        try:
+            data = json.loads(res.stdout.decode(errors="replace").strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            err = res.stderr.decode(errors="replace").strip()[-1500:]
+            raise RemoteError(
+                f"device tool `{args[0]}` failed (exit {res.exit_status}): {err or 'no output'}"
+            ) from None
+        if not isinstance(data, dict):
+            raise RemoteError(f"device tool `{args[0]}`: unexpected output")
+        if "error" in data:
+            raise RemoteError(f"{args[0]}: {data['error']}")
+        return data
+
+
+async def _health(
+    cfg_broker: BrokerConfig,
+    fleet: str,
+    device: str,
+    watch: HealthWatch,
+    timeout: float,
+    check: tuple[str, dict[str, Any]] | None,
+) -> HealthWatch:
+    """Follow the device over MQTT until ``watch`` is healthy or ``timeout`` passes."""
+    from ..client import Fleet
+
+    deadline = time.monotonic() + timeout
+    async with Fleet(cfg_broker, fleet=fleet, timeout=5) as client:
+        while time.monotonic() < deadline:
+            info = await client.device(device)
+            if info is not None:
+                watch.saw_device(info.status, info.manifest.release if info.manifest else None)
+            if watch.announced_ok and not watch.pinged:
+                with contextlib.suppress(CallError, EdgeAgentError):
+                    out = await client.call(device, "_ping", {}, timeout=3)
+                    if isinstance(out, dict) and out.get("release") == watch.version:
+                        watch.pinged = True
+            if watch.pinged and check is not None and not watch.checked:
+                try:
+                    await client.call(device, check[0], check[1], timeout=5)
+                    watch.checked = True
+                except CallError as exc:
+                    watch.errors.append(f"{check[0]}: {exc}")
+            if watch.healthy:
+                return watch
+            await asyncio.sleep(0.05 if not watch.online else 0.1)
+    return watch
+
+
+def _broker_for(manifest_cfg: dict[str, Any], override: str | None) -> BrokerConfig:
+    if override:
+        return BrokerConfig.from_url(override)
+    broker = manifest_cfg.get("broker")
+    if isinstance(broker, str):
+        return BrokerConfig.from_url(broker)
+    if isinstance(broker, dict):
+        return BrokerConfig.model_validate(broker)
+    return BrokerConfig()
+
+
+def _bundle_config(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    import yaml
+
+    entry = next(f for f in manifest["files"] if f["path"] == manifest["config"])
+    data = yaml.safe_load((folder / "files" / entry["sha256"]).read_text())
+    return data if isinstance(data, dict) else {}
+
+
+BundleSource = Path | Callable[[str], Awaitable[Path]]
+"""A built bundle folder, or a function that builds one for the profile read from the device."""
+
+
+async def deploy(
+    bundle: BundleSource,
+    target: SshTarget,
+    ssh: SshOptions,
+    opts: DeployOptions,
+    progress: Progress = lambda step, msg: None,
+    *,
+    session: SshSession | None = None,
+) -> DeployResult:
+    """Deploy a signed bundle to one device. Raises a :class:`DeployError` on refusal and
+    :class:`HealthCheckFailed` (after rolling back) when the release is not healthy.
+
+    ``session``: an open SSH session to reuse (``deploy --watch`` keeps one)."""
+    if session is not None:
+        return await _deploy(bundle, target, session, opts, progress)
+    progress("connect", f"connecting to {target}")
+    async with await connect(target, ssh) as own:
+        return await _deploy(bundle, target, own, opts, progress)
+
+
+async def _deploy(
+    source: BundleSource,
+    target: SshTarget,
+    session: SshSession,
+    opts: DeployOptions,
+    progress: Progress,
+) -> DeployResult:
+    t0 = time.monotonic()
+    timings: dict[str, float] = {}
+
+    def mark(step: str) -> None:
+        timings[step] = round(time.monotonic() - t0, 3)
+
+    remote = Remote(session, opts.root)
+    await remote.ensure_tool()
+    probe = await remote.call("probe")
+    mark("probe")
+    choice = choose_profile(opts.device, probe, list_profiles())
+    progress("profile", choice.reason)
+    bundle = source if isinstance(source, Path) else await source(choice.profile.name)
+    mark("build")
+    manifest, raw = read_manifest(bundle)
+    sig_path = bundle / "bundle.json.minisig"
+    if not sig_path.is_file():
+        raise BundleInvalid(f"{sig_path}: missing: sign the bundle (bundle build --key KEY)")
+    version = manifest["version"]
+    cfg = _bundle_config(bundle, manifest)
+    broker = _broker_for(cfg, opts.broker)
+    fleet = str(cfg.get("fleet", "default"))
+    if choice.profile.name != manifest["profile"]:
+        raise BundleInvalid(
+            f"the bundle is for profile {manifest['profile']}, the device is "
+            f"{choice.profile.name}: build it with --device {choice.profile.name}"
+        )
+    all_hashes = "\n".join(sorted({f["sha256"] for f in manifest["files"]}))
+    missing = (
+        (await remote.call("have", input=all_hashes.encode()))["missing"]
+        if probe.get("installed")
+        else sorted({f["sha256"] for f in manifest["files"]})
+    )
+    upload = plan_upload(manifest, missing)
+    problems = host_problems(probe, manifest, upload.bytes, env_bytes(manifest, probe))
+    if problems:
+        raise HostUnsuitable(f"{target} cannot run {version}:\n- " + "\n- ".join(problems))
+    dev_info = probe.get("device") or {}
+    if not probe.get("installed") or dev_info.get("profile") != choice.profile.name:
+        progress("setup", f"first contact: setting up {opts.root}")
+        await remote.call(
+            "setup",
+            "--device",
+            manifest["device"],
+            "--profile",
+            choice.profile.name,
+            "--service",
+            opts.service,
+            "--user",
+            opts.service_user,
+        )
+    if opts.trust:
+        keys = load_trusted(opts.trust)
+        await remote.call("trust", input="%%".join(k.to_text() for k in keys).encode())
+    mark("setup")
+    progress(
+        "send",
+        f"sending {len(upload.files)} files, {upload.bytes:,} of {upload.bundle_bytes:,} bytes",
+    )
+    await session.put_files(
+        [(bundle / "files" / f["sha256"], f"{opts.root}/store/{f['sha256']}") for f in upload.files]
+    )
+    incoming = f"{opts.root}/incoming/{version}"
+    await session.run(["mkdir", "-p", incoming])
+    await session.put_bytes(raw, f"{incoming}/bundle.json")
+    await session.put_bytes(sig_path.read_bytes(), f"{incoming}/bundle.json.minisig")
+    mark("send")
+    progress("install", "verifying the signature and every file on the device")
+    installed = await remote.call("install", version)
+    mark("install")
+    result = DeployResult(
+        target=str(target),
+        version=version,
+        previous=probe.get("current"),
+        profile=choice.profile.name,
+        profile_reason=choice.reason,
+        sent_files=len(upload.files),
+        sent_bytes=upload.bytes,
+        bundle_bytes=upload.bundle_bytes,
+        env_built=bool(installed.get("env_built")),
+        healthy=False,
+        timings=timings,
+    )
+    return await _switch_and_check(remote, result, manifest, broker, fleet, opts, progress, mark)
+
+
+async def _switch_and_check(
+    remote: Remote,
+    result: DeployResult,
+    manifest: dict[str, Any],
+    broker: BrokerConfig,
+    fleet: str,
+    opts: DeployOptions,
+    progress: Progress,
+    mark: Callable[[str], None],
+) -> DeployResult:
+    version = result.version
+    confirm = opts.health_timeout + opts.confirm_margin
+    act = await remote.call("activate", version, "--confirm-within", f"{confirm:g}")
+    result.previous = act.get("previous") or result.previous
+    mark("activate")
+    progress("health", f"waiting for {manifest['device']} to run {version} (MQTT)")
+    try:
+        watch = await _health(
+            broker,
+            fleet,
+            manifest["device"],
+            HealthWatch(version, opts.check is not None),
+            opts.health_timeout,
+            opts.check,
+        )
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        # Interrupted before the release was confirmed: put the old one back if we still can
+        # (if not, the device's own timer does it).
+        with contextlib.suppress(Exception):
+            await asyncio.shield(remote.call("rollback", "--reason", "deploy interrupted"))
+        raise
+    mark("health")
+    if watch.healthy:
+        await remote.call("commit", version)
+        with contextlib.suppress(RemoteError):
+            await remote.call("prune", "--keep", str(opts.keep))
+        result.healthy = True
+        mark("done")
+        progress("done", f"{manifest['device']} runs {version}: healthy")
+        return result
+    reason = watch.missing()
+    logs = ""
+    with contextlib.suppress(RemoteError):
+        logs = str((await remote.call("logs", "--lines", "30"))["logs"])
+    progress("rollback", f"not healthy ({reason}); rolling back")
+    if result.previous is None:
+        result.error = f"{reason}; no previous release to roll back to"
+        result.logs = logs
+        raise HealthCheckFailed(result.error, logs=logs)
+    back = await remote.call("rollback", "--reason", reason)
+    result.rolled_back_to = str(back["current"])
+    old = await _health(
+        broker,
+        fleet,
+        manifest["device"],
+        HealthWatch(result.rolled_back_to),
+        opts.health_timeout,
+        None,
+    )
+    mark("rollback")
+    state = "healthy again" if old.healthy else f"NOT healthy either ({old.missing()})"
+    result.error = f"{reason}; rolled back to {result.rolled_back_to}, which is {state}"
+    result.logs = logs
+    raise HealthCheckFailed(result.error, rolled_back_to=result.rolled_back_to, logs=logs)
+
+
+async def remote_command(
+    target: SshTarget, ssh: SshOptions, root: str, *args: str
+) -> dict[str, Any]:
+    """Run one device-tool command (status, history, rollback, prune) on a device."""
+    async with await connect(target, ssh) as session:
+        remote = Remote(session, root)
+        await remote.ensure_tool()
+        return await remote.call(*args)

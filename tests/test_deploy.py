@@ -1,0 +1,275 @@
+"""Deploy end to end against a real OpenSSH server on this machine (an x86-64 Debian "device"
+whose agent runs as a supervised process: no systemd here) and a private mosquitto.
+
+The emulated arm64 device with systemd is in ``test_deploy_vm.py``; both run the same code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from edgeagent.deploy import devicetool, minisign
+from edgeagent.deploy.deployer import DeployOptions, deploy, remote_command
+from edgeagent.deploy.errors import HealthCheckFailed, ProfileMismatch, RemoteError
+from tests.broker.mosquitto import Mosquitto
+from tests.deployapp import (
+    add_skill,
+    announced_release,
+    break_module,
+    build,
+    call,
+    make_app,
+)
+from tests.sshhost import SshHost, qualified_skip_reason
+
+pytestmark = [
+    pytest.mark.broker,
+    pytest.mark.skipif(qualified_skip_reason() is not None, reason=str(qualified_skip_reason())),
+    pytest.mark.timeout(300),
+]
+
+
+@dataclass
+class Lab:
+    host: SshHost
+    broker: Mosquitto
+    root: Path
+    app: Path
+    config: Path
+    key: Path
+    pub: Path
+    cache: Path
+    device: str
+    fleet: str
+    work: Path
+
+    def options(self, **kw: object) -> DeployOptions:
+        base: dict[str, object] = {
+            "device": "x86-64",
+            "root": str(self.root),
+            "health_timeout": 30.0,
+            "trust": [self.pub],
+            "service": "process",
+        }
+        base.update(kw)
+        return DeployOptions(**base)  # type: ignore[arg-type]
+
+    def deploy(self, bundle: Path, **kw: object) -> object:
+        return asyncio.run(deploy(bundle, self.host.target, self.host.options(), self.options(**kw)))
+
+    def tool(self, *args: str) -> dict[str, object]:
+        return asyncio.run(remote_command(self.host.target, self.host.options(), str(self.root), *args))
+
+    def current(self) -> str | None:
+        try:
+            return os.readlink(self.root / "current").rsplit("/", 1)[-1]
+        except OSError:
+            return None
+
+
+def _stop_agent(root: Path) -> None:
+    try:
+        pid = int((root / "run" / "agent.pid").read_text())
+    except (OSError, ValueError):
+        return
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    work = tmp_path_factory.mktemp("deploy")
+    key, pub = work / "fleet.key", work / "fleet.pub"
+    minisign.generate_keypair(key, pub)
+    device = f"lamp-{uuid.uuid4().hex[:6]}"
+    fleet = f"t{uuid.uuid4().hex[:8]}"
+    with Mosquitto() as broker, SshHost() as host:
+        config = make_app(work / "app", device=device, fleet=fleet, broker=broker.url,
+                          profile="x86-64")
+        root = work / "device-root"
+        lab = Lab(host, broker, root, work / "app", config, key, pub, work / "cache", device,
+                  fleet, work)
+        try:
+            yield lab
+        finally:
+            _stop_agent(root)
+
+
+def test_first_deploy_runs_the_lamp_and_second_sends_one_file(lab: Lab) -> None:
+    b1 = build(lab.config, "x86-64", lab.work / "b1", lab.key, lab.cache)
+    r1 = lab.deploy(b1.folder)
+    assert r1.healthy and r1.version == b1.version  # type: ignore[attr-defined]
+    assert r1.sent_bytes == r1.bundle_bytes  # type: ignore[attr-defined]  # first contact
+    assert lab.current() == b1.version
+    out = call(lab.broker.url, lab.fleet, lab.device, "set_brightness", {"level": 40})
+    assert out == {"on": True, "brightness": 40}
+    assert announced_release(lab.broker.url, lab.fleet, lab.device) == b1.version
+
+    add_skill(lab.app)
+    b2 = build(lab.config, "x86-64", lab.work / "b2", lab.key, lab.cache)
+    changed = {f["path"] for f in b2.manifest["files"]} - {
+        f["path"] for f in b1.manifest["files"] if f in b2.manifest["files"]
+    }
+    assert changed == {"app/smarthome/echo.py"}
+    r2 = lab.deploy(b2.folder)
+    assert r2.healthy and r2.sent_files == 1  # type: ignore[attr-defined]
+    echo = next(f for f in b2.manifest["files"] if f["path"] == "app/smarthome/echo.py")
+    assert r2.sent_bytes == echo["size"]  # type: ignore[attr-defined]
+    assert r2.sent_bytes / r2.bundle_bytes < 0.05  # type: ignore[attr-defined]
+    assert not r2.env_built  # type: ignore[attr-defined]  # same wheels: same environment
+    assert call(lab.broker.url, lab.fleet, lab.device, "version_marker", {"data": "x"}) == "v2:x"
+    status = lab.tool("status")
+    assert status["current"] == b2.version and status["previous"] == b1.version
+
+    # A release whose skill module raises on import is rolled back; the old one answers again.
+    break_module(lab.app)
+    b3 = build(lab.config, "x86-64", lab.work / "b3", lab.key, lab.cache, check_import=False)
+    with pytest.raises(HealthCheckFailed) as info:
+        lab.deploy(b3.folder, health_timeout=8.0)
+    assert info.value.rolled_back_to == b2.version
+    assert "broken on purpose" in info.value.logs
+    assert lab.current() == b2.version
+    assert call(lab.broker.url, lab.fleet, lab.device, "version_marker", {"data": "y"}) == "v2:y"
+    events = [e["event"] for e in lab.tool("history", "--limit", "50")["history"]]  # type: ignore[index,union-attr]
+    assert events[-1] == "rolled_back" and "healthy" in events
+
+    # Restore the app for the tests that follow.
+    (lab.app / "smarthome" / "echo.py").write_text(
+        (lab.app / "smarthome" / "echo.py").read_text().replace(
+            "\nraise RuntimeError('this release is broken on purpose')\n", ""
+        )
+    )
+
+
+def _tamper_copy(src: Path, dest: Path, path: str) -> Path:
+    import shutil
+
+    shutil.copytree(src, dest)
+    manifest = json.loads((dest / "bundle.json").read_text())
+    entry = next(f for f in manifest["files"] if f["path"] == path)
+    target = dest / "files" / entry["sha256"]
+    data = target.read_bytes()
+    target.chmod(0o644)
+    target.write_bytes(data.replace(b"Brightness", b"Brightnesz", 1))
+    return dest
+
+
+def test_tampered_bundle_is_refused_before_install(lab: Lab) -> None:
+    # A lamp.py the device has never seen (a file it has is never sent again, tampered or not).
+    lamp = lab.app / "smarthome" / "lamp.py"
+    original = lamp.read_text()
+    lamp.write_text(original + f"\n# {uuid.uuid4().hex}\n")
+    try:
+        good = build(lab.config, "x86-64", lab.work / "t-good", lab.key, lab.cache)
+    finally:
+        lamp.write_text(original)
+    before = lab.current()
+    bad = _tamper_copy(good.folder, lab.work / "t-bad", "app/smarthome/lamp.py")
+    with pytest.raises(RemoteError, match=r"app/smarthome/lamp\.py: SHA-256 differs"):
+        lab.deploy(bad)
+    assert lab.current() == before
+    assert not (lab.root / "releases" / good.version).exists() or before == good.version
+
+    # bundle.json itself edited after signing: the signature no longer verifies.
+    import shutil
+
+    edited = lab.work / "t-edited"
+    shutil.copytree(good.folder, edited)
+    text = (edited / "bundle.json").read_text().replace('"fleet": "', '"fleet": "x', 1)
+    (edited / "bundle.json").write_text(text)
+    with pytest.raises(RemoteError, match="minisig"):
+        lab.deploy(edited)
+    assert lab.current() == before
+
+
+def test_unknown_key_and_unsigned_are_refused(lab: Lab) -> None:
+    other_key, other_pub = lab.work / "other.key", lab.work / "other.pub"
+    minisign.generate_keypair(other_key, other_pub)
+    before = lab.current()
+    b = build(lab.config, "x86-64", lab.work / "u1", other_key, lab.cache)
+    # Deployed without trusting the other key: the device only trusts the fleet key.
+    with pytest.raises(RemoteError, match="(?i)key"):
+        lab.deploy(b.folder, trust=[])
+    assert lab.current() == before
+    (b.folder / "bundle.json.minisig").unlink()
+    with pytest.raises(Exception, match="unsigned|missing"):
+        lab.deploy(b.folder, trust=[])
+    assert lab.current() == before
+
+
+def test_profile_that_does_not_fit_the_device_is_refused(lab: Lab) -> None:
+    with pytest.raises(ProfileMismatch, match=r"generic-arm64.*aarch64.*x86_64"):
+        lab.deploy(lab.work / "b1", device="generic-arm64")
+    with pytest.raises(ProfileMismatch, match="no device profile or family"):
+        lab.deploy(lab.work / "b1", device="nosuch")
+
+
+def test_unconfirmed_switch_is_undone_by_the_device(lab: Lab) -> None:
+    """The deploy tool vanishes after the switch (no commit): the device rolls back alone."""
+    status = lab.tool("status")
+    releases = status["releases"]
+    assert isinstance(releases, list) and len(releases) >= 2
+    cur = status["current"]
+    other = next(v for v in reversed(releases) if v != cur)
+    lab.tool("activate", str(other), "--confirm-within", "3")
+    assert lab.current() == other
+    deadline = time.monotonic() + 30
+    while lab.current() != cur and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert lab.current() == cur
+    events = [e for e in lab.tool("history")["history"]]  # type: ignore[union-attr]
+    assert events[-1]["event"] == "rolled_back"
+    assert "not confirmed" in events[-1]["reason"]
+
+
+def test_device_tool_refuses_hostile_manifests() -> None:
+    ok = {
+        "kind": "edgeagent-bundle", "format": 1, "version": "0.1.0+abc", "device": "d",
+        "profile": "x86-64", "platform": {"arch": "x86_64", "python": "3.11"},
+        "config": "app/agent.yaml", "env": "0" * 64,
+        "files": [{"path": "app/agent.yaml", "sha256": "1" * 64, "size": 3, "role": "config"}],
+    }
+    devicetool.check_manifest(json.dumps(ok).encode())
+    for path in ("../etc/passwd", "/etc/passwd", "app/../../x", "other/x", "app//x"):
+        bad = json.loads(json.dumps(ok))
+        bad["files"][0]["path"] = path
+        bad["config"] = path
+        with pytest.raises(devicetool.Refused, match="unsafe path"):
+            devicetool.check_manifest(json.dumps(bad).encode())
+    with pytest.raises(devicetool.Refused, match="not JSON"):
+        devicetool.check_manifest(b"{")
+    with pytest.raises(devicetool.Refused, match="format"):
+        devicetool.check_manifest(json.dumps({**ok, "format": 99}).encode())
+    with pytest.raises(devicetool.Refused, match="more than"):
+        devicetool.check_manifest(b" " * (devicetool.MAX_BUNDLE_JSON + 1))
+
+
+def test_cli_deploy_reports_unreachable_host(tmp_path: Path) -> None:
+    from edgeagent.localbroker import free_port
+
+    key = tmp_path / "k.key"
+    minisign.generate_keypair(key, tmp_path / "k.pub")
+    config = make_app(tmp_path / "app", device="d1", fleet="f", broker="mqtt://127.0.0.1:1",
+                      profile="x86-64")
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgeagent", "deploy", "--device", "x86-64", "--host",
+         f"127.0.0.1:{free_port()}", "--key", str(key), str(config)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert proc.returncode == 1
+    assert "127.0.0.1" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
