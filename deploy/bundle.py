@@ -184,14 +184,14 @@ def build_bundle(
             p = Path(model) if Path(model).is_absolute() else base / model
             if not p.exists():
                 raise BundleError(f"{config_path}: skills.{i}.options.model: {model} not found")
-            files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file())
+            model_files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file())
             root = p if p.is_dir() else p.parent
-            dest = f"models/{p.name}"
-            for f in files:
-                rel = dest if p.is_file() else f"{dest}/{f.relative_to(root).as_posix()}"
+            rel_dest = f"models/{p.name}"
+            for f in model_files:
+                rel = rel_dest if p.is_file() else f"{rel_dest}/{f.relative_to(root).as_posix()}"
                 entries["app/" + rel] = _Entry("app/" + rel, f, "model")
                 extras.update(e for s, e in _MODEL_SUFFIX_RUNTIME.items() if f.suffix == s)
-            src["options"]["model"] = dest
+            src["options"]["model"] = rel_dest
         elif isinstance(model, str):
             extras.add("onnx")
     for m in models:

@@ -154,7 +154,7 @@ def check_signature(raw: bytes, sig_text: str, key_texts: list[str]) -> tuple[st
     try:  # inside the edgeagent package
         from . import remote_verify
     except ImportError:  # copied to the device as two files side by side
-        import remote_verify  # type: ignore[no-redef]
+        import remote_verify  # type: ignore[no-redef,import-not-found]
     try:
         return remote_verify.verify_file_signature(raw, sig_text, key_texts)
     except ValueError as exc:
@@ -360,7 +360,7 @@ def _run(cmd: list[str], *, check: bool = True, timeout: float = 600) -> str:
 # Commands ----------------------------------------------------------------------------------
 
 
-def cmd_probe(dev: Device, _: argparse.Namespace) -> dict[str, Any]:
+def cmd_probe(dev: Device, args: argparse.Namespace) -> dict[str, Any]:
     """What the build machine needs to know before it sends anything."""
     os_release = _read_env(Path("/etc/os-release"))
     model = ""

@@ -80,8 +80,19 @@ def _ed25519_ok(pub: bytes, sig: bytes, msg: bytes, backend: str | None) -> bool
             with open(paths[name], "wb") as f:
                 f.write(data)
         proc = subprocess.run(
-            [openssl, "pkeyutl", "-verify", "-pubin", "-inkey", paths["pub.pem"], "-rawin"]
-            + ["-in", paths["msg"], "-sigfile", paths["sig"]],
+            [
+                openssl,
+                "pkeyutl",
+                "-verify",
+                "-pubin",
+                "-inkey",
+                paths["pub.pem"],
+                "-rawin",
+                "-in",
+                paths["msg"],
+                "-sigfile",
+                paths["sig"],
+            ],
             capture_output=True,
             check=False,
         )
@@ -118,15 +129,15 @@ def verify_file_signature(
     for text in pubkey_texts:
         kid, pub = parse_public_key(text)
         keys[kid] = pub
-    pub = keys.get(key_id)
-    if pub is None:
+    found = keys.get(key_id)
+    if found is None:
         trusted = ", ".join(key_id_hex(k) for k in keys) or "none"
         raise VerifyError(
             f"signed by key {key_id_hex(key_id)}, which is not trusted (trusted: {trusted})"
         )
     message = hashlib.blake2b(data, digest_size=64).digest() if alg == b"ED" else data
-    if not _ed25519_ok(pub, sig, message, _backend):
+    if not _ed25519_ok(found, sig, message, _backend):
         raise VerifyError("signature does not match the data (tampered or damaged)")
-    if not _ed25519_ok(pub, global_sig, sig + trusted_comment.encode(), _backend):
+    if not _ed25519_ok(found, global_sig, sig + trusted_comment.encode(), _backend):
         raise VerifyError("the trusted comment was changed after signing")
     return key_id_hex(key_id), trusted_comment

@@ -120,8 +120,9 @@ class DeployJob:
             key = hashlib.sha256(f"{config.resolve()}|{profile}".encode()).hexdigest()[:12]
             out = default_cache() / "bundles" / f"{config.stem}-{profile}-{key}"
             opts = BuildOptions(python=self.python)
-            built = await asyncio.to_thread(build_bundle, config, profile, out, key=self.key,
-                                            options=opts)
+            built = await asyncio.to_thread(
+                build_bundle, config, profile, out, key=self.key, options=opts
+            )
             return built.folder
 
         return build
@@ -155,8 +156,13 @@ async def run_jobs(
                 r = await deploy(job.bundle_builder(), job.target, ssh, job.options, progress)
                 out = {"host": name, **r.as_dict()}
             except HealthCheckFailed as exc:
-                out = {"host": name, "healthy": False, "error": str(exc),
-                       "rolled_back_to": exc.rolled_back_to, "logs": exc.logs}
+                out = {
+                    "host": name,
+                    "healthy": False,
+                    "error": str(exc),
+                    "rolled_back_to": exc.rolled_back_to,
+                    "logs": exc.logs,
+                }
                 if not as_json and exc.logs:
                     echo(f"[{name}] last log lines of the failed release:")
                     for line in exc.logs.splitlines()[-20:]:
@@ -169,9 +175,11 @@ async def run_jobs(
         if as_json:
             echo(json.dumps({"result": out}, default=str))
         elif out.get("healthy"):
-            echo(f"[{name}] healthy: {out['version']} (sent {out['sent_files']} files, "
-                 f"{out['sent_bytes']:,} of {out['bundle_bytes']:,} bytes, "
-                 f"{out['timings'].get('done', 0):.1f} s)")
+            echo(
+                f"[{name}] healthy: {out['version']} (sent {out['sent_files']} files, "
+                f"{out['sent_bytes']:,} of {out['bundle_bytes']:,} bytes, "
+                f"{out['timings'].get('done', 0):.1f} s)"
+            )
         else:
             echo(f"[{name}] FAILED: {out['error']}")
 
@@ -223,17 +231,34 @@ async def watch_loop(
         while True:
             t0 = time.monotonic()
             try:
-                r = await deploy(job.bundle_builder(), job.target, ssh, job.options,
-                                 lambda s, m: None, session=session)
+                r = await deploy(
+                    job.bundle_builder(),
+                    job.target,
+                    ssh,
+                    job.options,
+                    lambda s, m: None,
+                    session=session,
+                )
                 took = time.time() - saved_at
-                line = {"healthy": True, "version": r.version, "sent_files": r.sent_files,
-                        "sent_bytes": r.sent_bytes, "save_to_healthy_s": round(took, 3)}
-                echo(json.dumps(line) if as_json else
-                     f"healthy: {r.version} ({r.sent_files} files, {r.sent_bytes:,} bytes) "
-                     f"{took:.1f} s after the save")
+                line = {
+                    "healthy": True,
+                    "version": r.version,
+                    "sent_files": r.sent_files,
+                    "sent_bytes": r.sent_bytes,
+                    "save_to_healthy_s": round(took, 3),
+                }
+                echo(
+                    json.dumps(line)
+                    if as_json
+                    else f"healthy: {r.version} ({r.sent_files} files, {r.sent_bytes:,} bytes) "
+                    f"{took:.1f} s after the save"
+                )
             except (DeployError, SshError) as exc:
-                echo(json.dumps({"healthy": False, "error": str(exc)}) if as_json
-                     else f"FAILED after {time.monotonic() - t0:.1f} s: {exc}")
+                echo(
+                    json.dumps({"healthy": False, "error": str(exc)})
+                    if as_json
+                    else f"FAILED after {time.monotonic() - t0:.1f} s: {exc}"
+                )
             rounds += 1
             if max_rounds is not None and rounds >= max_rounds:
                 return 0
@@ -245,8 +270,9 @@ async def watch_loop(
                 now = _snapshot(files)
                 if now != last:
                     changed = [p for p in now if now[p] != last.get(p)]
-                    saved_at = max((p.stat().st_mtime for p in changed if p.exists()),
-                                   default=time.time())
+                    saved_at = max(
+                        (p.stat().st_mtime for p in changed if p.exists()), default=time.time()
+                    )
                     last = now
                     if not as_json:
                         echo(f"changed: {', '.join(os.path.basename(p) for p in changed)}")

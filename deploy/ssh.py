@@ -188,7 +188,7 @@ async def _server_key(
                 )
             else:
                 key = await asyncssh.get_server_host_key(target.host, target.port)
-    except (OSError, asyncio.TimeoutError, asyncssh.Error) as exc:
+    except (TimeoutError, OSError, asyncssh.Error) as exc:
         raise HostUnreachable(f"cannot reach {target}: {exc or type(exc).__name__}") from exc
     if key is None:
         raise HostUnreachable(f"{target} sent no host key")
@@ -240,7 +240,7 @@ async def connect(target: SshTarget, options: SshOptions) -> SshSession:
     if not options.use_agent:
         kwargs["agent_path"] = None
     try:
-        conn = await asyncssh.connect(target.host, **kwargs)  # type: ignore[arg-type]
+        conn = await asyncssh.connect(target.host, **kwargs)
     except asyncssh.PermissionDenied as exc:
         tried = ", ".join(str(p) for p in options.identity_files) or "default keys"
         agent = " and the ssh-agent" if options.use_agent else ""
@@ -250,7 +250,7 @@ async def connect(target: SshTarget, options: SshOptions) -> SshSession:
         ) from exc
     except asyncssh.HostKeyNotVerifiable as exc:
         raise HostKeyChanged(f"{target}: host key changed during connect: {exc}") from exc
-    except (OSError, asyncio.TimeoutError, asyncssh.Error) as exc:
+    except (TimeoutError, OSError, asyncssh.Error) as exc:
         raise HostUnreachable(f"cannot connect to {target}: {exc or type(exc).__name__}") from exc
     return SshSession(target, conn)
 
@@ -293,7 +293,9 @@ class SshSession:
                 cmd, input=input, check=False, encoding=None, timeout=timeout
             )
         except asyncssh.TimeoutError as exc:
-            raise RemoteCommandFailed(cmd, None, b"", f"timed out after {timeout} s".encode()) from exc
+            raise RemoteCommandFailed(
+                cmd, None, b"", f"timed out after {timeout} s".encode()
+            ) from exc
         except (asyncssh.Error, OSError) as exc:
             raise ConnectionLost(f"{self.target}: connection lost running `{cmd}`: {exc}") from exc
         out = proc.stdout if isinstance(proc.stdout, bytes) else b""
@@ -332,7 +334,9 @@ class SshSession:
                 await sftp.put(str(local), tmp)
                 await sftp.posix_rename(tmp, remote)
             except (asyncssh.SFTPError, OSError) as exc:
-                raise TransferFailed(f"{self.target}: uploading {local.name} to {remote}: {exc}")
+                raise TransferFailed(
+                    f"{self.target}: uploading {local.name} to {remote}: {exc}"
+                ) from exc
             except asyncssh.Error as exc:
                 raise ConnectionLost(f"{self.target}: connection lost uploading: {exc}") from exc
             done += local.stat().st_size

@@ -141,8 +141,18 @@ def edgeagent_wheel(cache: Path, log: Callable[[str], None] = lambda _: None) ->
     with tempfile.TemporaryDirectory(prefix="ea-wheel-") as tmp:
         env = dict(os.environ, SOURCE_DATE_EPOCH="315532800", PIP_DISABLE_PIP_VERSION_CHECK="1")
         proc = subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
-            + ["-w", tmp, str(root)],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--no-deps",
+                "--no-build-isolation",
+                "-q",
+                "-w",
+                tmp,
+                str(root),
+            ],
             capture_output=True,
             text=True,
             env=env,

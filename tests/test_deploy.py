@@ -7,6 +7,7 @@ The emulated arm64 device with systemd is in ``test_deploy_vm.py``; both run the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -67,10 +68,14 @@ class Lab:
         return DeployOptions(**base)  # type: ignore[arg-type]
 
     def deploy(self, bundle: Path, **kw: object) -> object:
-        return asyncio.run(deploy(bundle, self.host.target, self.host.options(), self.options(**kw)))
+        return asyncio.run(
+            deploy(bundle, self.host.target, self.host.options(), self.options(**kw))
+        )
 
     def tool(self, *args: str) -> dict[str, object]:
-        return asyncio.run(remote_command(self.host.target, self.host.options(), str(self.root), *args))
+        return asyncio.run(
+            remote_command(self.host.target, self.host.options(), str(self.root), *args)
+        )
 
     def current(self) -> str | None:
         try:
@@ -84,10 +89,8 @@ def _stop_agent(root: Path) -> None:
         pid = int((root / "run" / "agent.pid").read_text())
     except (OSError, ValueError):
         return
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -98,11 +101,13 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     device = f"lamp-{uuid.uuid4().hex[:6]}"
     fleet = f"t{uuid.uuid4().hex[:8]}"
     with Mosquitto() as broker, SshHost() as host:
-        config = make_app(work / "app", device=device, fleet=fleet, broker=broker.url,
-                          profile="x86-64")
+        config = make_app(
+            work / "app", device=device, fleet=fleet, broker=broker.url, profile="x86-64"
+        )
         root = work / "device-root"
-        lab = Lab(host, broker, root, work / "app", config, key, pub, work / "cache", device,
-                  fleet, work)
+        lab = Lab(
+            host, broker, root, work / "app", config, key, pub, work / "cache", device, fleet, work
+        )
         try:
             yield lab
         finally:
@@ -112,7 +117,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 def test_first_deploy_runs_the_lamp_and_second_sends_one_file(lab: Lab) -> None:
     b1 = build(lab.config, "x86-64", lab.work / "b1", lab.key, lab.cache)
     r1 = lab.deploy(b1.folder)
-    assert r1.healthy and r1.version == b1.version  # type: ignore[attr-defined]
+    assert r1.healthy
+    assert r1.version == b1.version
     assert r1.sent_bytes == r1.bundle_bytes  # type: ignore[attr-defined]  # first contact
     assert lab.current() == b1.version
     out = call(lab.broker.url, lab.fleet, lab.device, "set_brightness", {"level": 40})
@@ -126,14 +132,16 @@ def test_first_deploy_runs_the_lamp_and_second_sends_one_file(lab: Lab) -> None:
     }
     assert changed == {"app/smarthome/echo.py"}
     r2 = lab.deploy(b2.folder)
-    assert r2.healthy and r2.sent_files == 1  # type: ignore[attr-defined]
+    assert r2.healthy
+    assert r2.sent_files == 1
     echo = next(f for f in b2.manifest["files"] if f["path"] == "app/smarthome/echo.py")
     assert r2.sent_bytes == echo["size"]  # type: ignore[attr-defined]
     assert r2.sent_bytes / r2.bundle_bytes < 0.05  # type: ignore[attr-defined]
     assert not r2.env_built  # type: ignore[attr-defined]  # same wheels: same environment
     assert call(lab.broker.url, lab.fleet, lab.device, "version_marker", {"data": "x"}) == "v2:x"
     status = lab.tool("status")
-    assert status["current"] == b2.version and status["previous"] == b1.version
+    assert status["current"] == b2.version
+    assert status["previous"] == b1.version
 
     # A release whose skill module raises on import is rolled back; the old one answers again.
     break_module(lab.app)
@@ -145,13 +153,14 @@ def test_first_deploy_runs_the_lamp_and_second_sends_one_file(lab: Lab) -> None:
     assert lab.current() == b2.version
     assert call(lab.broker.url, lab.fleet, lab.device, "version_marker", {"data": "y"}) == "v2:y"
     events = [e["event"] for e in lab.tool("history", "--limit", "50")["history"]]  # type: ignore[index,union-attr]
-    assert events[-1] == "rolled_back" and "healthy" in events
+    assert events[-1] == "rolled_back"
+    assert "healthy" in events
 
     # Restore the app for the tests that follow.
     (lab.app / "smarthome" / "echo.py").write_text(
-        (lab.app / "smarthome" / "echo.py").read_text().replace(
-            "\nraise RuntimeError('this release is broken on purpose')\n", ""
-        )
+        (lab.app / "smarthome" / "echo.py")
+        .read_text()
+        .replace("\nraise RuntimeError('this release is broken on purpose')\n", "")
     )
 
 
@@ -202,11 +211,11 @@ def test_unknown_key_and_unsigned_are_refused(lab: Lab) -> None:
     before = lab.current()
     b = build(lab.config, "x86-64", lab.work / "u1", other_key, lab.cache)
     # Deployed without trusting the other key: the device only trusts the fleet key.
-    with pytest.raises(RemoteError, match="(?i)key"):
+    with pytest.raises(RemoteError, match=r"(?i)key"):
         lab.deploy(b.folder, trust=[])
     assert lab.current() == before
     (b.folder / "bundle.json.minisig").unlink()
-    with pytest.raises(Exception, match="unsigned|missing"):
+    with pytest.raises(Exception, match=r"unsigned|missing"):
         lab.deploy(b.folder, trust=[])
     assert lab.current() == before
 
@@ -222,7 +231,8 @@ def test_unconfirmed_switch_is_undone_by_the_device(lab: Lab) -> None:
     """The deploy tool vanishes after the switch (no commit): the device rolls back alone."""
     status = lab.tool("status")
     releases = status["releases"]
-    assert isinstance(releases, list) and len(releases) >= 2
+    assert isinstance(releases, list)
+    assert len(releases) >= 2
     cur = status["current"]
     other = next(v for v in reversed(releases) if v != cur)
     lab.tool("activate", str(other), "--confirm-within", "3")
@@ -238,9 +248,14 @@ def test_unconfirmed_switch_is_undone_by_the_device(lab: Lab) -> None:
 
 def test_device_tool_refuses_hostile_manifests() -> None:
     ok = {
-        "kind": "edgeagent-bundle", "format": 1, "version": "0.1.0+abc", "device": "d",
-        "profile": "x86-64", "platform": {"arch": "x86_64", "python": "3.11"},
-        "config": "app/agent.yaml", "env": "0" * 64,
+        "kind": "edgeagent-bundle",
+        "format": 1,
+        "version": "0.1.0+abc",
+        "device": "d",
+        "profile": "x86-64",
+        "platform": {"arch": "x86_64", "python": "3.11"},
+        "config": "app/agent.yaml",
+        "env": "0" * 64,
         "files": [{"path": "app/agent.yaml", "sha256": "1" * 64, "size": 3, "role": "config"}],
     }
     devicetool.check_manifest(json.dumps(ok).encode())
@@ -263,12 +278,27 @@ def test_cli_deploy_reports_unreachable_host(tmp_path: Path) -> None:
 
     key = tmp_path / "k.key"
     minisign.generate_keypair(key, tmp_path / "k.pub")
-    config = make_app(tmp_path / "app", device="d1", fleet="f", broker="mqtt://127.0.0.1:1",
-                      profile="x86-64")
+    config = make_app(
+        tmp_path / "app", device="d1", fleet="f", broker="mqtt://127.0.0.1:1", profile="x86-64"
+    )
     proc = subprocess.run(
-        [sys.executable, "-m", "edgeagent", "deploy", "--device", "x86-64", "--host",
-         f"127.0.0.1:{free_port()}", "--key", str(key), str(config)],
-        capture_output=True, text=True, timeout=60, check=False,
+        [
+            sys.executable,
+            "-m",
+            "edgeagent",
+            "deploy",
+            "--device",
+            "x86-64",
+            "--host",
+            f"127.0.0.1:{free_port()}",
+            "--key",
+            str(key),
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 1
     assert "127.0.0.1" in proc.stdout + proc.stderr

@@ -1,0 +1,177 @@
+"""Deploy end to end into an emulated arm64 device: Debian 12 with systemd and sshd, booted in
+qemu-system-aarch64 (-M virt), profile generic-arm64 (it is not a Raspberry Pi, and says so).
+
+The device reaches the host's private mosquitto at 10.0.2.2 (qemu user networking); the health
+check reaches it at 127.0.0.1. Skipped, with the reason, where qemu or mmdebstrap is missing;
+CI installs them (.ci/run) and runs these tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgeagent.deploy import minisign
+from edgeagent.deploy.deployer import DeployOptions, DeployResult, deploy, remote_command
+from edgeagent.deploy.errors import HealthCheckFailed, HostUnsuitable, ProfileMismatch, RemoteError
+from edgeagent.deploy.ssh import SshOptions, SshTarget
+from tests.armvm import Vm, boot, ensure_image, qemu_available
+from tests.broker.mosquitto import Mosquitto
+from tests.deployapp import add_skill, announced_release, break_module, build, call, make_app
+
+pytestmark = [
+    pytest.mark.broker,
+    pytest.mark.vm,
+    pytest.mark.skipif(qemu_available() is not None, reason=str(qemu_available())),
+    pytest.mark.timeout(900),
+]
+
+PROFILE = "generic-arm64"
+
+
+@dataclass
+class VmLab:
+    vm: Vm
+    broker: Mosquitto
+    work: Path
+    app: Path
+    config: Path
+    key: Path
+    pub: Path
+    cache: Path
+    device: str
+    fleet: str
+
+    @property
+    def target(self) -> SshTarget:
+        return SshTarget(self.vm.host, self.vm.ssh_port, self.vm.user)
+
+    def ssh(self) -> SshOptions:
+        return SshOptions(
+            identity_files=[self.vm.key], known_hosts=self.vm.known_hosts, use_agent=False
+        )
+
+    def deploy(self, bundle: Path, **kw: Any) -> DeployResult:
+        opts = DeployOptions(
+            device=PROFILE, broker=self.broker.url, health_timeout=150.0, trust=[self.pub], **kw
+        )
+        return asyncio.run(deploy(bundle, self.target, self.ssh(), opts))
+
+    def tool(self, *args: str) -> dict[str, Any]:
+        return asyncio.run(remote_command(self.target, self.ssh(), "/opt/edgeagent", *args))
+
+
+@pytest.fixture(scope="module")
+def vmlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VmLab]:
+    image = ensure_image()
+    work = tmp_path_factory.mktemp("vmdeploy")
+    key, pub = work / "fleet.key", work / "fleet.pub"
+    minisign.generate_keypair(key, pub)
+    device = f"lamp-{uuid.uuid4().hex[:6]}"
+    fleet = f"t{uuid.uuid4().hex[:8]}"
+    with Mosquitto() as broker, boot(image) as vm:
+        config = make_app(
+            work / "app",
+            device=device,
+            fleet=fleet,
+            broker=f"mqtt://10.0.2.2:{broker.port}",
+            profile=PROFILE,
+        )
+        yield VmLab(vm, broker, work, work / "app", config, key, pub, work / "cache", device, fleet)
+
+
+def test_vm_deploy_update_rollback_and_refusals(vmlab: VmLab) -> None:
+    lab = vmlab
+    url = lab.broker.url
+    # First contact: bootstrap, systemd unit, environment built offline from the wheelhouse.
+    b1 = build(lab.config, PROFILE, lab.work / "b1", lab.key, lab.cache)
+    r1 = lab.deploy(b1.folder)
+    assert r1.healthy
+    assert r1.env_built
+    assert r1.profile == PROFILE
+    assert call(url, lab.fleet, lab.device, "set_brightness", {"level": 30}, timeout=10) == {
+        "on": True,
+        "brightness": 30,
+    }
+    unit = lab.vm.run(f"systemctl is-active edgeagent@{lab.device}.service")
+    assert unit.stdout.strip() == "active"
+    owner = lab.vm.run(f"ps -o user= -C edgeagent || systemctl show -p User edgeagent@{lab.device}")
+    assert "root" not in owner.stdout.split()
+
+    # One skill file changed: only that file is sent.
+    add_skill(lab.app)
+    b2 = build(lab.config, PROFILE, lab.work / "b2", lab.key, lab.cache)
+    r2 = lab.deploy(b2.folder)
+    assert r2.healthy
+    assert r2.sent_files == 1
+    assert not r2.env_built
+    assert r2.sent_bytes / r2.bundle_bytes < 0.05
+    assert call(url, lab.fleet, lab.device, "version_marker", {"data": "a"}, timeout=10) == "v2:a"
+
+    # A skill module that raises on import: rolled back, the old release answers again.
+    break_module(lab.app)
+    b3 = build(lab.config, PROFILE, lab.work / "b3", lab.key, lab.cache, check_import=False)
+    with pytest.raises(HealthCheckFailed) as info:
+        lab.deploy(b3.folder, health_timeout=40.0)
+    assert info.value.rolled_back_to == b2.version
+    assert "broken on purpose" in info.value.logs
+    assert announced_release(url, lab.fleet, lab.device) == b2.version
+    assert call(url, lab.fleet, lab.device, "version_marker", {"data": "b"}, timeout=10) == "v2:b"
+
+    # A tampered bundle is refused before anything is installed.
+    bad = lab.work / "tampered"
+    shutil.copytree(b2.folder, bad)
+    manifest = json.loads((bad / "bundle.json").read_text())
+    lamp = next(f for f in manifest["files"] if f["path"] == "app/smarthome/lamp.py")
+    (bad / "files" / lamp["sha256"]).write_bytes(b"import os\nos.system('evil')\n")
+    status_before = lab.tool("status")
+    with pytest.raises(RemoteError, match=r"lamp\.py"):
+        lab.deploy(bad)
+    status_after = lab.tool("status")
+    assert status_after["current"] == status_before["current"] == b2.version
+    assert status_after["releases"] == status_before["releases"]
+
+    # A Raspberry Pi profile is refused: this board is not one.
+    with pytest.raises(ProfileMismatch, match="pi4"):
+        asyncio.run(
+            deploy(
+                b2.folder,
+                lab.target,
+                lab.ssh(),
+                DeployOptions(device="pi4", broker=url, trust=[lab.pub]),
+            )
+        )
+    with pytest.raises(ProfileMismatch, match="no pi profile matches"):
+        asyncio.run(
+            deploy(
+                b2.folder,
+                lab.target,
+                lab.ssh(),
+                DeployOptions(device="pi", broker=url, trust=[lab.pub]),
+            )
+        )
+    history = [e["event"] for e in lab.tool("history")["history"]]
+    assert history.count("healthy") == 2
+    assert history[-1] == "rolled_back"
+
+
+def test_vm_full_disk_is_refused_and_device_untouched(vmlab: VmLab, tmp_path: Path) -> None:
+    """A device whose /opt/edgeagent is a 24 MB filesystem: the deploy says so, changes nothing."""
+    image = ensure_image()
+    with boot(image, extra_disk_mb=24) as small:
+        target = SshTarget(small.host, small.ssh_port, small.user)
+        ssh = SshOptions(identity_files=[small.key], known_hosts=small.known_hosts, use_agent=False)
+        b = build(vmlab.config, PROFILE, tmp_path / "b", vmlab.key, vmlab.cache)
+        opts = DeployOptions(device=PROFILE, broker=vmlab.broker.url, trust=[vmlab.pub])
+        with pytest.raises(HostUnsuitable, match="disk space"):
+            asyncio.run(deploy(b.folder, target, ssh, opts))
+        left = small.run("ls /opt/edgeagent/releases 2>/dev/null | wc -l").stdout.strip()
+        assert left == "0"
