@@ -410,6 +410,7 @@ def _device_row(d: DeviceInfo) -> dict[str, Any]:
         "status": d.status,
         "since": d.since,
         "profile": d.manifest.profile if d.manifest else None,
+        "release": d.manifest.release if d.manifest else None,
         "tags": d.tags,
         "skills": [s.name for s in d.skills],
     }
@@ -438,15 +439,16 @@ def fleet_ls(obj: Ctx, as_json: bool, online: bool) -> None:
             d.device,
             d.status,
             (d.manifest.profile or "-") if d.manifest else "-",
+            (d.manifest.release or "-") if d.manifest else "-",
             ",".join(f"{k}={v}" for k, v in sorted(d.tags.items())) or "-",
             ", ".join(s.name for s in d.skills) or "-",
         )
         for d in devices
     ]
-    header = ("DEVICE", "STATUS", "PROFILE", "TAGS", "SKILLS")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    header = ("DEVICE", "STATUS", "PROFILE", "RELEASE", "TAGS", "SKILLS")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
     for r in [header, *rows]:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4])
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5])
 
 
 @fleet.command("show")
@@ -520,8 +522,8 @@ def _describe(msg: Any) -> str:
     return f"{stamp} {msg!r}"
 
 
-from .cli_devices import devices  # noqa: E402 - subcommand groups live in their own modules
 from .cli_deploy import bundle, deploy, keys  # noqa: E402
+from .cli_devices import devices  # noqa: E402 - subcommand groups live in their own modules
 from .cli_models import models  # noqa: E402
 from .cli_sim import sim  # noqa: E402
 

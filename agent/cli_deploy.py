@@ -85,8 +85,12 @@ def keys() -> None:
     help="Secret key file to write (default: ~/.config/edgeagent/keys/edgeagent.key, or "
     "EDGEAGENT_KEY). The public key goes next to it as KEY.pub.",
 )
-@click.option("--force", is_flag=True, help="Overwrite an existing key (old bundles stay valid "
-              "only on devices that still trust the old public key).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Overwrite an existing key (old bundles stay valid "
+    "only on devices that still trust the old public key).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def keys_generate(key_path: Path | None, force: bool, as_json: bool) -> None:
     """Make a fleet signing key pair.
@@ -128,15 +132,27 @@ def bundle() -> None:
 @bundle.command("build")
 @click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--device", "profile", required=True, help="Device profile, e.g. pi4.")
-@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Bundle folder (default: bundle-DEVICE-PROFILE next to the config).")
-@click.option("--key", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Signing key (default: ~/.config/edgeagent/keys/edgeagent.key).")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Bundle folder (default: bundle-DEVICE-PROFILE next to the config).",
+)
+@click.option(
+    "--key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Signing key (default: ~/.config/edgeagent/keys/edgeagent.key).",
+)
 @click.option("--unsigned", is_flag=True, help="Do not sign (devices refuse unsigned bundles).")
 @click.option("--python", default=None, help="Device Python, e.g. 3.13 (default: the profile's).")
 @click.option("--refresh-wheels", is_flag=True, help="Resolve the wheels again (new versions).")
-@click.option("--no-import-check", is_flag=True,
-              help="Do not import the skills here (when they need hardware only the device has).")
+@click.option(
+    "--no-import-check",
+    is_flag=True,
+    help="Do not import the skills here (when they need hardware only the device has).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the bundle summary as JSON.")
 def bundle_build(
     config: Path,
@@ -186,8 +202,10 @@ def bundle_build(
         click.echo(json.dumps(summary, indent=1))
         return
     click.echo(f"bundle {built.version} -> {built.folder}")
-    click.echo(f"  device {summary['device']}, profile {summary['profile']}, "
-               f"{summary['platform']['arch']} Python {summary['platform']['python']}")
+    click.echo(
+        f"  device {summary['device']}, profile {summary['profile']}, "
+        f"{summary['platform']['arch']} Python {summary['platform']['python']}"
+    )
     for role, r in sorted(summary["roles"].items()):
         click.echo(f"  {role:7} {r['files']:4} files {r['bytes']:>12,} bytes")
     click.echo(f"  signed by {built.signed_by}" if built.signed_by else "  UNSIGNED")
@@ -195,8 +213,13 @@ def bundle_build(
 
 @bundle.command("verify")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--key", "pubs", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Trusted public key (repeat for several; default: the default key's .pub).")
+@click.option(
+    "--key",
+    "pubs",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Trusted public key (repeat for several; default: the default key's .pub).",
+)
 @click.option("--device", "profile", default=None, help="Also check it is for this profile.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def bundle_verify(folder: Path, pubs: tuple[Path, ...], profile: str | None, as_json: bool) -> None:
@@ -229,8 +252,10 @@ def bundle_inspect(folder: Path, show_files: bool, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(summary, indent=1))
         return
-    click.echo(f"{summary['version']}: device {summary['device']}, profile {summary['profile']}, "
-               f"{summary['platform']['arch']} Python {summary['platform']['python']}")
+    click.echo(
+        f"{summary['version']}: device {summary['device']}, profile {summary['profile']}, "
+        f"{summary['platform']['arch']} Python {summary['platform']['python']}"
+    )
     click.echo(f"  skills: {', '.join(summary['skills'] or []) or '(not inspected)'}")
     for m in summary["models"]:
         click.echo(f"  model {m['name']} v{m['version']} ({m['variant']}): {m['file']}")
@@ -253,9 +278,7 @@ class _DefaultGroup(click.Group):
         return super().parse_args(ctx, args)
 
 
-def _ssh_options(
-    identity: tuple[Path, ...], known_hosts: Path | None, accept_new: bool
-) -> Any:
+def _ssh_options(identity: tuple[Path, ...], known_hosts: Path | None, accept_new: bool) -> Any:
     from .deploy.ssh import SshOptions
 
     return SshOptions(
@@ -266,15 +289,27 @@ def _ssh_options(
 
 
 def _ssh_flags(f: Callable[..., Any]) -> Callable[..., Any]:
-    f = click.option("--root", default="/opt/edgeagent", show_default=True,
-                     help="Install root on the device.")(f)
-    f = click.option("--accept-new-host-key", is_flag=True,
-                     help="Trust and remember a host key seen for the first time.")(f)
-    f = click.option("--known-hosts", type=click.Path(dir_okay=False, path_type=Path),
-                     default=None, help="known_hosts file (default ~/.ssh/known_hosts).")(f)
-    f = click.option("-i", "--identity", multiple=True,
-                     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                     help="SSH private key (repeatable); the ssh-agent is used too.")(f)
+    f = click.option(
+        "--root", default="/opt/edgeagent", show_default=True, help="Install root on the device."
+    )(f)
+    f = click.option(
+        "--accept-new-host-key",
+        is_flag=True,
+        help="Trust and remember a host key seen for the first time.",
+    )(f)
+    f = click.option(
+        "--known-hosts",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="known_hosts file (default ~/.ssh/known_hosts).",
+    )(f)
+    f = click.option(
+        "-i",
+        "--identity",
+        multiple=True,
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="SSH private key (repeatable); the ssh-agent is used too.",
+    )(f)
     return f
 
 
@@ -290,39 +325,84 @@ def deploy() -> None:
 
 
 @deploy.command("run")
-@click.argument("config", required=False, type=click.Path(exists=True, dir_okay=False,
-                                                          path_type=Path))
-@click.option("--device", "device", required=True,
-              help="Device profile (pi4, generic-arm64…) or family (pi): checked against the "
-              "device's hardware.")
+@click.argument(
+    "config", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--device",
+    "device",
+    required=True,
+    help="Device profile (pi4, generic-arm64…) or family (pi): checked against the "
+    "device's hardware.",
+)
 @click.option("--host", "hosts", multiple=True, help="[USER@]HOST[:PORT] (repeatable).")
-@click.option("--inventory", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="YAML list of hosts: [{host, config?, device?}] for many devices at once.")
-@click.option("--bundle", "bundle_dir", type=click.Path(exists=True, file_okay=False,
-                                                        path_type=Path),
-              help="Deploy this built bundle instead of building one from CONFIG.")
-@click.option("--key", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Signing key (default ~/.config/edgeagent/keys/edgeagent.key).")
-@click.option("--trust", multiple=True, type=click.Path(exists=True, dir_okay=False,
-                                                        path_type=Path),
-              help="Public keys the device should trust (default: the signing key's .pub).")
+@click.option(
+    "--inventory",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="YAML list of hosts: [{host, config?, device?}] for many devices at once.",
+)
+@click.option(
+    "--bundle",
+    "bundle_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Deploy this built bundle instead of building one from CONFIG.",
+)
+@click.option(
+    "--key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Signing key (default ~/.config/edgeagent/keys/edgeagent.key).",
+)
+@click.option(
+    "--trust",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Public keys the device should trust (default: the signing key's .pub).",
+)
 @_ssh_flags
-@click.option("--health-timeout", default=60.0, show_default=True,
-              help="Seconds the new release has to become healthy.")
-@click.option("--check", "check", default=None,
-              help="Smoke-test call after the restart: 'SKILL {\"json\": \"input\"}'.")
+@click.option(
+    "--health-timeout",
+    default=60.0,
+    show_default=True,
+    help="Seconds the new release has to become healthy.",
+)
+@click.option(
+    "--check",
+    "check",
+    default=None,
+    help='Smoke-test call after the restart: \'SKILL {"json": "input"}\'.',
+)
 @click.option("--keep", default=3, show_default=True, help="Releases kept on the device.")
 @click.option("--python", default=None, help="Device Python (default: the profile's).")
 @click.option("--parallel", default=4, show_default=True, help="Devices deployed at once.")
-@click.option("--watch", is_flag=True,
-              help="Stay running: redeploy on every saved change to CONFIG or its skill modules.")
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Stay running: redeploy on every saved change to CONFIG or its skill modules.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON lines.")
 @click.pass_context
-def deploy_run(ctx: click.Context, config: Path | None, device: str, hosts: tuple[str, ...],
-               inventory: Path | None, bundle_dir: Path | None, key: Path | None,
-               trust: tuple[Path, ...], identity: tuple[Path, ...], known_hosts: Path | None,
-               accept_new_host_key: bool, root: str, health_timeout: float, check: str | None,
-               keep: int, python: str | None, parallel: int, watch: bool, as_json: bool) -> None:
+def deploy_run(
+    ctx: click.Context,
+    config: Path | None,
+    device: str,
+    hosts: tuple[str, ...],
+    inventory: Path | None,
+    bundle_dir: Path | None,
+    key: Path | None,
+    trust: tuple[Path, ...],
+    identity: tuple[Path, ...],
+    known_hosts: Path | None,
+    accept_new_host_key: bool,
+    root: str,
+    health_timeout: float,
+    check: str | None,
+    keep: int,
+    python: str | None,
+    parallel: int,
+    watch: bool,
+    as_json: bool,
+) -> None:
     """Deploy CONFIG (or --bundle) to --host or every host of --inventory."""
     from .deploy.runner import DeployJob, parse_check, run_jobs, watch_loop
 
@@ -335,8 +415,19 @@ def deploy_run(ctx: click.Context, config: Path | None, device: str, hosts: tupl
     trusted = list(trust) or [signing.with_name(signing.name.removesuffix(".key") + ".pub")]
     jobs = _guard(
         lambda: DeployJob.from_cli(
-            hosts, inventory, config, bundle_dir, device, signing, trusted, root,
-            broker, health_timeout, parse_check(check), keep, python,
+            hosts,
+            inventory,
+            config,
+            bundle_dir,
+            device,
+            signing,
+            trusted,
+            root,
+            broker,
+            health_timeout,
+            parse_check(check),
+            keep,
+            python,
         )
     )
     if not jobs:
@@ -355,13 +446,21 @@ def deploy_run(ctx: click.Context, config: Path | None, device: str, hosts: tupl
     results = _arun(run_jobs(jobs, ssh, parallel=parallel, as_json=as_json, echo=click.echo))
     failed = [r for r in results if not r.get("healthy")]
     if not as_json and len(jobs) > 1:
-        click.echo(f"{len(jobs) - len(failed)} of {len(jobs)} devices healthy "
-                   f"in {time.monotonic() - t0:.1f} s")
+        click.echo(
+            f"{len(jobs) - len(failed)} of {len(jobs)} devices healthy "
+            f"in {time.monotonic() - t0:.1f} s"
+        )
     sys.exit(1 if failed else 0)
 
 
-def _remote(host: str, identity: tuple[Path, ...], known_hosts: Path | None,
-            accept_new: bool, root: str, *args: str) -> dict[str, Any]:
+def _remote(
+    host: str,
+    identity: tuple[Path, ...],
+    known_hosts: Path | None,
+    accept_new: bool,
+    root: str,
+    *args: str,
+) -> dict[str, Any]:
     from .deploy.deployer import remote_command
     from .deploy.ssh import SshTarget
 
@@ -385,16 +484,24 @@ def _remote(host: str, identity: tuple[Path, ...], known_hosts: Path | None,
 @click.argument("host")
 @_ssh_flags
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def deploy_status(host: str, identity: tuple[Path, ...], known_hosts: Path | None,
-                  accept_new_host_key: bool, root: str, as_json: bool) -> None:
+def deploy_status(
+    host: str,
+    identity: tuple[Path, ...],
+    known_hosts: Path | None,
+    accept_new_host_key: bool,
+    root: str,
+    as_json: bool,
+) -> None:
     """What HOST runs: current and previous release, pending switch, service state."""
     data = _remote(host, identity, known_hosts, accept_new_host_key, root, "status")
     if as_json:
         click.echo(json.dumps(data, indent=1))
         return
     dev = data.get("device") or {}
-    click.echo(f"{host}: agent {dev.get('device', '?')} (profile {dev.get('profile', '?')}, "
-               f"service {dev.get('service', '?')}: {data.get('service') or 'n/a'})")
+    click.echo(
+        f"{host}: agent {dev.get('device', '?')} (profile {dev.get('profile', '?')}, "
+        f"service {dev.get('service', '?')}: {data.get('service') or 'n/a'})"
+    )
     click.echo(f"  current  {data.get('current')}")
     click.echo(f"  previous {data.get('previous')}")
     if data.get("pending"):
@@ -408,11 +515,19 @@ def deploy_status(host: str, identity: tuple[Path, ...], known_hosts: Path | Non
 @_ssh_flags
 @click.option("--limit", default=20, show_default=True, help="Newest entries shown.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def deploy_history(host: str, identity: tuple[Path, ...], known_hosts: Path | None,
-                   accept_new_host_key: bool, root: str, limit: int, as_json: bool) -> None:
+def deploy_history(
+    host: str,
+    identity: tuple[Path, ...],
+    known_hosts: Path | None,
+    accept_new_host_key: bool,
+    root: str,
+    limit: int,
+    as_json: bool,
+) -> None:
     """What happened on HOST: installs, switches, health confirmations, rollbacks."""
-    data = _remote(host, identity, known_hosts, accept_new_host_key, root, "history",
-                   "--limit", str(limit))
+    data = _remote(
+        host, identity, known_hosts, accept_new_host_key, root, "history", "--limit", str(limit)
+    )
     if as_json:
         click.echo(json.dumps(data["history"], indent=1))
         return
@@ -427,8 +542,15 @@ def deploy_history(host: str, identity: tuple[Path, ...], known_hosts: Path | No
 @_ssh_flags
 @click.option("--to", "to", default=None, help="Release to go back to (default: previous).")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def deploy_rollback(host: str, identity: tuple[Path, ...], known_hosts: Path | None,
-                    accept_new_host_key: bool, root: str, to: str | None, as_json: bool) -> None:
+def deploy_rollback(
+    host: str,
+    identity: tuple[Path, ...],
+    known_hosts: Path | None,
+    accept_new_host_key: bool,
+    root: str,
+    to: str | None,
+    as_json: bool,
+) -> None:
     """Switch HOST back to its previous release (or --to VERSION) and restart the agent."""
     args = ["rollback", "--reason", "asked for by the operator"]
     if to:
@@ -443,16 +565,30 @@ def deploy_rollback(host: str, identity: tuple[Path, ...], known_hosts: Path | N
 @deploy.command("prune")
 @click.argument("host")
 @_ssh_flags
-@click.option("--keep", default=3, show_default=True, help="Releases kept (besides current, "
-              "previous and pending).")
+@click.option(
+    "--keep",
+    default=3,
+    show_default=True,
+    help="Releases kept (besides current, previous and pending).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def deploy_prune(host: str, identity: tuple[Path, ...], known_hosts: Path | None,
-                 accept_new_host_key: bool, root: str, keep: int, as_json: bool) -> None:
+def deploy_prune(
+    host: str,
+    identity: tuple[Path, ...],
+    known_hosts: Path | None,
+    accept_new_host_key: bool,
+    root: str,
+    keep: int,
+    as_json: bool,
+) -> None:
     """Remove old releases, unused environments and content files from HOST."""
-    data = _remote(host, identity, known_hosts, accept_new_host_key, root, "prune", "--keep",
-                   str(keep))
+    data = _remote(
+        host, identity, known_hosts, accept_new_host_key, root, "prune", "--keep", str(keep)
+    )
     if as_json:
         click.echo(json.dumps(data))
     else:
-        click.echo(f"{host}: removed {len(data['removed'])} releases, "
-                   f"{len(data['envs_removed'])} environments, {data['files_removed']} files")
+        click.echo(
+            f"{host}: removed {len(data['removed'])} releases, "
+            f"{len(data['envs_removed'])} environments, {data['files_removed']} files"
+        )

@@ -91,9 +91,36 @@ class Remote:
         self.session = session
         self.root = root
         self.tool = f"{root}/bin/{TOOL_NAME}"
+        self.sudo: list[str] = []
+        self.staging: str | None = None
+        """Where a non-root login uploads (``~/.cache/edgeagent-staging``); root: in place."""
+
+    @property
+    def upload_root(self) -> str:
+        return self.staging or self.root
+
+    async def login(self) -> None:
+        """Root logs in as root; anyone else needs passwordless sudo (Raspberry Pi OS's default
+        user has it) and uploads to a staging folder of its own, moved in by the tool."""
+        res = await self.session.run("id -u; echo $HOME", check=False)
+        lines = res.stdout.decode(errors="replace").split()
+        if res.exit_status != 0 or len(lines) < 2:
+            raise RemoteError(f"cannot run commands on the device: {res.stderr.decode()[-500:]}")
+        if lines[0] == "0":
+            return
+        ok = await self.session.run("sudo -n true", check=False)
+        if ok.exit_status != 0:
+            raise HostUnsuitable(
+                f"{self.session.target}: the login user is not root and cannot use sudo without a "
+                "password; log in as root or allow it passwordless sudo (as Raspberry Pi OS does "
+                "for its first user)"
+            )
+        self.sudo = ["sudo", "-n"]
+        self.staging = f"{lines[1]}/.cache/edgeagent-staging"
 
     async def ensure_tool(self) -> None:
         """Upload the device tool when the device's copy differs."""
+        await self.login()
         names = " ".join(shlex.quote(f"{self.root}/bin/{n}") for n in _TOOL_FILES)
         res = await self.session.run(f"sha256sum {names} 2>/dev/null || true", check=False)
         have = {}
@@ -101,18 +128,32 @@ class Remote:
             digest, _, path = line.partition("  ")
             have[path.rsplit("/", 1)[-1]] = digest
         send = [
-            (src, f"{self.root}/bin/{name}")
+            (src, name)
             for name, src in _TOOL_FILES.items()
             if have.get(name) != devicetool.file_sha256(src)
         ]
-        if send:
+        if not send:
+            return
+        if not self.sudo:
             await self.session.run(["mkdir", "-p", f"{self.root}/bin"])
-            await self.session.put_files(send)
+            await self.session.put_files([(src, f"{self.root}/bin/{n}") for src, n in send])
+            return
+        staged = [(src, f"{self.staging}/bin/{n}") for src, n in send]
+        await self.session.put_files(staged)
+        for (_, n), (_, path) in zip(send, staged, strict=True):
+            await self.session.run(
+                [*self.sudo, "install", "-D", "-m", "0644", path, f"{self.root}/bin/{n}"]
+            )
+
+    async def ingest(self) -> None:
+        """Move what a non-root login uploaded into the store (checked by hash on the way)."""
+        if self.staging is not None:
+            await self.call("ingest", "--from", self.staging)
 
     async def call(
         self, *args: str, input: bytes | None = None, timeout: float = 900
     ) -> dict[str, Any]:
-        cmd = ["python3", self.tool, "--root", self.root, *args]
+        cmd = [*self.sudo, "python3", self.tool, "--root", self.root, *args]
         res = await self.session.run(cmd, input=input, check=False, timeout=timeout)
         try:
             data = json.loads(res.stdout.decode(errors="replace").strip().splitlines()[-1])
@@ -272,12 +313,16 @@ async def _deploy(
         f"sending {len(upload.files)} files, {upload.bytes:,} of {upload.bundle_bytes:,} bytes",
     )
     await session.put_files(
-        [(bundle / "files" / f["sha256"], f"{opts.root}/store/{f['sha256']}") for f in upload.files]
+        [
+            (bundle / "files" / f["sha256"], f"{remote.upload_root}/store/{f['sha256']}")
+            for f in upload.files
+        ]
     )
-    incoming = f"{opts.root}/incoming/{version}"
+    incoming = f"{remote.upload_root}/incoming/{version}"
     await session.run(["mkdir", "-p", incoming])
     await session.put_bytes(raw, f"{incoming}/bundle.json")
     await session.put_bytes(sig_path.read_bytes(), f"{incoming}/bundle.json.minisig")
+    await remote.ingest()
     mark("send")
     progress("install", "verifying the signature and every file on the device")
     installed = await remote.call("install", version)
@@ -310,19 +355,26 @@ async def _switch_and_check(
 ) -> DeployResult:
     version = result.version
     confirm = opts.health_timeout + opts.confirm_margin
-    act = await remote.call("activate", version, "--confirm-within", f"{confirm:g}")
-    result.previous = act.get("previous") or result.previous
+    watch = HealthWatch(version, opts.check is not None)
+    activated = False
+    try:
+        act = await remote.call("activate", version, "--confirm-within", f"{confirm:g}")
+        result.previous = act.get("previous") or result.previous
+        activated = True
+    except RemoteError as exc:
+        # The switch happened but the service did not start: treat as unhealthy.
+        watch.errors.append(str(exc))
+        status = await remote.call("status")
+        activated = status.get("current") == version
+        if not activated:
+            raise
     mark("activate")
     progress("health", f"waiting for {manifest['device']} to run {version} (MQTT)")
     try:
-        watch = await _health(
-            broker,
-            fleet,
-            manifest["device"],
-            HealthWatch(version, opts.check is not None),
-            opts.health_timeout,
-            opts.check,
-        )
+        if activated and not watch.errors:
+            watch = await _health(
+                broker, fleet, manifest["device"], watch, opts.health_timeout, opts.check
+            )
     except (asyncio.CancelledError, KeyboardInterrupt):
         # Interrupted before the release was confirmed: put the old one back if we still can
         # (if not, the device's own timer does it).
@@ -338,7 +390,7 @@ async def _switch_and_check(
         mark("done")
         progress("done", f"{manifest['device']} runs {version}: healthy")
         return result
-    reason = watch.missing()
+    reason = watch.errors[0] if watch.errors and not watch.online else watch.missing()
     logs = ""
     with contextlib.suppress(RemoteError):
         logs = str((await remote.call("logs", "--lines", "30"))["logs"])

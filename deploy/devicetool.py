@@ -526,6 +526,45 @@ def _trusted(dev: Device) -> list[str]:
     return [p.read_text() for p in sorted(dev.keys.glob("*.pub"))] if dev.keys.is_dir() else []
 
 
+def cmd_ingest(dev: Device, args: argparse.Namespace) -> dict[str, Any]:
+    """Move files a non-root login uploaded to its staging folder into the store (each checked
+    against its hash name) and the bundle's manifest into incoming/."""
+    src = Path(args.source)
+    moved = 0
+    store = src / "store"
+    if store.is_dir():
+        dev.store.mkdir(parents=True, exist_ok=True)
+        for p in store.iterdir():
+            if not _HEX64.fullmatch(p.name) or file_sha256(p) != p.name:
+                p.unlink()
+                raise Refused(
+                    f"staged file {p.name[:16]}… does not match its hash (damaged upload)"
+                )
+            dest = dev.store / p.name
+            shutil.move(str(p), dest)
+            _own(dest)
+            moved += 1
+    incoming = src / "incoming"
+    if incoming.is_dir():
+        for folder in incoming.iterdir():
+            if not _VERSION.fullmatch(folder.name):
+                raise Refused(f"staged release folder {folder.name!r}: bad version")
+            dest_dir = dev.incoming / folder.name
+            dest_dir.mkdir(parents=True, exist_ok=True)
+            for name in ("bundle.json", "bundle.json.minisig"):
+                if (folder / name).is_file():
+                    shutil.move(str(folder / name), dest_dir / name)
+                    _own(dest_dir / name)
+            shutil.rmtree(folder, ignore_errors=True)
+    return {"moved": moved}
+
+
+def _own(path: Path) -> None:
+    os.chmod(path, 0o644)
+    if os.getuid() == 0:
+        os.chown(path, 0, 0)
+
+
 def verify_incoming(dev: Device, version: str) -> tuple[dict[str, Any], bytes, str]:
     """Check an uploaded bundle: signature, shape, platform, profile, every file."""
     if not _VERSION.fullmatch(version):
@@ -845,6 +884,7 @@ COMMANDS = {
     "setup": cmd_setup,
     "trust": cmd_trust,
     "install": cmd_install,
+    "ingest": cmd_ingest,
     "activate": cmd_activate,
     "commit": cmd_commit,
     "rollback": cmd_rollback,
@@ -869,6 +909,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--service", choices=["auto", "systemd", "process"], default="auto")
     s.add_argument("--user", default="edgeagent")
     sub.add_parser("trust")
+    sub.add_parser("ingest").add_argument("--from", dest="source", required=True)
     for name in ("install", "commit"):
         sub.add_parser(name).add_argument("version")
     a = sub.add_parser("activate")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from edgeagent.localbroker import free_port
 
-RECIPE_VERSION = 3
+RECIPE_VERSION = 4
 PACKAGES = [
     "systemd", "systemd-sysv", "udev", "dbus", "python3", "python3-venv", "openssh-server",
     "openssl", "rsync", "iproute2", "ca-certificates", "procps", "linux-image-arm64",
@@ -136,10 +136,7 @@ def _build(folder: Path) -> None:
         (root / "etc/systemd/network/20-wired.network").write_text(
             "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n"
         )
-        (root / "etc/fstab").write_text(
-            "LABEL=rootfs / ext4 defaults,noatime 0 1\n"
-            "LABEL=edgedata /opt/edgeagent ext4 defaults,nofail,x-systemd.device-timeout=3s 0 2\n"
-        )
+        (root / "etc/fstab").write_text("LABEL=rootfs / ext4 defaults,noatime 0 1\n")
         key = folder.parent / f".key-{os.getpid()}"
         for p in (key, Path(f"{key}.pub")):
             p.unlink(missing_ok=True)
@@ -352,6 +349,10 @@ def boot(
                 pass
             time.sleep(1)
         _log(f"booted to SSH in {time.monotonic() - t0:.1f} s (port {port})")
+        if extra_disk_mb:
+            mounted = vm.run("mkdir -p /opt/edgeagent && mount /dev/vdb /opt/edgeagent")
+            if mounted.returncode != 0:
+                raise RuntimeError(f"cannot mount the small disk: {mounted.stderr}")
         yield vm
     finally:
         vm.stop()

@@ -65,6 +65,9 @@ class SshHost:
         self.known_hosts.write_text(f"[{self.host}]:{self.port} {self.host_public_key}\n")
         auth = self.dir / "authorized_keys"
         auth.write_text(Path(f"{self.client_key}.pub").read_text())
+        # sshd reads authorized keys as the logging-in user: let other users read this one.
+        self.dir.chmod(0o755)
+        auth.chmod(0o644)
         self.config = self.dir / "sshd_config"
         self.config.write_text(
             f"Port {self.port}\nListenAddress {self.host}\nHostKey {self.host_key}\n"

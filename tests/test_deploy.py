@@ -124,6 +124,12 @@ def test_first_deploy_runs_the_lamp_and_second_sends_one_file(lab: Lab) -> None:
     out = call(lab.broker.url, lab.fleet, lab.device, "set_brightness", {"level": 40})
     assert out == {"on": True, "brightness": 40}
     assert announced_release(lab.broker.url, lab.fleet, lab.device) == b1.version
+    ls = subprocess.run(
+        [sys.executable, "-m", "edgeagent", "--broker", lab.broker.url, "--fleet", lab.fleet,
+         "fleet", "ls", "--json"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert [d["release"] for d in json.loads(ls.stdout)] == [b1.version]
 
     add_skill(lab.app)
     b2 = build(lab.config, "x86-64", lab.work / "b2", lab.key, lab.cache)
@@ -303,3 +309,35 @@ def test_cli_deploy_reports_unreachable_host(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "127.0.0.1" in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="creates a login user with sudo (needs root)")
+def test_deploy_as_a_user_with_sudo(lab: Lab, tmp_path: Path) -> None:
+    """Raspberry Pi OS's first user is not root but has passwordless sudo: that is enough."""
+    import shutil
+
+    user = "eadeploy"
+    if subprocess.run(["id", user], capture_output=True, check=False).returncode != 0:
+        subprocess.run(["useradd", "-m", "-s", "/bin/sh", user], check=True)
+        subprocess.run(["usermod", "-p", "*", user], check=True)
+    Path(f"/etc/sudoers.d/{user}").write_text(f"{user} ALL=(ALL) NOPASSWD: ALL\n")
+    root = tmp_path / "root-for-sudo"
+    try:
+        config = make_app(tmp_path / "app", device=f"lamp-sudo-{uuid.uuid4().hex[:4]}",
+                          fleet=lab.fleet, broker=lab.broker.url, profile="x86-64")  # fmt: skip
+        b = build(config, "x86-64", lab.work / "sudo-b", lab.key, lab.cache)
+        target = type(lab.host.target)(lab.host.host, lab.host.port, user)
+        opts = lab.options(root=str(root))
+        r = asyncio.run(deploy(b.folder, target, lab.host.options(), opts))
+        assert r.healthy
+        assert os.readlink(root / "current").endswith(b.version)
+        # Content landed in the store owned by root, nothing left in the user's staging folder.
+        store = list((root / "store").iterdir())
+        assert store
+        assert all(p.stat().st_uid == 0 for p in store)
+        staging = Path(f"/home/{user}/.cache/edgeagent-staging/store")
+        assert not staging.exists() or not list(staging.iterdir())
+    finally:
+        _stop_agent(root)
+        Path(f"/etc/sudoers.d/{user}").unlink(missing_ok=True)
+        shutil.rmtree(root, ignore_errors=True)
