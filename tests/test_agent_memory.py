@@ -77,3 +77,30 @@ def test_agent_reannounces_after_a_memory_broker_restart() -> None:
                 assert (await fleet.call("lamp", "turn_on"))["on"] is True
 
     asyncio.run(main())
+
+
+def test_release_is_announced_and_ping_answers_without_being_a_skill() -> None:
+    async def main() -> None:
+        broker = MemoryBroker()
+        cfg = AgentConfig(
+            device="lamp",
+            fleet="mem",
+            skills=[{"module": "smarthome.lamp:Lamp"}],  # type: ignore[list-item]
+            release="0.1.0+abcdef123456",
+        )
+        agent = DeviceAgent(cfg, transport=MemoryTransport(broker, "dev-lamp"))
+        await agent.start()
+        async with Fleet(fleet="mem", transport=MemoryTransport(broker, "cli")) as fleet:
+            info = await fleet.device("lamp")
+            assert info is not None
+            assert info.manifest is not None
+            assert info.manifest.release == "0.1.0+abcdef123456"
+            assert "_ping" not in {s.name for s in info.skills}
+            out = await fleet.call("lamp", "_ping", {})
+            assert out["device"] == "lamp"
+            assert out["release"] == "0.1.0+abcdef123456"
+            assert out["skills"] == len(info.skills)
+            assert out["uptime_s"] >= 0
+        await agent.stop()
+
+    asyncio.run(main())
