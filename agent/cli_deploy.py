@@ -110,8 +110,8 @@ def keys_generate(key_path: Path | None, force: bool, as_json: bool) -> None:
 
     try:
         key = _guard(run)
-    except FileExistsError:
-        _fail(f"{path} exists; pass --force to replace it")
+    except FileExistsError as exc:
+        _fail(f"{exc.filename or path} exists; pass --force to replace the key pair")
         return
     if as_json:
         click.echo(json.dumps({"secret": str(path), "public": str(pub), "key_id": key.key_id_hex}))

@@ -25,7 +25,6 @@ anything is installed.
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import errno
 import fcntl
@@ -148,17 +147,25 @@ def check_files(data: dict[str, Any], store: Path) -> None:
             raise Refused(f"{f['path']}: SHA-256 differs from bundle.json (tampered or damaged)")
 
 
+def _remote_verify() -> Any:
+    """The signature checker: beside this module in the package, or beside this file on a
+    device (where the two files are copied alone)."""
+    try:
+        from . import remote_verify
+    except ImportError:
+        import remote_verify  # type: ignore[no-redef,import-not-found]
+    return remote_verify
+
+
 def check_signature(raw: bytes, sig_text: str, key_texts: list[str]) -> tuple[str, str]:
     if not key_texts:
         raise Refused("no trusted signing keys installed (keys/*.pub)")
-    try:  # inside the edgeagent package
-        from . import remote_verify
-    except ImportError:  # copied to the device as two files side by side
-        import remote_verify  # type: ignore[no-redef,import-not-found]
+    remote_verify = _remote_verify()
     try:
-        return remote_verify.verify_file_signature(raw, sig_text, key_texts)
+        key_id, comment = remote_verify.verify_file_signature(raw, sig_text, key_texts)
     except ValueError as exc:
         raise Refused(f"bundle.json.minisig: {exc}") from exc
+    return str(key_id), str(comment)
 
 
 # The device --------------------------------------------------------------------------------
@@ -497,14 +504,12 @@ def cmd_setup(dev: Device, args: argparse.Namespace) -> dict[str, Any]:
 
 def public_key_id(text: str) -> str:
     """The key id of a minisign public key text, as minisign prints it."""
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    remote_verify = _remote_verify()
     try:
-        raw = base64.b64decode(lines[-1], validate=True)
-    except (IndexError, ValueError) as exc:
-        raise Refused("a trusted key is not a minisign public key") from exc
-    if len(raw) != 42 or raw[:2] != b"Ed":
-        raise Refused("a trusted key is not a minisign Ed25519 public key")
-    return raw[2:10][::-1].hex().upper()
+        key_id, _ = remote_verify.parse_public_key(text)
+    except ValueError as exc:
+        raise Refused(f"a trusted key is not a minisign public key: {exc}") from exc
+    return str(remote_verify.key_id_hex(key_id))
 
 
 def cmd_trust(dev: Device, _: argparse.Namespace) -> dict[str, Any]:
