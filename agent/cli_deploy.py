@@ -106,13 +106,12 @@ def keys_generate(key_path: Path | None, force: bool, as_json: bool) -> None:
 
     def run() -> Any:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return minisign.generate_keypair(path, pub, force=force)
+        try:
+            return minisign.generate_keypair(path, pub, force=force)
+        except FileExistsError as exc:
+            _fail(f"{exc.filename or path} exists; pass --force to replace the key pair")
 
-    try:
-        key = _guard(run)
-    except FileExistsError as exc:
-        _fail(f"{exc.filename or path} exists; pass --force to replace the key pair")
-        return
+    key = _guard(run)
     if as_json:
         click.echo(json.dumps({"secret": str(path), "public": str(pub), "key_id": key.key_id_hex}))
     else:

@@ -341,3 +341,81 @@ def test_deploy_as_a_user_with_sudo(lab: Lab, tmp_path: Path) -> None:
         _stop_agent(root)
         Path(f"/etc/sudoers.d/{user}").unlink(missing_ok=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_interrupted_deploy_puts_the_old_release_back(lab: Lab) -> None:
+    """Ctrl-C (task cancelled) after the switch, while waiting for health: rolled back at once."""
+    before = lab.current()
+    echo = lab.app / "smarthome" / "echo.py"
+    original = echo.read_text()
+    echo.write_text(original + f"\n# interrupted {uuid.uuid4().hex}\n")
+    try:
+        b = build(lab.config, "x86-64", lab.work / "int", lab.key, lab.cache)
+    finally:
+        echo.write_text(original)
+
+    async def go() -> None:
+        waiting = asyncio.Event()
+
+        def progress(step: str, _msg: str) -> None:
+            if step == "health":
+                waiting.set()
+
+        opts = lab.options(health_timeout=60.0, check=("nosuchskill", {}))
+        task = asyncio.create_task(deploy(b.folder, lab.host.target, lab.host.options(), opts,
+                                          progress))  # fmt: skip
+        await asyncio.wait_for(waiting.wait(), 60)
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(go())
+    assert lab.current() == before
+    last = lab.tool("history")["history"][-1]  # type: ignore[index]
+    assert last["event"] == "rolled_back"
+    assert last["reason"] == "deploy interrupted"
+
+
+def test_watch_redeploys_each_saved_change(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeagent.deploy.runner import DeployJob, watch_loop
+
+    monkeypatch.setenv("EDGEAGENT_CACHE", str(lab.cache))
+    job = DeployJob(lab.host.target, lab.options(), lab.config, None, lab.key)
+    lines: list[dict[str, object]] = []
+    first = asyncio.Event()
+    echo = lab.app / "smarthome" / "echo.py"
+    original = echo.read_text()
+    marker = uuid.uuid4().hex[:8]
+
+    def out(line: str) -> None:
+        lines.append(json.loads(line))
+        first.set()
+
+    async def save() -> None:
+        await first.wait()
+        await asyncio.sleep(0.3)
+        echo.write_text(original + EXTRA_WATCH.replace("MARK", marker))
+
+    async def go() -> None:
+        saver = asyncio.create_task(save())
+        await watch_loop(job, lab.host.options(), as_json=True, echo=out, max_rounds=2)
+        await saver
+
+    try:
+        asyncio.run(go())
+    finally:
+        echo.write_text(original)
+    assert [line["healthy"] for line in lines] == [True, True]
+    assert lines[1]["sent_files"] == 1
+    assert 0 < float(lines[1]["save_to_healthy_s"]) < 30  # type: ignore[arg-type]
+    assert call(lab.broker.url, lab.fleet, lab.device, "watch_marker", {}) == marker
+
+
+EXTRA_WATCH = '''
+
+@skill
+async def watch_marker() -> str:
+    """Added while `deploy --watch` runs."""
+    return "MARK"
+'''
