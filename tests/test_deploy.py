@@ -419,3 +419,66 @@ async def watch_marker() -> str:
     """Added while `deploy --watch` runs."""
     return "MARK"
 '''
+
+
+def test_many_devices_in_parallel_each_with_its_result(lab: Lab, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from edgeagent.deploy.runner import DeployJob, run_jobs
+
+    jobs = []
+    roots = []
+    with SshHost() as second:
+        for i, host in enumerate((lab.host, second)):
+            config = make_app(tmp_path / f"app{i}", device=f"lamp-par{i}-{uuid.uuid4().hex[:4]}",
+                              fleet=lab.fleet, broker=lab.broker.url, profile="x86-64")  # fmt: skip
+            b = build(config, "x86-64", tmp_path / f"b{i}", lab.key, lab.cache)
+            roots.append(tmp_path / f"root{i}")
+            opts = replace(lab.options(), root=str(roots[-1]))
+            jobs.append((DeployJob(host.target, opts, None, b.folder, lab.key), host))
+        # One host the deploy cannot reach: reported, the others unaffected.
+        from edgeagent.deploy.ssh import SshTarget
+        from edgeagent.localbroker import free_port
+
+        dead = DeployJob(SshTarget("127.0.0.1", free_port()), lab.options(), None,
+                         tmp_path / "b0", lab.key)  # fmt: skip
+        lines: list[str] = []
+
+        known = tmp_path / "known_hosts"
+        known.write_text(lab.host.known_hosts.read_text() + second.known_hosts.read_text())
+        ssh = lab.host.options(identity_files=[lab.host.client_key, second.client_key],
+                               known_hosts=known)  # fmt: skip
+
+        async def go() -> list[dict[str, object]]:
+            return await run_jobs([j for j, _ in jobs] + [dead], ssh, parallel=2,
+                                  as_json=True, echo=lines.append)  # fmt: skip
+
+        try:
+            results = asyncio.run(go())
+        finally:
+            for root in roots:
+                _stop_agent(root)
+    by_host = {r["host"]: r for r in results}
+    assert [by_host[str(j.target)]["healthy"] for j, _ in jobs] == [True, True]
+    assert by_host[str(dead.target)]["healthy"] is False
+    assert "cannot" in str(by_host[str(dead.target)]["error"])
+    steps = [json.loads(line) for line in lines]
+    assert {s.get("host") for s in steps if "step" in s} >= {str(j.target) for j, _ in jobs}
+
+
+def test_inventory_file_is_checked(tmp_path: Path) -> None:
+    from edgeagent.deploy.errors import DeployError
+    from edgeagent.deploy.runner import DeployJob
+
+    inv = tmp_path / "hosts.yaml"
+    inv.write_text("hosts:\n  - host: pi@10.0.0.5\n    device: pi4\n  - pi@10.0.0.6:2222\n")
+    jobs = DeployJob.from_cli([], inv, tmp_path / "a.yaml", None, "pi", tmp_path / "k", [],
+                              "/opt/edgeagent", None, 30, None, 3, None)  # fmt: skip
+    assert [(str(j.target), j.options.device) for j in jobs] == [
+        ("pi@10.0.0.5", "pi4"),
+        ("pi@10.0.0.6:2222", "pi"),
+    ]
+    inv.write_text("hosts:\n  - host: x\n    colour: red\n")
+    with pytest.raises(DeployError, match="colour"):
+        DeployJob.from_cli([], inv, tmp_path / "a.yaml", None, "pi", tmp_path / "k", [],
+                           "/opt/edgeagent", None, 30, None, 3, None)  # fmt: skip
