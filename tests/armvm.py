@@ -1,12 +1,20 @@
 """An emulated arm64 device for tests: Debian 12 with systemd, sshd and Python 3.11, booted in
-``qemu-system-aarch64 -M virt`` (no KVM: pure emulation).
+``qemu-system-aarch64 -M virt -cpu cortex-a72`` (no KVM: pure emulation).
 
-The root filesystem is built once with ``mmdebstrap --arch=arm64`` (about 3 minutes) and cached,
-keyed by the recipe: ``EDGEAGENT_VM_CACHE`` or ``~/.cache/edgeagent/vm``. ``update-initramfs`` is
-diverted during the build (under emulation it takes about 8 minutes); a tiny busybox initramfs is
-made on the host instead (the kernel's virtio and ext4 modules, mount the root, switch_root). Each
-boot runs on a fresh qcow2 overlay, so every test gets a clean device; SSH is forwarded to a free
-port on 127.0.0.1 and the guest reaches the host's 127.0.0.1 as 10.0.2.2.
+The root filesystem is built once with ``mmdebstrap --arch=arm64`` and cached, keyed by a hash of
+the recipe (packages, sources, configuration files, :data:`RECIPE_VERSION`), in
+``EDGEAGENT_VM_CACHE`` or ``~/.cache/edgeagent/vm``. ``update-initramfs`` is diverted during the
+build (under emulation it takes about 8 minutes); a tiny busybox initramfs is made on the host
+instead (the kernel's virtio and ext4 modules, mount ``root=LABEL=rootfs``, ``switch_root``).
+
+Each boot runs on a fresh qcow2 overlay over the cached raw ext4 image, so every test gets a clean
+device. SSH is forwarded to a free port on 127.0.0.1 (root, by key only, host key known in
+advance); the guest reaches the host's 127.0.0.1 as 10.0.2.2 (qemu user networking), so a broker
+on the host's 127.0.0.1:PORT is ``10.0.2.2:PORT`` from the device.
+
+    image = ensure_image()            # minutes the first time, then cached
+    with boot(image) as vm:           # about 15-25 s to SSH
+        print(vm.run("uname -m").stdout)
 """
 
 from __future__ import annotations
@@ -15,165 +23,71 @@ import contextlib
 import fcntl
 import gzip
 import hashlib
-import io
+import json
+import lzma
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgeagent.localbroker import free_port
+RECIPE_VERSION = 6
+"""Bump when the build steps change in a way the hashed recipe below does not show."""
 
-RECIPE_VERSION = 4
-PACKAGES = [
+SUITE = "bookworm"
+PACKAGES = (
     "systemd", "systemd-sysv", "udev", "dbus", "python3", "python3-venv", "openssh-server",
     "openssl", "rsync", "iproute2", "ca-certificates", "procps", "linux-image-arm64",
-    "busybox-static",
-]  # fmt: skip
-MIRROR = "http://deb.debian.org/debian"
+    "busybox-static", "sudo",
+)  # fmt: skip
+# Left out of the image (dpkg path-exclude): documentation, translations, and kernel modules a
+# virtio machine never loads (sound, graphics, media, wireless, Bluetooth, staging, InfiniBand).
+_MOD = "/lib/modules/*/kernel"
+PATH_EXCLUDES = (
+    "/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*",
+    "/usr/share/lintian/*",
+    f"{_MOD}/sound/*", f"{_MOD}/drivers/gpu/*", f"{_MOD}/drivers/media/*",
+    f"{_MOD}/drivers/net/wireless/*", f"{_MOD}/drivers/staging/*",
+    f"{_MOD}/drivers/infiniband/*", f"{_MOD}/drivers/bluetooth/*", f"{_MOD}/net/bluetooth/*",
+    f"{_MOD}/drivers/iio/*",
+)  # fmt: skip
+MASKED_UNITS = (
+    "apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_reap.service", "e2scrub_all.timer",
+    "getty@tty1.service", "serial-getty@ttyAMA0.service",
+)  # fmt: skip
 ROOTFS_MB = 2048
+HOSTNAME = "edge-arm64"
+DEVICE_USER = "pi"
+"""A login like Raspberry Pi OS's default user: passwordless sudo, the same SSH key as root."""
+INITRAMFS_MODULES = (
+    "virtio", "virtio_ring", "virtio_pci", "virtio_blk", "crc32c_generic", "ext4",
+)  # fmt: skip
 
-
-def _log(msg: str) -> None:
-    print(f"[armvm] {msg}", file=sys.stderr, flush=True)
-
-
-def qemu_available() -> str | None:
-    """None when an emulated device can be built and booted here, else why not."""
-    for tool in ("qemu-system-aarch64", "qemu-img", "mmdebstrap", "mkfs.ext4"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (Debian: qemu-system-arm qemu-utils mmdebstrap)"
-    if (
-        not Path("/usr/bin/qemu-aarch64-static").exists()
-        and not Path("/usr/libexec/qemu-binfmt/aarch64-binfmt-P").exists()
-    ):
-        return "qemu-user-static is not installed (needed to build an arm64 root filesystem)"
-    if os.getuid() != 0:
-        return "building the emulated device's root filesystem needs root"
-    return None
-
-
-@dataclass(frozen=True, slots=True)
-class VmImage:
-    kernel: Path
-    initrd: Path
-    rootfs: Path
-    ssh_key: Path
-    host_key: str
-    """The guest's ed25519 host key line (type and base64)."""
-
-
-def cache_dir() -> Path:
-    env = os.environ.get("EDGEAGENT_VM_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "edgeagent" / "vm"
-
-
-def _recipe_key() -> str:
-    blob = f"{RECIPE_VERSION}|{' '.join(PACKAGES)}|{MIRROR}|{ROOTFS_MB}"
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def _enable_binfmt() -> None:
-    if not Path("/proc/sys/fs/binfmt_misc/register").exists():
-        subprocess.run(
-            ["mount", "-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"],
-            check=False,
-            capture_output=True,
-        )
-    if not Path("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists():
-        subprocess.run(
-            ["update-binfmts", "--enable", "qemu-aarch64"], check=False, capture_output=True
-        )
-
-
-def ensure_image(cache: Path | None = None) -> VmImage:
-    """The cached image, built first if needed (a lock keeps concurrent builds to one)."""
-    folder = (cache or cache_dir()) / _recipe_key()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (folder / "complete").is_file():
-            _build(folder)
-    return VmImage(
-        kernel=folder / "vmlinuz",
-        initrd=folder / "initrd.gz",
-        rootfs=folder / "rootfs.ext4",
-        ssh_key=folder / "id_ed25519",
-        host_key=(folder / "host_key.pub").read_text().strip(),
-    )
-
-
-def _build(folder: Path) -> None:
-    t0 = time.monotonic()
-    _enable_binfmt()
-    work = Path(tempfile.mkdtemp(prefix="armvm-", dir=folder.parent))
-    try:
-        root = work / "root"
-        _log("building the arm64 root filesystem with mmdebstrap (about 3 minutes)…")
-        cmd = [
-            "mmdebstrap", "--arch=arm64", "--variant=minbase", f"--include={','.join(PACKAGES)}",
-            "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-exclude=/usr/share/man/*",
-            "--dpkgopt=path-exclude=/usr/share/locale/*",
-            "--aptopt=Apt::Install-Recommends \"false\"",
-            "--essential-hook=chroot \"$1\" dpkg-divert --local --rename --add "
-            "/usr/sbin/update-initramfs; ln -sf /bin/true \"$1/usr/sbin/update-initramfs\"",
-            "--customize-hook=chroot \"$1\" systemctl enable systemd-networkd ssh",
-            "--customize-hook=chroot \"$1\" systemctl mask apt-daily.timer "
-            "apt-daily-upgrade.timer e2scrub_reap.service getty@tty1.service "
-            "serial-getty@ttyAMA0.service",
-            "bookworm", str(root), MIRROR,
-        ]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"mmdebstrap failed:\n{proc.stderr[-3000:]}")
-        _log(f"root filesystem built in {time.monotonic() - t0:.0f} s; configuring")
-        (root / "etc/hostname").write_text("edge-arm64\n")
-        (root / "etc/hosts").write_text("127.0.0.1 localhost\n127.0.1.1 edge-arm64\n")
-        (root / "etc/systemd/network/20-wired.network").write_text(
-            "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n"
-        )
-        (root / "etc/fstab").write_text("LABEL=rootfs / ext4 defaults,noatime 0 1\n")
-        key = folder.parent / f".key-{os.getpid()}"
-        for p in (key, Path(f"{key}.pub")):
-            p.unlink(missing_ok=True)
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
-            check=True,
-            capture_output=True,
-        )
-        ssh_dir = root / "root/.ssh"
-        ssh_dir.mkdir(mode=0o700, exist_ok=True)
-        (ssh_dir / "authorized_keys").write_text(Path(f"{key}.pub").read_text())
-        (root / "etc/ssh/sshd_config.d/edgeagent-test.conf").write_text(
-            "PermitRootLogin prohibit-password\nPasswordAuthentication no\nUseDNS no\n"
-        )
-        host_pub = (root / "etc/ssh/ssh_host_ed25519_key.pub").read_text().split()
-        kernel_ver = sorted(p.name for p in (root / "lib/modules").iterdir())[-1]
-        out = work / "out"
-        out.mkdir()
-        shutil.copyfile(root / f"boot/vmlinuz-{kernel_ver}", out / "vmlinuz")
-        (out / "initrd.gz").write_bytes(_initramfs(root, kernel_ver))
-        _log("making the ext4 image")
-        subprocess.run(
-            ["mkfs.ext4", "-q", "-L", "rootfs", "-d", str(root), str(out / "rootfs.ext4"),
-             f"{ROOTFS_MB}M"],
-            check=True,
-            capture_output=True,
-        )  # fmt: skip
-        (out / "host_key.pub").write_text(f"{host_pub[0]} {host_pub[1]}\n")
-        shutil.move(key, out / "id_ed25519")
-        shutil.move(f"{key}.pub", out / "id_ed25519.pub")
-        (out / "complete").write_text(f"built in {time.monotonic() - t0:.0f} s\n")
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(out, folder)
-        _log(f"image ready in {time.monotonic() - t0:.0f} s: {folder}")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
+FILES: dict[str, str] = {
+    "etc/hostname": f"{HOSTNAME}\n",
+    "etc/hosts": f"127.0.0.1 localhost\n127.0.1.1 {HOSTNAME}\n::1 localhost ip6-localhost\n",
+    "etc/systemd/network/20-wired.network": (
+        "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n\n[DHCPv4]\nUseDomains=yes\n"
+    ),
+    # No line for the small disk of boot(extra_disk_mb=...): the initramfs mounts it when it is
+    # attached. An fstab line, even nofail, makes a mount unit that units with RequiresMountsFor
+    # (implied by WorkingDirectory=/opt/edgeagent/...) require, and fail on, when it is absent.
+    "etc/fstab": "LABEL=rootfs / ext4 defaults,noatime 0 0\n",
+    "etc/ssh/sshd_config.d/edgeagent-test.conf": (
+        "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nUseDNS no\n"
+    ),
+    "etc/systemd/journald.conf.d/edgeagent-test.conf": "[Journal]\nStorage=persistent\n",
+    "etc/resolv.conf": "nameserver 10.0.2.3\n",
+    "etc/default/locale": "LANG=C.UTF-8\n",
+    f"etc/sudoers.d/010_{DEVICE_USER}-nopasswd": f"{DEVICE_USER} ALL=(ALL) NOPASSWD: ALL\n",
+}
 
 _INIT = """#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys /dev /newroot /bin
@@ -181,112 +95,521 @@ _INIT = """#!/bin/busybox sh
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-for m in $(cat /modules.order); do insmod /lib/modules/$m 2>/dev/null; done
+fail() { echo "initramfs: $*"; ls -l /dev/vd* 2>&1; sleep 1; poweroff -f; }
+for m in $(cat /modules.order); do insmod "/lib/modules/$m" 2>/dev/null; done
+root=/dev/vda
+for arg in $(cat /proc/cmdline); do case "$arg" in root=*) root="${arg#root=}";; esac; done
+dev=""
 i=0
-while [ ! -b /dev/vda ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
-mount -t ext4 -o rw,noatime /dev/vda /newroot || { echo "cannot mount /dev/vda"; sh; }
+while [ -z "$dev" ] && [ $i -lt 300 ]; do
+  case "$root" in
+    LABEL=*|UUID=*) dev=$(findfs "$root" 2>/dev/null) ;;
+    *) [ -b "$root" ] && dev="$root" ;;
+  esac
+  [ -n "$dev" ] || { sleep 0.05; i=$((i+1)); }
+done
+[ -n "$dev" ] || fail "root device $root not found"
+mount -t ext4 -o rw,noatime "$dev" /newroot || fail "cannot mount $dev"
+if data=$(findfs LABEL=edgedata 2>/dev/null); then
+  mkdir -p /newroot/opt/edgeagent
+  mount -t ext4 -o rw,relatime "$data" /newroot/opt/edgeagent || echo "cannot mount $data"
+fi
 umount /sys /proc
 mount --move /dev /newroot/dev
 exec switch_root /newroot /sbin/init
 """
 
+SSH_TIMEOUT = 180.0
 
-def _module_closure(root: Path, ver: str, wanted: list[str]) -> list[str]:
-    """The modules to load, dependencies first (relative paths from modules.dep)."""
-    base = root / "lib/modules" / ver
+
+def _log(msg: str) -> None:
+    print(f"[armvm] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Availability
+
+
+def _binfmt_ready() -> bool:
+    entry = Path("/proc/sys/fs/binfmt_misc/qemu-aarch64")
+    try:
+        return entry.read_text().splitlines()[0].strip() == "enabled"
+    except (OSError, IndexError):
+        return False
+
+
+def _qemu_user_static() -> bool:
+    return any(
+        Path(p).exists()
+        for p in ("/usr/bin/qemu-aarch64-static", "/usr/libexec/qemu-binfmt/aarch64-binfmt-P")
+    )
+
+
+def qemu_available() -> str | None:
+    """None when an emulated device can be built (or is cached) and booted here, else why not."""
+    for tool in ("qemu-system-aarch64", "qemu-img", "ssh"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (Debian: qemu-system-arm qemu-utils openssh-client)"
+    if (default_cache_dir() / recipe_key() / "complete").is_file():
+        return None  # built already: booting needs no more
+    for tool in ("mmdebstrap", "mkfs.ext4", "ssh-keygen"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (Debian: mmdebstrap e2fsprogs openssh-client)"
+    if not _qemu_user_static():
+        return "qemu-user-static is not installed (needed to build an arm64 root filesystem)"
+    if os.getuid() != 0:
+        return "building the emulated device's root filesystem needs root (mmdebstrap)"
+    if not _binfmt_ready() and shutil.which("update-binfmts") is None:
+        return "binfmt for aarch64 is not enabled and update-binfmts is missing (binfmt-support)"
+    return None
+
+
+def _enable_binfmt() -> None:
+    if _binfmt_ready():
+        return
+    _log("enabling binfmt_misc for aarch64")
+    if not Path("/proc/sys/fs/binfmt_misc/register").exists():
+        subprocess.run(
+            ["mount", "-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"],
+            check=False,
+            capture_output=True,
+        )
+    subprocess.run(["update-binfmts", "--enable", "qemu-aarch64"], check=False, capture_output=True)
+    if not _binfmt_ready():
+        raise RuntimeError(
+            "binfmt_misc has no enabled qemu-aarch64 entry: mount binfmt_misc on "
+            "/proc/sys/fs/binfmt_misc and run `update-binfmts --enable qemu-aarch64` as root"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# The image
+
+
+@dataclass(frozen=True, slots=True)
+class VmImage:
+    kernel: Path
+    initrd: Path
+    rootfs: Path
+    """Raw ext4 image labelled ``rootfs``; never written by boot() (a qcow2 overlay is)."""
+    ssh_key: Path
+    """Private ed25519 key authorized for root on the device (``ssh_key.pub`` next to it)."""
+    host_key: str
+    """The device's ed25519 host key, ``ssh-ed25519 AAAA...``: the same on every boot."""
+    folder: Path
+
+    def known_hosts_line(self, port: int, host: str = "127.0.0.1") -> str:
+        """A known_hosts line for the device's SSH forwarded to ``host:port``."""
+        name = host if port == 22 else f"[{host}]:{port}"
+        return f"{name} {self.host_key}"
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("EDGEAGENT_VM_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "edgeagent" / "vm"
+
+
+def _sources_entries() -> list[tuple[list[str], list[str]]]:
+    """(URIs, suites) of each ``deb`` entry configured for apt on this machine."""
+    apt = Path("/etc/apt")
+    entries: list[tuple[list[str], list[str]]] = []
+    one_line = [apt / "sources.list", *sorted((apt / "sources.list.d").glob("*.list"))]
+    for f in one_line:
+        with contextlib.suppress(OSError):
+            for raw in f.read_text().splitlines():
+                line = re.sub(r"\[[^]]*\]", " ", raw.split("#", 1)[0]).split()
+                if len(line) >= 3 and line[0] == "deb":
+                    entries.append(([line[1]], [line[2]]))
+    for f in sorted((apt / "sources.list.d").glob("*.sources")):
+        with contextlib.suppress(OSError):
+            for para in re.split(r"\n\s*\n", f.read_text()):
+                fields: dict[str, str] = {}
+                for raw in para.splitlines():
+                    if raw.startswith("#") or ":" not in raw or raw[:1].isspace():
+                        continue
+                    key, _, value = raw.partition(":")
+                    fields[key.strip().lower()] = value.strip()
+                if "deb" not in fields.get("types", "").split():
+                    continue
+                if fields.get("enabled", "yes").lower() == "no":
+                    continue
+                entries.append((fields.get("uris", "").split(), fields.get("suites", "").split()))
+    return entries
+
+
+def apt_sources() -> list[str]:
+    """The Debian mirror lines for the image: the mirror apt is configured with on this machine
+    (or ``EDGEAGENT_VM_MIRROR``), with the bookworm, -updates and -security suites."""
+    env = os.environ.get("EDGEAGENT_VM_MIRROR")
+    archive = security = None
+    if env:
+        archive = env
+    else:
+        for uris, suites in _sources_entries():
+            debian = [u for u in uris if "debian" in u and u.startswith(("http", "file:"))]
+            if not debian or not suites or "backports" in suites[0]:
+                continue
+            if suites[0].endswith("-security"):
+                security = security or debian[0]
+            elif "/" not in suites[0]:
+                archive = archive or debian[0]
+    archive = (archive or "http://deb.debian.org/debian").rstrip("/")
+    lines = [f"deb {archive} {SUITE} main", f"deb {archive} {SUITE}-updates main"]
+    if security:
+        lines.append(f"deb {security.rstrip('/')} {SUITE}-security main")
+    return lines
+
+
+def recipe() -> dict[str, object]:
+    return {
+        "version": RECIPE_VERSION,
+        "suite": SUITE,
+        "packages": sorted(PACKAGES),
+        "excludes": list(PATH_EXCLUDES),
+        "masked": sorted(MASKED_UNITS),
+        "user": DEVICE_USER,
+        "sources": apt_sources(),
+        "rootfs_mb": ROOTFS_MB,
+        "files": FILES,
+        "init": _INIT,
+        "initramfs_modules": list(INITRAMFS_MODULES),
+    }
+
+
+def recipe_key() -> str:
+    blob = json.dumps(recipe(), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _image(folder: Path) -> VmImage:
+    return VmImage(
+        kernel=folder / "vmlinuz",
+        initrd=folder / "initrd.gz",
+        rootfs=folder / "rootfs.ext4",
+        ssh_key=folder / "id_ed25519",
+        host_key=(folder / "ssh_host_ed25519_key.pub").read_text().strip(),
+        folder=folder,
+    )
+
+
+def ensure_image(cache_dir: Path | None = None) -> VmImage:
+    """The cached image for the current recipe, built first if needed (minutes). A lock file
+    keeps concurrent callers (several pytest processes) to one build; the others wait for it."""
+    cache = cache_dir or default_cache_dir()
+    folder = cache / recipe_key()
+    if (folder / "complete").is_file():
+        return _image(folder)
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _log(f"another process is building the image in {cache}; waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "complete").is_file():
+            _remove_stale_builds(cache)
+            _build(folder)
+    return _image(folder)
+
+
+def _mounts_under(path: Path) -> list[str]:
+    prefix = str(path.resolve()) + "/"
+    with open("/proc/self/mounts") as f:
+        points = [line.split()[1].replace("\\040", " ") for line in f]
+    return sorted((p for p in points if p.startswith(prefix)), reverse=True)
+
+
+def _safe_rmtree(path: Path) -> None:
+    """Remove a build folder, never descending into something still mounted in it (an
+    interrupted mmdebstrap can leave its chroot's /proc or /sys mounted)."""
+    for point in _mounts_under(path):
+        subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+    if _mounts_under(path):
+        _log(f"leaving {path}: something is still mounted in it")
+        return
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove_stale_builds(cache: Path) -> None:
+    for stale in cache.glob(".build-*"):
+        _log(f"removing an interrupted build: {stale}")
+        _safe_rmtree(stale)
+
+
+def _run(cmd: Sequence[str], what: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        out = (proc.stdout or "")[-2000:] + (proc.stderr or "")[-4000:]
+        raise RuntimeError(f"{what} failed (exit {proc.returncode}):\n{out}")
+    return proc
+
+
+def _mmdebstrap(root: Path, log: Path) -> None:
+    q = '"$1"'
+    cmd = [
+        "mmdebstrap", "--mode=root", "--arch=arm64", "--variant=minbase",
+        f"--include={','.join(PACKAGES)}",
+        '--aptopt=Apt::Install-Recommends "false"',
+        '--aptopt=Apt::Install-Suggests "false"',
+        *(f"--dpkgopt=path-exclude={p}" for p in PATH_EXCLUDES),
+        # Under emulation update-initramfs takes minutes: divert it to a no-op (the host makes a
+        # small initramfs). Host keys made natively here: openssh-server keeps existing ones.
+        f"--essential-hook=chroot {q} dpkg-divert --quiet --local --rename --add "
+        f"/usr/sbin/update-initramfs && ln -sf /bin/true {q}/usr/sbin/update-initramfs",
+        f"--essential-hook=mkdir -p {q}/etc/ssh && ssh-keygen -q -A -f {q}",
+        f"--customize-hook=chroot {q} systemctl enable --quiet systemd-networkd ssh",
+        f"--customize-hook=chroot {q} systemctl mask --quiet {' '.join(MASKED_UNITS)}",
+        f"--customize-hook=chroot {q} useradd --create-home --shell /bin/bash --uid 1000 "
+        f"--groups sudo {DEVICE_USER} && chroot {q} usermod --password '*' {DEVICE_USER}",
+        SUITE, str(root), *apt_sources(),
+    ]  # fmt: skip
+    with open(log, "w") as out:
+        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False)
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace")[-4000:]
+        raise RuntimeError(f"mmdebstrap failed (exit {proc.returncode}); log {log}:\n{tail}")
+
+
+def _configure(root: Path, client_pub: str, key: str) -> None:
+    for rel, text in FILES.items():
+        target = root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_symlink():
+            target.unlink()
+        target.write_text(text)
+    (root / "opt/edgeagent").mkdir(parents=True, exist_ok=True)
+    (root / "var/log/journal").mkdir(parents=True, exist_ok=True)
+    # A fixed machine id: no first-boot logic, the same DHCP client id, journal folder every boot.
+    (root / "etc/machine-id").write_text(hashlib.sha256(key.encode()).hexdigest()[:32] + "\n")
+    ssh_dir = root / "root/.ssh"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    ssh_dir.chmod(0o700)
+    auth = ssh_dir / "authorized_keys"
+    auth.write_text(client_pub)
+    auth.chmod(0o600)
+    (root / f"etc/sudoers.d/010_{DEVICE_USER}-nopasswd").chmod(0o440)
+    home = root / "home" / DEVICE_USER
+    user_ssh = home / ".ssh"
+    user_ssh.mkdir(mode=0o700, exist_ok=True)
+    (user_ssh / "authorized_keys").write_text(client_pub)
+    (user_ssh / "authorized_keys").chmod(0o600)
+    uid, gid = home.stat().st_uid, home.stat().st_gid
+    for p in (user_ssh, user_ssh / "authorized_keys"):
+        os.chown(p, uid, gid)
+
+
+def _build(folder: Path) -> None:
+    t0 = time.monotonic()
+    _enable_binfmt()
+    work = Path(tempfile.mkdtemp(prefix=f".build-{folder.name}-", dir=folder.parent))
+    try:
+        root, out = work / "root", work / "out"
+        out.mkdir()
+        log = folder.parent / f"{folder.name}.mmdebstrap.log"
+        _log(f"building a Debian {SUITE} arm64 root filesystem with mmdebstrap (a few minutes; "
+             f"log: {log})")  # fmt: skip
+        _mmdebstrap(root, log)
+        t1 = time.monotonic()
+        _log(f"mmdebstrap done in {t1 - t0:.0f} s; configuring")
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "edgeagent-armvm",
+              "-f", str(out / "id_ed25519")], "ssh-keygen")  # fmt: skip
+        client_pub = (out / "id_ed25519.pub").read_text()
+        _configure(root, client_pub, folder.name)
+        host_pub = (root / "etc/ssh/ssh_host_ed25519_key.pub").read_text().split()
+        (out / "ssh_host_ed25519_key.pub").write_text(f"{host_pub[0]} {host_pub[1]}\n")
+        versions = sorted(p.name for p in (root / "lib/modules").iterdir())
+        if not versions:
+            raise RuntimeError("the root filesystem has no kernel modules")
+        kver = versions[-1]
+        shutil.copyfile(root / f"boot/vmlinuz-{kver}", out / "vmlinuz")
+        _log(f"kernel {kver}; making the initramfs")
+        (out / "initrd.gz").write_bytes(make_initramfs(root, kver))
+        _log(f"making the {ROOTFS_MB} MiB ext4 image")
+        _run(["mkfs.ext4", "-q", "-F", "-L", "rootfs", "-d", str(root),
+              str(out / "rootfs.ext4"), f"{ROOTFS_MB}M"], "mkfs.ext4")  # fmt: skip
+        meta = {
+            "recipe": recipe(),
+            "kernel_version": kver,
+            "mmdebstrap_s": round(t1 - t0, 1),
+            "build_s": round(time.monotonic() - t0, 1),
+        }
+        (out / "recipe.json").write_text(json.dumps(meta, indent=2) + "\n")
+        _safe_rmtree(root)
+        if folder.exists():
+            shutil.rmtree(folder)
+        (out / "complete").write_text(f"built in {time.monotonic() - t0:.0f} s\n")
+        os.replace(out, folder)
+        _log(f"image ready in {time.monotonic() - t0:.0f} s: {folder}")
+    finally:
+        _safe_rmtree(work)
+
+
+# --------------------------------------------------------------------------------------------
+# The initramfs
+
+
+def module_closure(root: Path, kver: str, wanted: Sequence[str]) -> list[str]:
+    """The modules to load for ``wanted`` (names; built-in ones are skipped), dependencies
+    first, as paths relative to ``lib/modules/KVER`` from the root filesystem's modules.dep."""
     deps: dict[str, list[str]] = {}
-    for line in (base / "modules.dep").read_text().splitlines():
+    by_name: dict[str, str] = {}
+    for line in (root / "lib/modules" / kver / "modules.dep").read_text().splitlines():
         name, _, rest = line.partition(":")
         deps[name] = rest.split()
+        stem = name.rsplit("/", 1)[-1].split(".ko")[0]
+        by_name[stem.replace("-", "_")] = name
     order: list[str] = []
+    seen: set[str] = set()
 
     def add(mod: str) -> None:
-        if mod in order:
+        if mod in seen:
             return
-        for d in deps.get(mod, []):
-            add(d)
+        seen.add(mod)
+        for dep in deps.get(mod, []):
+            add(dep)
         order.append(mod)
 
-    for w in wanted:
-        for name in deps:
-            stem = name.rsplit("/", 1)[-1].split(".ko")[0]
-            if stem == w:
-                add(name)
+    for want in wanted:
+        path = by_name.get(want.replace("-", "_"))
+        if path is not None:
+            add(path)
     return order
 
 
-def _cpio_newc(entries: list[tuple[str, int, bytes]]) -> bytes:
-    """A newc cpio archive of (path, mode, data) entries (directories have mode 0o40755)."""
-    out = io.BytesIO()
+def _cpio_newc(entries: Sequence[tuple[str, int, bytes, int, int]]) -> bytes:
+    """A newc cpio archive of (path, mode, data, rdev major, rdev minor) entries."""
+    out = bytearray()
 
-    def pad(n: int) -> None:
-        out.write(b"\0" * ((4 - n % 4) % 4))
+    def pad() -> None:
+        out.extend(b"\0" * (-len(out) % 4))
 
-    for ino, (name, mode, data) in enumerate([*entries, ("TRAILER!!!", 0, b"")], 1):
+    for ino, (name, mode, data, major, minor) in enumerate(
+        [*entries, ("TRAILER!!!", 0, b"", 0, 0)], 1
+    ):
         nb = name.encode() + b"\0"
-        fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(nb), 0]
-        out.write(b"070701" + b"".join(b"%08X" % f for f in fields))
-        out.write(nb)
-        pad(110 + len(nb))
-        out.write(data)
-        pad(len(data))
-    return out.getvalue()
+        fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, major, minor, len(nb), 0]
+        out.extend(b"070701" + b"".join(b"%08X" % f for f in fields))
+        out.extend(nb)
+        pad()
+        out.extend(data)
+        pad()
+    return bytes(out)
 
 
-def _initramfs(root: Path, ver: str) -> bytes:
-    wanted = ["virtio", "virtio_ring", "virtio_pci", "virtio_blk", "crc32c_generic", "ext4"]
-    mods = _module_closure(root, ver, wanted)
-    entries: list[tuple[str, int, bytes]] = [
-        (d, 0o40755, b"") for d in ("bin", "dev", "proc", "sys", "newroot", "lib", "lib/modules")
+def make_initramfs(root: Path, kver: str) -> bytes:
+    """A gzipped newc initramfs: the root filesystem's static busybox, the modules to mount the
+    root on virtio (dependencies from its modules.dep) and an /init that switch_roots to it."""
+    mods = module_closure(root, kver, INITRAMFS_MODULES)
+    entries: list[tuple[str, int, bytes, int, int]] = [
+        (d, 0o40755, b"", 0, 0)
+        for d in ("bin", "dev", "proc", "sys", "newroot", "lib", "lib/modules")
     ]
-    entries.append(("bin/busybox", 0o100755, (root / "bin/busybox").read_bytes()))
-    entries.append(("init", 0o100755, _INIT.encode()))
-    entries.append(("modules.order", 0o100644, "\n".join(mods).encode() + b"\n"))
+    entries.append(("dev/console", 0o20600, b"", 5, 1))
+    entries.append(("bin/busybox", 0o100755, (root / "bin/busybox").read_bytes(), 0, 0))
+    entries.append(("init", 0o100755, _INIT.encode(), 0, 0))
     made = {"lib/modules"}
-    for m in mods:
-        parts = m.split("/")[:-1]
+    names: list[str] = []
+    for mod in mods:
+        data = (root / "lib/modules" / kver / mod).read_bytes()
+        name = mod
+        if mod.endswith(".ko.xz"):
+            data, name = lzma.decompress(data), mod[: -len(".xz")]
+        elif mod.endswith(".ko.gz"):
+            data, name = gzip.decompress(data), mod[: -len(".gz")]
+        parts = name.split("/")[:-1]
         for i in range(1, len(parts) + 1):
             d = "lib/modules/" + "/".join(parts[:i])
             if d not in made:
-                entries.append((d, 0o40755, b""))
+                entries.append((d, 0o40755, b"", 0, 0))
                 made.add(d)
-        entries.append(
-            (f"lib/modules/{m}", 0o100644, (root / "lib/modules" / ver / m).read_bytes())
-        )
-    return gzip.compress(_cpio_newc(entries), compresslevel=6, mtime=0)
+        entries.append((f"lib/modules/{name}", 0o100644, data, 0, 0))
+        names.append(name)
+    entries.append(("modules.order", 0o100644, "".join(f"{n}\n" for n in names).encode(), 0, 0))
+    return gzip.compress(_cpio_newc(entries), compresslevel=9, mtime=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Booting
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @dataclass
 class Vm:
-    host: str
+    """A running emulated device. ``run()`` executes a shell command on it as root over SSH."""
+
     ssh_port: int
-    user: str
     key: Path
     known_hosts: Path
     serial_log: Path
-    _proc: subprocess.Popen[bytes]
-    _dir: Path
+    forwards: dict[int, int] = field(default_factory=dict)
+    """Guest TCP port -> host port on 127.0.0.1 (from boot(forward=...))."""
+    host: str = "127.0.0.1"
+    user: str = "root"
+    _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
-    def ssh_args(self) -> list[str]:
+    def ssh_args(self, *, tty: bool = False) -> list[str]:
+        """The ``ssh`` command line up to the destination; append a remote command."""
         return [
             "ssh", "-q", "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={self.known_hosts}",
-            "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=5", "-i", str(self.key),
-            "-p", str(self.ssh_port), f"{self.user}@{self.host}",
+            "-o", "StrictHostKeyChecking=yes", "-o", "GlobalKnownHostsFile=/dev/null",
+            "-o", "ConnectTimeout=10", "-o", "IdentitiesOnly=yes", "-i", str(self.key),
+            "-p", str(self.ssh_port), *(["-t"] if tty else []), f"{self.user}@{self.host}",
         ]  # fmt: skip
 
-    def run(self, cmd: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*self.ssh_args(), cmd], capture_output=True, text=True, timeout=timeout, check=False
+    def run(
+        self, cmd: str, *, timeout: float = 120, check: bool = False, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``cmd`` with the device's shell; stdout and stderr captured as text."""
+        proc = subprocess.run(
+            [*self.ssh_args(), cmd],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
         )
+        if check and proc.returncode != 0:
+            raise RuntimeError(
+                f"on the device, {cmd!r} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}"
+            )
+        return proc
+
+    def wait_running(self, timeout: float = 120) -> str:
+        """``systemctl is-system-running --wait``: ``running``, or ``degraded`` and so on."""
+        return self.run("systemctl is-system-running --wait", timeout=timeout).stdout.strip()
 
     def stop(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.terminate()
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
             try:
-                self._proc.wait(10)
+                proc.wait(10)
             except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+                proc.kill()
+                proc.wait()
+
+
+def _tail(path: Path, chars: int = 4000) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return "(no serial output)"
+
+
+def _ssh_banner(port: int) -> bool:
+    """True when something on the forwarded port talks SSH (cheap: no ssh process)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.settimeout(3)
+            return s.recv(4).startswith(b"SSH-")
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
@@ -296,64 +619,95 @@ def boot(
     memory_mb: int = 1024,
     cpus: int = 2,
     extra_disk_mb: int | None = None,
-    timeout: float = 240,
+    forward: Sequence[int | tuple[int, int]] | None = None,
+    timeout: float = SSH_TIMEOUT,
+    kernel_args: str = "",
 ) -> Iterator[Vm]:
-    """Boot a clean device (a fresh overlay over the cached image); stopped on exit."""
+    """Boot a clean device (a fresh qcow2 overlay over the cached image); stopped on exit.
+
+    ``extra_disk_mb``: attach a second virtio disk of that size (ext4, label ``edgedata``),
+    mounted at /opt/edgeagent (by the initramfs, so the device boots with it mounted).
+    ``forward``: more guest TCP ports to forward from 127.0.0.1, each a guest port (a free host
+    port is chosen) or ``(host_port, guest_port)``; ``vm.forwards`` maps guest to host ports.
+    ``kernel_args`` are added to the kernel command line (``root=LABEL=rootfs console=ttyAMA0
+    panic=-1``). Raises RuntimeError with the serial console's tail when SSH does not answer
+    within ``timeout`` seconds.
+    """
     work = Path(tempfile.mkdtemp(prefix="armvm-boot-"))
-    overlay = work / "overlay.qcow2"
-    subprocess.run(
-        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(image.rootfs), "-F", "raw",
-         str(overlay)],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    drives = ["-drive", f"file={overlay},if=virtio,format=qcow2"]
-    if extra_disk_mb:
-        data = work / "data.ext4"
-        subprocess.run(
-            ["mkfs.ext4", "-q", "-L", "edgedata", str(data), f"{extra_disk_mb}M"],
-            check=True,
-            capture_output=True,
-        )
-        drives += ["-drive", f"file={data},if=virtio,format=raw"]
-    port = free_port()
-    known = work / "known_hosts"
-    known.write_text(f"[127.0.0.1]:{port} {image.host_key}\n")
-    key = work / "id_ed25519"
-    shutil.copyfile(image.ssh_key, key)
-    key.chmod(0o600)
-    serial = work / "serial.log"
-    cmd = [
-        "qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-smp", str(cpus),
-        "-m", str(memory_mb), "-display", "none", "-monitor", "none",
-        "-serial", f"file:{serial}", "-kernel", str(image.kernel), "-initrd", str(image.initrd),
-        "-append", "console=ttyAMA0 root=/dev/vda rw quiet", *drives,
-        "-nic", f"user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{port}-:22",
-    ]  # fmt: skip
-    t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)  # fmt: skip
-    vm = Vm("127.0.0.1", port, "root", key, known, serial, proc, work)
+    proc: subprocess.Popen[bytes] | None = None
     try:
+        overlay = work / "overlay.qcow2"
+        _run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(image.rootfs.resolve()),
+              "-F", "raw", str(overlay)], "qemu-img create")  # fmt: skip
+        drives = ["-drive", f"file={overlay},if=virtio,format=qcow2,cache=unsafe"]
+        if extra_disk_mb:
+            data = work / "data.ext4"
+            _run(["mkfs.ext4", "-q", "-F", "-L", "edgedata", str(data), f"{extra_disk_mb}M"],
+                 "mkfs.ext4")  # fmt: skip
+            drives += ["-drive", f"file={data},if=virtio,format=raw,cache=unsafe"]
+        port = free_port()
+        forwards: dict[int, int] = {}
+        for spec in forward or []:
+            host_port, guest_port = spec if isinstance(spec, tuple) else (free_port(), spec)
+            forwards[guest_port] = host_port
+        nic = f"user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{port}-:22" + "".join(
+            f",hostfwd=tcp:127.0.0.1:{h}-:{g}" for g, h in forwards.items()
+        )
+        known = work / "known_hosts"
+        known.write_text(image.known_hosts_line(port) + "\n")
+        key = work / "id_ed25519"
+        shutil.copyfile(image.ssh_key, key)
+        key.chmod(0o600)
+        serial = work / "serial.log"
+        cmd = [
+            "qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-smp", str(cpus),
+            "-m", str(memory_mb), "-nographic", "-monitor", "none", "-serial", f"file:{serial}",
+            "-no-reboot", "-kernel", str(image.kernel), "-initrd", str(image.initrd),
+            "-append", f"root=LABEL=rootfs console=ttyAMA0 panic=-1 {kernel_args}".strip(),
+            *drives, "-nic", nic, "-device", "virtio-rng-pci",
+        ]  # fmt: skip
+        t0 = time.monotonic()
+        qemu_err = work / "qemu.stderr"
+        with open(qemu_err, "wb") as err:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+        vm = Vm(
+            ssh_port=port, key=key, known_hosts=known, serial_log=serial, forwards=forwards,
+            _proc=proc,
+        )  # fmt: skip
         while True:
             if proc.poll() is not None:
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                raise RuntimeError(f"qemu exited: {err[-2000:]}")
+                raise RuntimeError(
+                    f"qemu exited ({proc.returncode}) before SSH answered: "
+                    f"{_tail(qemu_err, 2000)}\n--- serial console ---\n{_tail(serial)}"
+                )
             if time.monotonic() - t0 > timeout:
-                tail = serial.read_text(errors="replace")[-3000:] if serial.exists() else ""
-                raise RuntimeError(f"the emulated device gave no SSH in {timeout:g} s:\n{tail}")
-            try:
-                if vm.run("true", timeout=15).returncode == 0:
-                    break
-            except subprocess.TimeoutExpired:
-                pass
-            time.sleep(1)
-        _log(f"booted to SSH in {time.monotonic() - t0:.1f} s (port {port})")
+                raise RuntimeError(
+                    f"the emulated device gave no SSH in {timeout:g} s; serial console:\n"
+                    f"{_tail(serial)}"
+                )
+            if _ssh_banner(port):
+                try:
+                    if vm.run("true", timeout=30).returncode == 0:
+                        break
+                except subprocess.TimeoutExpired:
+                    pass
+            time.sleep(0.5)
+        _log(f"booted to SSH in {time.monotonic() - t0:.1f} s (127.0.0.1:{port})")
         if extra_disk_mb:
-            mounted = vm.run("mkdir -p /opt/edgeagent && mount /dev/vdb /opt/edgeagent")
-            if mounted.returncode != 0:
-                raise RuntimeError(f"cannot mount the small disk: {mounted.stderr}")
+            check = "findmnt -n /opt/edgeagent || mount LABEL=edgedata /opt/edgeagent"
+            for _ in range(20):
+                if vm.run(check, timeout=30).returncode == 0:
+                    break
+                time.sleep(0.5)
+            else:
+                raise RuntimeError("the extra disk was not mounted at /opt/edgeagent")
         yield vm
     finally:
-        vm.stop()
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         shutil.rmtree(work, ignore_errors=True)

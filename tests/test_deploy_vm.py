@@ -25,7 +25,15 @@ from edgeagent.deploy.errors import HealthCheckFailed, HostUnsuitable, ProfileMi
 from edgeagent.deploy.ssh import SshOptions, SshTarget
 from tests.armvm import Vm, boot, ensure_image, qemu_available
 from tests.broker.mosquitto import Mosquitto
-from tests.deployapp import add_skill, announced_release, break_module, build, call, make_app
+from tests.deployapp import (
+    BROKEN,
+    add_skill,
+    announced_release,
+    break_module,
+    build,
+    call,
+    make_app,
+)
 
 pytestmark = [
     pytest.mark.broker,
@@ -60,9 +68,9 @@ class VmLab:
         )
 
     def deploy(self, bundle: Path, **kw: Any) -> DeployResult:
-        opts = DeployOptions(
-            device=PROFILE, broker=self.broker.url, health_timeout=150.0, trust=[self.pub], **kw
-        )
+        base: dict[str, Any] = {"health_timeout": 150.0, "trust": [self.pub]}
+        base.update(kw)
+        opts = DeployOptions(device=PROFILE, broker=self.broker.url, **base)
         return asyncio.run(deploy(bundle, self.target, self.ssh(), opts))
 
     def tool(self, *args: str) -> dict[str, Any]:
@@ -126,9 +134,16 @@ def test_vm_deploy_update_rollback_and_refusals(vmlab: VmLab) -> None:
     assert announced_release(url, lab.fleet, lab.device) == b2.version
     assert call(url, lab.fleet, lab.device, "version_marker", {"data": "b"}, timeout=10) == "v2:b"
 
-    # A tampered bundle is refused before anything is installed.
+    # A tampered bundle is refused before anything is installed (the tampered file is one the
+    # device has never seen: a file it has is never sent again, tampered or not).
+    (lab.app / "smarthome" / "echo.py").write_text(
+        (lab.app / "smarthome" / "echo.py").read_text().replace(BROKEN, "")
+    )
+    lamp_py = lab.app / "smarthome" / "lamp.py"
+    lamp_py.write_text(lamp_py.read_text() + f"\n# {uuid.uuid4().hex}\n")
+    b4 = build(lab.config, PROFILE, lab.work / "b4", lab.key, lab.cache)
     bad = lab.work / "tampered"
-    shutil.copytree(b2.folder, bad)
+    shutil.copytree(b4.folder, bad)
     manifest = json.loads((bad / "bundle.json").read_text())
     lamp = next(f for f in manifest["files"] if f["path"] == "app/smarthome/lamp.py")
     (bad / "files" / lamp["sha256"]).write_bytes(b"import os\nos.system('evil')\n")
@@ -158,6 +173,10 @@ def test_vm_deploy_update_rollback_and_refusals(vmlab: VmLab) -> None:
                 DeployOptions(device="pi", broker=url, trust=[lab.pub]),
             )
         )
+    # Raspberry Pi OS's way: a user with passwordless sudo, not root, works the same.
+    pi = SshTarget(lab.vm.host, lab.vm.ssh_port, "pi")
+    seen = asyncio.run(remote_command(pi, lab.ssh(), "/opt/edgeagent", "status"))
+    assert seen["current"] == b2.version
     history = [e["event"] for e in lab.tool("history")["history"]]
     assert history.count("healthy") == 2
     assert history[-1] == "rolled_back"
