@@ -31,12 +31,12 @@ from ..config import AgentConfig, load_config
 from ..devices import DeviceProfile, load_profile
 from ..errors import ConfigError, EdgeAgentError
 from . import devicetool
+from .devicetool import file_sha256
 from .errors import BundleError, BundleInvalid, KeyFileError
 from .wheelhouse import (
     Platform,
     default_cache,
     edgeagent_wheel,
-    file_sha256,
     resolve_wheels,
     wheel_requirements,
 )

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from .bundle import BuildOptions, build_bundle
-from .deployer import DeployOptions, DeployResult, deploy
+from .deployer import DeployOptions, deploy
 from .errors import DeployError, HealthCheckFailed
 from .ssh import SshError, SshOptions, SshTarget, connect
 from .wheelhouse import default_cache
@@ -126,13 +126,6 @@ class DeployJob:
             return built.folder
 
         return build
-
-
-def _describe(r: DeployResult) -> str:
-    sent = f"sent {r.sent_files} files, {r.sent_bytes:,} of {r.bundle_bytes:,} bytes"
-    if r.healthy:
-        return f"healthy: {r.version} ({sent}; {r.timings.get('done', 0):.1f} s)"
-    return f"FAILED: {r.error}"
 
 
 async def run_jobs(

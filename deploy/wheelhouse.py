@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .devicetool import file_sha256
 from .errors import BundleError
 
 #: Highest glibc per device Python: Debian 12 (bookworm, Python 3.11) has 2.36, Debian 13
@@ -61,14 +62,6 @@ class Platform:
 
     def describe(self) -> str:
         return f"{self.arch}, CPython {self.python}"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def default_cache() -> Path:
