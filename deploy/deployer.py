@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..broker import BrokerConfig
+from ..client import Fleet
 from ..devices import list_profiles
 from ..errors import CallError, EdgeAgentError
 from . import devicetool, remote_verify
@@ -99,32 +100,36 @@ class Remote:
     def upload_root(self) -> str:
         return self.staging or self.root
 
-    async def login(self) -> None:
-        """Root logs in as root; anyone else needs passwordless sudo (Raspberry Pi OS's default
-        user has it) and uploads to a staging folder of its own, moved in by the tool."""
-        res = await self.session.run("id -u; echo $HOME", check=False)
-        lines = res.stdout.decode(errors="replace").split()
-        if res.exit_status != 0 or len(lines) < 2:
-            raise RemoteError(f"cannot run commands on the device: {res.stderr.decode()[-500:]}")
-        if lines[0] == "0":
-            return
-        ok = await self.session.run("sudo -n true", check=False)
-        if ok.exit_status != 0:
-            raise HostUnsuitable(
-                f"{self.session.target}: the login user is not root and cannot use sudo without a "
-                "password; log in as root or allow it passwordless sudo (as Raspberry Pi OS does "
-                "for its first user)"
-            )
-        self.sudo = ["sudo", "-n"]
-        self.staging = f"{lines[1]}/.cache/edgeagent-staging"
+    async def start(self) -> dict[str, Any]:
+        """Log in, bring the device tool up to date and probe, in as few round trips as it
+        takes (one when the tool is current): each interpreter start costs about 0.7 s on an
+        emulated device and a few hundred ms on a Pi Zero.
 
-    async def ensure_tool(self) -> None:
-        """Upload the device tool when the device's copy differs."""
-        await self.login()
+        Root runs the tool as root; anyone else needs passwordless sudo (Raspberry Pi OS's
+        first user has it) and uploads to a staging folder of its own, moved in by the tool."""
         names = " ".join(shlex.quote(f"{self.root}/bin/{n}") for n in _TOOL_FILES)
-        res = await self.session.run(f"sha256sum {names} 2>/dev/null || true", check=False)
+        probe = shlex.join(["python3", "-S", self.tool, "--root", self.root, "probe"])
+        script = (
+            f'id -u; echo "$HOME"; sha256sum {names} 2>/dev/null; echo @@; '
+            f'if [ "$(id -u)" = 0 ]; then {probe}; '
+            f"elif sudo -n true 2>/dev/null; then sudo -n {probe}; else echo NOSUDO; fi"
+        )
+        res = await self.session.run(script, check=False)
+        out = res.stdout.decode(errors="replace").splitlines()
+        if len(out) < 3 or "@@" not in out:
+            raise RemoteError(f"cannot run commands on the device: {res.stderr.decode()[-500:]}")
+        uid, home = out[0].strip(), out[1].strip()
+        if uid != "0":
+            if out[-1].strip() == "NOSUDO":
+                raise HostUnsuitable(
+                    f"{self.session.target}: the login user is not root and cannot use sudo "
+                    "without a password; log in as root or allow it passwordless sudo (as "
+                    "Raspberry Pi OS does for its first user)"
+                )
+            self.sudo = ["sudo", "-n"]
+            self.staging = f"{home}/.cache/edgeagent-staging"
         have = {}
-        for line in res.stdout.decode(errors="replace").splitlines():
+        for line in out[2 : out.index("@@")]:
             digest, _, path = line.partition("  ")
             have[path.rsplit("/", 1)[-1]] = digest
         send = [
@@ -132,8 +137,12 @@ class Remote:
             for name, src in _TOOL_FILES.items()
             if have.get(name) != devicetool.file_sha256(src)
         ]
-        if not send:
-            return
+        if send:
+            await self._upload_tool(send)
+            return await self.call("probe")
+        return self._parse("probe", res.exit_status, out[-1] if out else "", res.stderr)
+
+    async def _upload_tool(self, send: list[tuple[Path, str]]) -> None:
         if not self.sudo:
             await self.session.run(["mkdir", "-p", f"{self.root}/bin"])
             await self.session.put_files([(src, f"{self.root}/bin/{n}") for src, n in send])
@@ -153,53 +162,54 @@ class Remote:
     async def call(
         self, *args: str, input: bytes | None = None, timeout: float = 900
     ) -> dict[str, Any]:
-        cmd = [*self.sudo, "python3", self.tool, "--root", self.root, *args]
+        cmd = [*self.sudo, "python3", "-S", self.tool, "--root", self.root, *args]
         res = await self.session.run(cmd, input=input, check=False, timeout=timeout)
+        lines = res.stdout.decode(errors="replace").strip().splitlines()
+        return self._parse(args[0], res.exit_status, lines[-1] if lines else "", res.stderr)
+
+    @staticmethod
+    def _parse(what: str, status: int | None, line: str, stderr: bytes) -> dict[str, Any]:
         try:
-            data = json.loads(res.stdout.decode(errors="replace").strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            err = res.stderr.decode(errors="replace").strip()[-1500:]
+            data = json.loads(line)
+        except ValueError:
+            err = stderr.decode(errors="replace").strip()[-1500:]
             raise RemoteError(
-                f"device tool `{args[0]}` failed (exit {res.exit_status}): {err or 'no output'}"
+                f"device tool `{what}` failed (exit {status}): {err or 'no output'}"
             ) from None
         if not isinstance(data, dict):
-            raise RemoteError(f"device tool `{args[0]}`: unexpected output")
+            raise RemoteError(f"device tool `{what}`: unexpected output")
         if "error" in data:
-            raise RemoteError(f"{args[0]}: {data['error']}")
+            raise RemoteError(f"{what}: {data['error']}")
         return data
 
 
 async def _health(
-    cfg_broker: BrokerConfig,
-    fleet: str,
+    client: Fleet,
     device: str,
     watch: HealthWatch,
     timeout: float,
     check: tuple[str, dict[str, Any]] | None,
 ) -> HealthWatch:
     """Follow the device over MQTT until ``watch`` is healthy or ``timeout`` passes."""
-    from ..client import Fleet
-
     deadline = time.monotonic() + timeout
-    async with Fleet(cfg_broker, fleet=fleet, timeout=5) as client:
-        while time.monotonic() < deadline:
-            info = await client.device(device)
-            if info is not None:
-                watch.saw_device(info.status, info.manifest.release if info.manifest else None)
-            if watch.announced_ok and not watch.pinged:
-                with contextlib.suppress(CallError, EdgeAgentError):
-                    out = await client.call(device, "_ping", {}, timeout=3)
-                    if isinstance(out, dict) and out.get("release") == watch.version:
-                        watch.pinged = True
-            if watch.pinged and check is not None and not watch.checked:
-                try:
-                    await client.call(device, check[0], check[1], timeout=5)
-                    watch.checked = True
-                except CallError as exc:
-                    watch.errors.append(f"{check[0]}: {exc}")
-            if watch.healthy:
-                return watch
-            await asyncio.sleep(0.05 if not watch.online else 0.1)
+    while time.monotonic() < deadline:
+        info = await client.device(device)
+        if info is not None:
+            watch.saw_device(info.status, info.manifest.release if info.manifest else None)
+        if watch.announced_ok and not watch.pinged:
+            with contextlib.suppress(CallError, EdgeAgentError):
+                out = await client.call(device, "_ping", {}, timeout=3)
+                if isinstance(out, dict) and out.get("release") == watch.version:
+                    watch.pinged = True
+        if watch.pinged and check is not None and not watch.checked:
+            try:
+                await client.call(device, check[0], check[1], timeout=5)
+                watch.checked = True
+            except CallError as exc:
+                watch.errors.append(f"{check[0]}: {exc}")
+        if watch.healthy:
+            return watch
+        await asyncio.sleep(0.05)
     return watch
 
 
@@ -260,8 +270,7 @@ async def _deploy(
         timings[step] = round(time.monotonic() - t0, 3)
 
     remote = Remote(session, opts.root)
-    await remote.ensure_tool()
-    probe = await remote.call("probe")
+    probe = await remote.start()
     mark("probe")
     choice = choose_profile(opts.device, probe, list_profiles())
     progress("profile", choice.reason)
@@ -280,17 +289,21 @@ async def _deploy(
             f"the bundle is for profile {manifest['profile']}, the device is "
             f"{choice.profile.name}: build it with --device {choice.profile.name}"
         )
-    all_hashes = "\n".join(sorted({f["sha256"] for f in manifest["files"]}))
-    missing = (
-        (await remote.call("have", input=all_hashes.encode()))["missing"]
-        if probe.get("installed")
-        else sorted({f["sha256"] for f in manifest["files"]})
-    )
+    hashes = sorted({f["sha256"] for f in manifest["files"]})
+    store = probe.get("store")
+    if not probe.get("installed"):
+        missing = hashes
+    elif isinstance(store, list):
+        present = set(store)
+        missing = [h for h in hashes if h not in present]
+    else:  # too many files for the probe to list: ask
+        missing = (await remote.call("have", input="\n".join(hashes).encode()))["missing"]
     upload = plan_upload(manifest, missing)
     problems = host_problems(probe, manifest, upload.bytes, env_bytes(manifest, probe))
     if problems:
         raise HostUnsuitable(f"{target} cannot run {version}:\n- " + "\n- ".join(problems))
     dev_info = probe.get("device") or {}
+    trusted = set(probe.get("trusted_keys") or [])
     if not probe.get("installed") or dev_info.get("profile") != choice.profile.name:
         progress("setup", f"first contact: setting up {opts.root}")
         await remote.call(
@@ -304,9 +317,9 @@ async def _deploy(
             "--user",
             opts.service_user,
         )
-    if opts.trust:
-        keys = load_trusted(opts.trust)
-        await remote.call("trust", input="%%".join(k.to_text() for k in keys).encode())
+    new_keys = [k for k in load_trusted(opts.trust) if k.key_id_hex not in trusted]
+    if new_keys:
+        await remote.call("trust", input="%%".join(k.to_text() for k in new_keys).encode())
     mark("setup")
     progress(
         "send",
@@ -319,14 +332,10 @@ async def _deploy(
         ]
     )
     incoming = f"{remote.upload_root}/incoming/{version}"
-    await session.run(["mkdir", "-p", incoming])
     await session.put_bytes(raw, f"{incoming}/bundle.json")
     await session.put_bytes(sig_path.read_bytes(), f"{incoming}/bundle.json.minisig")
     await remote.ingest()
     mark("send")
-    progress("install", "verifying the signature and every file on the device")
-    installed = await remote.call("install", version)
-    mark("install")
     result = DeployResult(
         target=str(target),
         version=version,
@@ -336,45 +345,48 @@ async def _deploy(
         sent_files=len(upload.files),
         sent_bytes=upload.bytes,
         bundle_bytes=upload.bundle_bytes,
-        env_built=bool(installed.get("env_built")),
+        env_built=False,
         healthy=False,
         timings=timings,
     )
-    return await _switch_and_check(remote, result, manifest, broker, fleet, opts, progress, mark)
+    # The health check's client connects (and follows the device) before the switch.
+    async with Fleet(broker, fleet=fleet, timeout=5) as client:
+        await client.device(manifest["device"])
+        return await _switch_and_check(remote, client, result, manifest, opts, progress, mark)
 
 
 async def _switch_and_check(
     remote: Remote,
+    client: Fleet,
     result: DeployResult,
     manifest: dict[str, Any],
-    broker: BrokerConfig,
-    fleet: str,
     opts: DeployOptions,
     progress: Progress,
     mark: Callable[[str], None],
 ) -> DeployResult:
     version = result.version
+    device = manifest["device"]
     confirm = opts.health_timeout + opts.confirm_margin
     watch = HealthWatch(version, opts.check is not None)
-    activated = False
+    progress("install", "verifying the signature and every file on the device; switching")
     try:
-        act = await remote.call("activate", version, "--confirm-within", f"{confirm:g}")
+        act = await remote.call(
+            "install", version, "--activate", "--confirm-within", f"{confirm:g}"
+        )
         result.previous = act.get("previous") or result.previous
-        activated = True
+        result.env_built = bool(act.get("env_built"))
     except RemoteError as exc:
-        # The switch happened but the service did not start: treat as unhealthy.
-        watch.errors.append(str(exc))
+        # Refused before the switch (the device is unchanged): raise. Switched, but the service
+        # did not start: unhealthy, rolled back below.
         status = await remote.call("status")
-        activated = status.get("current") == version
-        if not activated:
+        if status.get("current") != version or not status.get("pending"):
             raise
+        watch.errors.append(str(exc))
     mark("activate")
-    progress("health", f"waiting for {manifest['device']} to run {version} (MQTT)")
+    progress("health", f"waiting for {device} to run {version} (MQTT)")
     try:
-        if activated and not watch.errors:
-            watch = await _health(
-                broker, fleet, manifest["device"], watch, opts.health_timeout, opts.check
-            )
+        if not watch.errors:
+            watch = await _health(client, device, watch, opts.health_timeout, opts.check)
     except (asyncio.CancelledError, KeyboardInterrupt):
         # Interrupted before the release was confirmed: put the old one back if we still can
         # (if not, the device's own timer does it).
@@ -383,12 +395,10 @@ async def _switch_and_check(
         raise
     mark("health")
     if watch.healthy:
-        await remote.call("commit", version)
-        with contextlib.suppress(RemoteError):
-            await remote.call("prune", "--keep", str(opts.keep))
+        await remote.call("commit", version, "--prune", str(opts.keep))
         result.healthy = True
         mark("done")
-        progress("done", f"{manifest['device']} runs {version}: healthy")
+        progress("done", f"{device} runs {version}: healthy")
         return result
     reason = watch.errors[0] if watch.errors and not watch.online else watch.missing()
     logs = ""
@@ -402,12 +412,7 @@ async def _switch_and_check(
     back = await remote.call("rollback", "--reason", reason)
     result.rolled_back_to = str(back["current"])
     old = await _health(
-        broker,
-        fleet,
-        manifest["device"],
-        HealthWatch(result.rolled_back_to),
-        opts.health_timeout,
-        None,
+        client, device, HealthWatch(result.rolled_back_to), opts.health_timeout, None
     )
     mark("rollback")
     state = "healthy again" if old.healthy else f"NOT healthy either ({old.missing()})"
@@ -422,5 +427,5 @@ async def remote_command(
     """Run one device-tool command (status, history, rollback, prune) on a device."""
     async with await connect(target, ssh) as session:
         remote = Remote(session, root)
-        await remote.ensure_tool()
+        await remote.start()
         return await remote.call(*args)

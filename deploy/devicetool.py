@@ -405,7 +405,26 @@ def cmd_probe(dev: Device, args: argparse.Namespace) -> dict[str, Any]:
         "pending": dev.pending(),
         "releases": dev.release_versions(),
         "envs": sorted(p.name for p in dev.envs.iterdir()) if dev.envs.is_dir() else [],
+        "store": _store_listing(dev),
+        "trusted_keys": sorted(p.stem for p in dev.keys.glob("*.pub")) if dev.keys.is_dir() else [],
     }
+
+
+#: Past this many content files the probe does not list them (the deploy asks with `have`).
+STORE_LISTED = 20000
+
+
+def _store_listing(dev: Device) -> list[str] | None:
+    if not dev.store.is_dir():
+        return []
+    names: list[str] = []
+    with os.scandir(dev.store) as it:
+        for entry in it:
+            if len(names) >= STORE_LISTED:
+                return None
+            if _HEX64.fullmatch(entry.name):
+                names.append(entry.name)
+    return sorted(names)
 
 
 def _has_venv() -> bool:
@@ -442,7 +461,7 @@ User={user}
 Group={user}
 EnvironmentFile=-{root}/current/release.env
 WorkingDirectory={root}/current/app
-ExecStartPre=+/usr/bin/python3 {root}/bin/edgeagent-device.py --root {root} boot-check
+ExecStartPre=+/bin/sh -c {precheck}
 ExecStart={root}/current/venv/bin/edgeagent agent run agent.yaml
 Restart=on-failure
 RestartSec=2
@@ -472,6 +491,15 @@ WantedBy=multi-user.target
 """
 
 
+# The unit's pre-start check, in shell (no interpreter start unless a switch is pending from an
+# earlier boot: then the tool's boot-check rolls it back).
+_PRECHECK = (
+    "'if [ -e {root}/pending.boot ] && "
+    "! cmp -s {root}/pending.boot /proc/sys/kernel/random/boot_id; then "
+    "exec /usr/bin/python3 -S {root}/bin/edgeagent-device.py --root {root} boot-check; fi'"
+)
+
+
 def cmd_setup(dev: Device, args: argparse.Namespace) -> dict[str, Any]:
     """First contact: layout, trusted keys, the service user and unit."""
     for name in (args.device, args.profile):
@@ -488,7 +516,9 @@ def cmd_setup(dev: Device, args: argparse.Namespace) -> dict[str, Any]:
         if subprocess.run(["id", "-u", user], capture_output=True, check=False).returncode:
             _run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", user])
         unit_path = Path("/etc/systemd/system/edgeagent@.service")
-        unit_path.write_text(_UNIT.format(user=user, root=dev.root))
+        unit_path.write_text(
+            _UNIT.format(user=user, root=dev.root, precheck=_PRECHECK.format(root=dev.root))
+        )
         _run(["systemctl", "daemon-reload"])
         _run(["systemctl", "enable", f"edgeagent@{args.device}.service"], check=False)
     info = {"device": args.device, "profile": args.profile, "service": service, "user": user}
@@ -643,52 +673,64 @@ def _build_env(dev: Device, data: dict[str, Any]) -> bool:
 
 
 def cmd_install(dev: Device, args: argparse.Namespace) -> dict[str, Any]:
-    """Verify an uploaded bundle and build its release next to the running one."""
+    """Verify an uploaded bundle and build its release next to the running one; with
+    ``--activate``, switch to it too (one interpreter start instead of two)."""
     with dev.locked():
-        data, raw, key_id = verify_incoming(dev, args.version)
-        final = dev.releases / data["version"]
-        if (final / ".complete").is_file():
-            return {"version": data["version"], "installed": False, "env_built": False}
-        try:
-            env_built = _build_env(dev, data)
-            work = dev.releases / f".partial-{data['version']}"
-            shutil.rmtree(work, ignore_errors=True)
-            for f in data["files"]:
-                if f["role"] != "wheel":
-                    _place(dev.store / f["sha256"], work / f["path"])
-            (work / "bundle.json").write_bytes(raw)
-            shutil.copyfile(
-                dev.incoming / data["version"] / "bundle.json.minisig",
-                work / "bundle.json.minisig",
-            )
-            (work / "release.env").write_text(
-                f"EDGEAGENT_RELEASE={data['version']}\nPYTHONUNBUFFERED=1\n"
-            )
-            os.symlink(f"../../envs/{data['env']}", work / "venv")
-            (work / ".complete").write_text(data["version"] + "\n")
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(work, final)
-            _fsync_dir(dev.releases)
-        except OSError as exc:
-            shutil.rmtree(dev.releases / f".partial-{data['version']}", ignore_errors=True)
-            if exc.errno == errno.ENOSPC:
-                raise Refused(
-                    f"the device's disk is full while installing {data['version']} "
-                    f"(free: {shutil.disk_usage(dev.root).free // 1024} KiB); "
-                    "prune old releases or free space"
-                ) from exc
-            raise
+        result = _install(dev, args.version)
+        if args.activate:
+            result.update(_activate(dev, args.version, args.confirm_within))
+        return result
+
+
+def _install(dev: Device, version: str) -> dict[str, Any]:
+    if (dev.releases / version / ".complete").is_file() and not (dev.incoming / version).is_dir():
+        return {"version": version, "installed": False, "env_built": False}
+    data, raw, key_id = verify_incoming(dev, version)
+    final = dev.releases / data["version"]
+    if (final / ".complete").is_file():
         shutil.rmtree(dev.incoming / data["version"], ignore_errors=True)
-        dev.record("installed", version=data["version"], key=key_id)
-        return {"version": data["version"], "installed": True, "env_built": env_built}
+        return {"version": data["version"], "installed": False, "env_built": False}
+    try:
+        env_built = _build_env(dev, data)
+        work = dev.releases / f".partial-{data['version']}"
+        shutil.rmtree(work, ignore_errors=True)
+        for f in data["files"]:
+            if f["role"] != "wheel":
+                _place(dev.store / f["sha256"], work / f["path"])
+        (work / "bundle.json").write_bytes(raw)
+        shutil.copyfile(
+            dev.incoming / data["version"] / "bundle.json.minisig",
+            work / "bundle.json.minisig",
+        )
+        (work / "release.env").write_text(
+            f"EDGEAGENT_RELEASE={data['version']}\nPYTHONUNBUFFERED=1\n"
+        )
+        os.symlink(f"../../envs/{data['env']}", work / "venv")
+        (work / ".complete").write_text(data["version"] + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(work, final)
+        _fsync_dir(dev.releases)
+    except OSError as exc:
+        shutil.rmtree(dev.releases / f".partial-{data['version']}", ignore_errors=True)
+        if exc.errno == errno.ENOSPC:
+            raise Refused(
+                f"the device's disk is full while installing {data['version']} "
+                f"(free: {shutil.disk_usage(dev.root).free // 1024} KiB); "
+                "prune old releases or free space"
+            ) from exc
+        raise
+    shutil.rmtree(dev.incoming / data["version"], ignore_errors=True)
+    dev.record("installed", version=data["version"], key=key_id)
+    return {"version": data["version"], "installed": True, "env_built": env_built}
 
 
 def _arm_rollback(dev: Device, seconds: float) -> None:
     tool = str(Path(__file__).resolve())
     if dev.service_kind() == "systemd":
-        name = f"edgeagent-rollback-{dev.info().get('device', 'agent')}"
-        _run(["systemctl", "stop", f"{name}.timer", f"{name}.service"], check=False)
-        _run(["systemctl", "reset-failed", f"{name}.service"], check=False)
+        # A unit name of its own per switch: no stop/reset of an earlier timer needed (an
+        # earlier one that fires finds nothing pending for it, or the same pending switch).
+        stamp = time.strftime("%Y%m%d%H%M%S") + f"{time.time() % 1:.3f}"[2:]
+        name = f"edgeagent-rollback-{dev.info().get('device', 'agent')}-{stamp}"
         _run(
             [
                 "systemd-run",
@@ -730,29 +772,34 @@ def _boot_id() -> str:
 def cmd_activate(dev: Device, args: argparse.Namespace) -> dict[str, Any]:
     """Switch ``current`` to an installed release and restart; undone unless confirmed."""
     with dev.locked():
-        version = args.version
-        if not (dev.releases / version / ".complete").is_file():
-            raise Refused(f"release {version} is not installed")
-        cur = dev.link("current")
-        if cur == version and not dev.pending():
-            dev.restart()
-            return {"current": version, "previous": dev.link("previous"), "switched": False}
-        pending = {
-            "version": version,
-            "previous": cur,
-            "boot_id": _boot_id(),
-            "deadline": time.time() + args.confirm_within,
-        }
-        tmp = dev.root / "pending.json.tmp"
-        tmp.write_text(json.dumps(pending))
-        os.replace(tmp, dev.root / "pending.json")
-        if cur is not None and cur != version:
-            dev.set_link("previous", cur)
-        dev.set_link("current", version)
-        dev.record("activated", version=version, previous=cur)
-        _arm_rollback(dev, args.confirm_within)
+        return _activate(dev, args.version, args.confirm_within)
+
+
+def _activate(dev: Device, version: str, confirm_within: float) -> dict[str, Any]:
+    if not (dev.releases / version / ".complete").is_file():
+        raise Refused(f"release {version} is not installed")
+    cur = dev.link("current")
+    if cur == version and not dev.pending():
         dev.restart()
-        return {"current": version, "previous": cur, "switched": True}
+        return {"current": version, "previous": dev.link("previous"), "switched": False}
+    pending = {
+        "version": version,
+        "previous": cur,
+        "boot_id": _boot_id(),
+        "deadline": time.time() + confirm_within,
+    }
+    tmp = dev.root / "pending.json.tmp"
+    tmp.write_text(json.dumps(pending))
+    os.replace(tmp, dev.root / "pending.json")
+    # For the unit's pre-start check, in shell: a pending switch from another boot?
+    (dev.root / "pending.boot").write_text(_boot_id() + "\n")
+    if cur is not None and cur != version:
+        dev.set_link("previous", cur)
+    dev.set_link("current", version)
+    dev.record("activated", version=version, previous=cur)
+    _arm_rollback(dev, confirm_within)
+    dev.restart()
+    return {"current": version, "previous": cur, "switched": True}
 
 
 def cmd_commit(dev: Device, args: argparse.Namespace) -> dict[str, Any]:
@@ -760,12 +807,24 @@ def cmd_commit(dev: Device, args: argparse.Namespace) -> dict[str, Any]:
     with dev.locked():
         pending = dev.pending()
         if pending is None or pending.get("version") != args.version:
-            if dev.link("current") == args.version:
-                return {"committed": args.version}
-            raise Refused(f"{args.version} is not the pending release (rolled back already?)")
-        (dev.root / "pending.json").unlink()
-        dev.record("healthy", version=args.version)
-        return {"committed": args.version}
+            if dev.link("current") != args.version:
+                raise Refused(f"{args.version} is not the pending release (rolled back already?)")
+        else:
+            _clear_pending(dev)
+            dev.record("healthy", version=args.version)
+    if args.prune is not None:
+        try:
+            pruned = cmd_prune(dev, argparse.Namespace(keep=args.prune))
+        except (Refused, OSError) as exc:  # committed all the same
+            pruned = {"prune_error": str(exc)}
+        return {"committed": args.version, **pruned}
+    return {"committed": args.version}
+
+
+def _clear_pending(dev: Device) -> None:
+    for name in ("pending.json", "pending.boot"):
+        with contextlib.suppress(FileNotFoundError):
+            (dev.root / name).unlink()
 
 
 def _rollback(dev: Device, target: str | None, reason: str) -> dict[str, Any]:
@@ -780,8 +839,7 @@ def _rollback(dev: Device, target: str | None, reason: str) -> dict[str, Any]:
     dev.set_link("current", target)
     if cur and cur != target:
         dev.set_link("previous", cur)
-    with contextlib.suppress(FileNotFoundError):
-        (dev.root / "pending.json").unlink()
+    _clear_pending(dev)
     dev.record("rolled_back", version=target, failed=cur, reason=reason)
     dev.restart()
     return {"current": target, "rolled_back_from": cur}
@@ -807,7 +865,10 @@ def cmd_auto_rollback(dev: Device, args: argparse.Namespace) -> dict[str, Any]:
 def cmd_boot_check(dev: Device, _: argparse.Namespace) -> dict[str, Any]:
     """Before the agent starts: a switch left unconfirmed across a reboot is undone."""
     pending = dev.pending()
-    if pending is None or pending.get("boot_id") == _boot_id():
+    if pending is None:
+        _clear_pending(dev)
+        return {"rolled_back": False}
+    if pending.get("boot_id") == _boot_id():
         return {"rolled_back": False}
     target = pending.get("previous")
     if not target or not (dev.releases / target / ".complete").is_file():
@@ -816,7 +877,7 @@ def cmd_boot_check(dev: Device, _: argparse.Namespace) -> dict[str, Any]:
     dev.set_link("current", target)
     if failed and failed != target:
         dev.set_link("previous", failed)
-    (dev.root / "pending.json").unlink()
+    _clear_pending(dev)
     dev.record("rolled_back", version=target, failed=failed, reason="rebooted before confirmed")
     return {"rolled_back": True, "current": target}
 
@@ -915,8 +976,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--user", default="edgeagent")
     sub.add_parser("trust")
     sub.add_parser("ingest").add_argument("--from", dest="source", required=True)
-    for name in ("install", "commit"):
-        sub.add_parser(name).add_argument("version")
+    ins = sub.add_parser("install")
+    ins.add_argument("version")
+    ins.add_argument("--activate", action="store_true")
+    ins.add_argument("--confirm-within", type=float, default=120.0)
+    com = sub.add_parser("commit")
+    com.add_argument("version")
+    com.add_argument("--prune", type=int, default=None)
     a = sub.add_parser("activate")
     a.add_argument("version")
     a.add_argument("--confirm-within", type=float, default=120.0)
