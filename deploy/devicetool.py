@@ -25,6 +25,7 @@ anything is installed.
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import errno
 import fcntl
@@ -662,7 +663,7 @@ def _build_env(dev: Device, data: dict[str, Any]) -> bool:
             "-q",
             "--no-index",
             "--no-deps",
-            "--no-compile",
+            "--compile",
             "--disable-pip-version-check",
             *[str(p) for p in sorted(wheels.iterdir())],
         ]
@@ -706,6 +707,9 @@ def _install(dev: Device, version: str) -> dict[str, Any]:
             f"EDGEAGENT_RELEASE={data['version']}\nPYTHONUNBUFFERED=1\n"
         )
         os.symlink(f"../../envs/{data['env']}", work / "venv")
+        # Bytecode now: the sandboxed agent cannot write it, and compiling at every start is
+        # slow on a small device (the environment's wheels are compiled by pip).
+        compileall.compile_dir(str(work / "app"), quiet=1)
         (work / ".complete").write_text(data["version"] + "\n")
         shutil.rmtree(final, ignore_errors=True)
         os.replace(work, final)
