@@ -35,7 +35,7 @@ from . import devicetool, remote_verify
 from .bundle import load_trusted, read_manifest
 from .errors import BundleInvalid, HealthCheckFailed, HostUnsuitable, RemoteError
 from .plan import HealthWatch, choose_profile, env_bytes, host_problems, plan_upload
-from .ssh import SshOptions, SshSession, SshTarget, connect
+from .ssh import LineChannel, SshOptions, SshSession, SshTarget, connect
 
 TOOL_NAME = "edgeagent-device.py"
 _TOOL_FILES = {
@@ -93,6 +93,7 @@ class Remote:
         self.root = root
         self.tool = f"{root}/bin/{TOOL_NAME}"
         self.sudo: list[str] = []
+        self._chan: LineChannel | None = None
         self.staging: str | None = None
         """Where a non-root login uploads (``~/.cache/edgeagent-staging``); root: in place."""
 
@@ -101,35 +102,42 @@ class Remote:
         return self.staging or self.root
 
     async def start(self) -> dict[str, Any]:
-        """Log in, bring the device tool up to date and probe, in as few round trips as it
-        takes (one when the tool is current): each interpreter start costs about 0.7 s on an
-        emulated device and a few hundred ms on a Pi Zero.
+        """Log in, bring the device tool up to date, start it and probe.
 
-        Root runs the tool as root; anyone else needs passwordless sudo (Raspberry Pi OS's
-        first user has it) and uploads to a staging folder of its own, moved in by the tool."""
-        names = " ".join(shlex.quote(f"{self.root}/bin/{n}") for n in _TOOL_FILES)
-        probe = shlex.join(["python3", "-S", self.tool, "--root", self.root, "probe"])
-        script = (
-            f'id -u; echo "$HOME"; sha256sum {names} 2>/dev/null; echo @@; '
-            f'if [ "$(id -u)" = 0 ]; then {probe}; '
-            f"elif sudo -n true 2>/dev/null; then sudo -n {probe}; else echo NOSUDO; fi"
-        )
-        res = await self.session.run(script, check=False)
-        out = res.stdout.decode(errors="replace").splitlines()
-        if len(out) < 3 or "@@" not in out:
-            raise RemoteError(f"cannot run commands on the device: {res.stderr.decode()[-500:]}")
-        uid, home = out[0].strip(), out[1].strip()
+        One round trip and one interpreter start when the tool is current: the tool then runs
+        as one process for the whole deploy (``serve``), answering a JSON line per command
+        (each interpreter start costs about 0.7 s on an emulated device and a few hundred ms on
+        a Pi Zero). Root runs the tool as root; anyone else needs passwordless sudo (Raspberry
+        Pi OS's first user has it) and uploads to a staging folder the tool moves files in from.
+        """
+        chan = await self._open(with_checks=True)
+        lines: list[str] = []
+        while True:
+            line = (await chan.readline(timeout=60)).decode(errors="replace").rstrip("\n")
+            if line == "@@":
+                break
+            if not line and len(lines) > 200:
+                break
+            lines.append(line)
+            if len(lines) > 200:
+                await chan.close()
+                raise RemoteError("the device's login shell printed too much before the tool")
+        if len(lines) < 2:
+            await chan.close()
+            raise RemoteError("cannot run commands on the device (no answer from the shell)")
+        uid, home = lines[0].strip(), lines[1].strip()
+        if "NOSUDO" in lines:
+            await chan.close()
+            raise HostUnsuitable(
+                f"{self.session.target}: the login user is not root and cannot use sudo "
+                "without a password; log in as root or allow it passwordless sudo (as "
+                "Raspberry Pi OS does for its first user)"
+            )
         if uid != "0":
-            if out[-1].strip() == "NOSUDO":
-                raise HostUnsuitable(
-                    f"{self.session.target}: the login user is not root and cannot use sudo "
-                    "without a password; log in as root or allow it passwordless sudo (as "
-                    "Raspberry Pi OS does for its first user)"
-                )
             self.sudo = ["sudo", "-n"]
             self.staging = f"{home}/.cache/edgeagent-staging"
         have = {}
-        for line in out[2 : out.index("@@")]:
+        for line in lines[2:]:
             digest, _, path = line.partition("  ")
             have[path.rsplit("/", 1)[-1]] = digest
         send = [
@@ -138,9 +146,30 @@ class Remote:
             if have.get(name) != devicetool.file_sha256(src)
         ]
         if send:
+            await chan.close()
             await self._upload_tool(send)
-            return await self.call("probe")
-        return self._parse("probe", res.exit_status, out[-1] if out else "", res.stderr)
+            chan = await self._open(with_checks=False)
+        self._chan = chan
+        return await self.call("probe")
+
+    async def _open(self, *, with_checks: bool) -> LineChannel:
+        names = " ".join(shlex.quote(f"{self.root}/bin/{n}") for n in _TOOL_FILES)
+        serve = shlex.join(["python3", "-S", self.tool, "--root", self.root, "serve"])
+        if with_checks:
+            script = (
+                f'id -u; echo "$HOME"; sha256sum {names} 2>/dev/null; '
+                'if [ "$(id -u)" != 0 ] && ! sudo -n true 2>/dev/null; then '
+                "echo NOSUDO; echo @@; exit 0; fi; echo @@; "
+            )
+        else:
+            script = ""
+        script += f'if [ "$(id -u)" = 0 ]; then exec {serve}; else exec sudo -n {serve}; fi'
+        return await self.session.open_lines(script)
+
+    async def close(self) -> None:
+        if self._chan is not None:
+            await self._chan.close()
+            self._chan = None
 
     async def _upload_tool(self, send: list[tuple[Path, str]]) -> None:
         if not self.sudo:
@@ -162,6 +191,13 @@ class Remote:
     async def call(
         self, *args: str, input: bytes | None = None, timeout: float = 900
     ) -> dict[str, Any]:
+        if self._chan is not None:
+            req = {"args": list(args), "input": input.decode() if input is not None else None}
+            answer = await self._chan.ask(json.dumps(req).encode(), timeout=timeout)
+            if not answer:
+                self._chan = None
+                raise RemoteError(f"device tool `{args[0]}`: the tool stopped answering")
+            return self._parse(args[0], 0, answer.decode(errors="replace"), b"")
         cmd = [*self.sudo, "python3", "-S", self.tool, "--root", self.root, *args]
         res = await self.session.run(cmd, input=input, check=False, timeout=timeout)
         lines = res.stdout.decode(errors="replace").strip().splitlines()
@@ -263,13 +299,28 @@ async def _deploy(
     opts: DeployOptions,
     progress: Progress,
 ) -> DeployResult:
-    t0 = time.monotonic()
     timings: dict[str, float] = {}
+    remote = Remote(session, opts.root)
+    try:
+        return await _deploy_with(remote, source, target, session, opts, progress, timings)
+    finally:
+        await remote.close()
+
+
+async def _deploy_with(
+    remote: Remote,
+    source: BundleSource,
+    target: SshTarget,
+    session: SshSession,
+    opts: DeployOptions,
+    progress: Progress,
+    timings: dict[str, float],
+) -> DeployResult:
+    t0 = time.monotonic() - max(timings.values(), default=0.0)
 
     def mark(step: str) -> None:
         timings[step] = round(time.monotonic() - t0, 3)
 
-    remote = Remote(session, opts.root)
     probe = await remote.start()
     mark("probe")
     choice = choose_profile(opts.device, probe, list_profiles())
@@ -427,5 +478,8 @@ async def remote_command(
     """Run one device-tool command (status, history, rollback, prune) on a device."""
     async with await connect(target, ssh) as session:
         remote = Remote(session, root)
-        await remote.start()
-        return await remote.call(*args)
+        try:
+            await remote.start()
+            return await remote.call(*args)
+        finally:
+            await remote.close()

@@ -437,10 +437,16 @@ def _has_venv() -> bool:
     return True
 
 
-def cmd_have(dev: Device, _: argparse.Namespace) -> dict[str, Any]:
+def _input(args: argparse.Namespace) -> str:
+    """A command's input: given with the request under `serve`, else standard input."""
+    given = getattr(args, "input", None)
+    return given if isinstance(given, str) else sys.stdin.read()
+
+
+def cmd_have(dev: Device, args: argparse.Namespace) -> dict[str, Any]:
     """Which of the hashes on stdin are missing from the store (one per line)."""
     missing = []
-    for line in sys.stdin.read().split():
+    for line in _input(args).split():
         if not _HEX64.fullmatch(line):
             raise Refused(f"not a SHA-256: {line[:80]!r}")
         p = dev.store / line
@@ -543,11 +549,11 @@ def public_key_id(text: str) -> str:
     return str(remote_verify.key_id_hex(key_id))
 
 
-def cmd_trust(dev: Device, _: argparse.Namespace) -> dict[str, Any]:
+def cmd_trust(dev: Device, args: argparse.Namespace) -> dict[str, Any]:
     """Install trusted public keys read from stdin (minisign .pub texts, separated by '%%')."""
     dev.keys.mkdir(parents=True, exist_ok=True)
     added = []
-    for text in sys.stdin.read().split("%%"):
+    for text in _input(args).split("%%"):
         if not text.strip():
             continue
         key_id = public_key_id(text)
@@ -971,7 +977,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgeagent-device", description=__doc__.split("\n")[0])
     p.add_argument("--root", default=DEFAULT_ROOT)
     sub = p.add_subparsers(dest="command", required=True)
-    for name in ("probe", "have", "boot-check", "status"):
+    for name in ("probe", "have", "boot-check", "status", "serve"):
         sub.add_parser(name)
     s = sub.add_parser("setup")
     s.add_argument("--device", required=True)
@@ -1004,19 +1010,47 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def run_one(dev: Device, args: argparse.Namespace) -> dict[str, Any]:
+    """One command's result, or ``{"error": ...}``."""
+    try:
+        return COMMANDS[args.command](dev, args)
+    except Refused as exc:
+        return {"error": str(exc)}
+    except OSError as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def serve(root: str) -> int:
+    """Answer commands, one JSON request per line (``{"args": [...], "input": "..."}``), one
+    JSON result per line, until end of input: a deploy pays for one interpreter start."""
+    p = parser()
+    for line in sys.stdin:
+        try:
+            req = json.loads(line)
+            argv = req["args"]
+            if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+                raise ValueError("args must be a list of strings")
+            if argv and argv[0] == "serve":
+                raise ValueError("serve inside serve")
+            args = p.parse_args(["--root", root, *argv])
+            args.input = req.get("input")
+            result = run_one(Device(Path(root)), args)
+        except SystemExit:
+            result = {"error": f"bad command: {line.strip()[:200]}"}
+        except (ValueError, KeyError, TypeError) as exc:
+            result = {"error": f"bad request: {exc}"}
+        sys.stdout.write(json.dumps(result) + "\n")
+        sys.stdout.flush()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    dev = Device(Path(args.root))
-    try:
-        result = COMMANDS[args.command](dev, args)
-    except Refused as exc:
-        print(json.dumps({"error": str(exc)}))
-        return 2
-    except OSError as exc:
-        print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
-        return 2
+    if args.command == "serve":
+        return serve(args.root)
+    result = run_one(Device(Path(args.root)), args)
     print(json.dumps(result))
-    return 0
+    return 2 if "error" in result else 0
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ check); the target and options say everything.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import getpass
@@ -582,6 +583,42 @@ async def open_session(target: SshTarget, options: SshOptions) -> AsyncIterator[
 # --- the session ---------------------------------------------------------------------------
 
 
+class LineChannel:
+    """A remote process spoken to in lines: ``await ask(line)`` → the line it answers."""
+
+    def __init__(self, target: SshTarget, proc: asyncssh.SSHClientProcess[bytes]) -> None:
+        self.target = target
+        self._proc = proc
+
+    async def ask(self, line: bytes, *, timeout: float | None = None) -> bytes:
+        try:
+            self._proc.stdin.write(line.rstrip(b"\n") + b"\n")
+            async with asyncio.timeout(timeout):
+                answer = await self._proc.stdout.readline()
+        except TimeoutError as exc:
+            raise ConnectionLost(f"{self.target.address}: no answer in {timeout} s") from exc
+        except (asyncssh.Error, OSError, BrokenPipeError) as exc:
+            raise ConnectionLost(f"{self.target.address}: connection lost: {exc}") from exc
+        return answer
+
+    async def readline(self, *, timeout: float | None = None) -> bytes:
+        """The next line the process prints (b"" once it has ended)."""
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._proc.stdout.readline()
+        except TimeoutError as exc:
+            raise ConnectionLost(f"{self.target.address}: no answer in {timeout} s") from exc
+        except (asyncssh.Error, OSError) as exc:
+            raise ConnectionLost(f"{self.target.address}: connection lost: {exc}") from exc
+
+    async def close(self) -> None:
+        with contextlib.suppress(asyncssh.Error, OSError, BrokenPipeError):
+            self._proc.stdin.write_eof()
+            async with asyncio.timeout(5):
+                await self._proc.wait()
+        self._proc.close()
+
+
 class SshSession:
     """Commands and uploads over one SSH connection."""
 
@@ -602,6 +639,16 @@ class SshSession:
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+    async def open_lines(self, command: str | Sequence[str]) -> LineChannel:
+        """Start a long-running command to talk to line by line (stdin/stdout, bytes)."""
+        cmd = command if isinstance(command, str) else shlex.join(command)
+        try:
+            proc = await self._conn.create_process(cmd, encoding=None)
+        except (asyncssh.Error, OSError) as exc:
+            raise ConnectionLost(f"{self.target.address}: cannot start `{cmd}`: {exc}") from exc
+        self._commands += 1
+        return LineChannel(self.target, proc)
 
     async def close(self) -> None:
         """Close SFTP and the connection and wait until they are closed (idempotent)."""
