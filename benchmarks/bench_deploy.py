@@ -173,6 +173,7 @@ def main() -> None:
 
         times: dict[str, list[float]] = {"deploy": [], "watch": [], "baseline": []}
         sent: list[tuple[int, int]] = []
+        steps: list[dict[str, float]] = []
         n = 0
         for r in range(args.rounds):
             # deploy
@@ -182,6 +183,7 @@ def main() -> None:
             res = asyncio.run(deploy(build, target, ssh, opts))
             times["deploy"].append(time.time() - t)
             sent.append((res.sent_files, res.sent_bytes))
+            steps.append(res.timings)
             # watch: one round of the loop per change, over a kept connection
             n += 1
             times["watch"].append(asyncio.run(_watch_once(config, target, ssh, opts, key, app, n)))
@@ -207,6 +209,7 @@ def main() -> None:
     base = results["baseline"]["median_s"]
     results["deploy_vs_baseline"] = round(results["deploy"]["median_s"] / base, 2)
     results["watch_vs_baseline"] = round(results["watch"]["median_s"] / base, 2)
+    results["deploy_steps_s"] = steps
     results["one_file_change"] = {
         "files": [s[0] for s in sent],
         "bytes": [s[1] for s in sent],
