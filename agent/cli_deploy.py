@@ -433,9 +433,6 @@ def deploy_run(
         _fail("no host: give --host or --inventory")
     ssh = _guard(lambda: _ssh_options(identity, known_hosts, accept_new_host_key))
 
-    def out(line: str) -> None:
-        click.echo(line, err=not as_json and False)
-
     if watch:
         if len(jobs) != 1 or jobs[0].config is None:
             _fail("--watch takes one host and a CONFIG")
