@@ -3,6 +3,7 @@ and its accuracy on a corpus of phrasings held apart from the intent model's tem
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import subprocess
@@ -39,8 +40,10 @@ FLEET = (
     "thermostat-living",
 )
 
-# Measured on this corpus with the committed zoo:intent model (threshold 0.6): overall 0.964,
-# grammar alone 0.952, model alone 0.663. The floors leave a margin for a retrained model.
+# Measured on this corpus (133 phrasings, 57 of them must not act; the router was tuned on it, so
+# these are development numbers, not held-out ones) with the committed zoo:intent model
+# (threshold 0.6): overall 1.000, grammar alone 0.992, model alone 0.782, no wrong actuation.
+# The floors leave a margin for a retrained model.
 FLOOR_OVERALL = 0.90
 FLOOR_GRAMMAR_ALONE = 0.88
 FLOOR_MODEL_ALONE = 0.55
@@ -226,9 +229,15 @@ def test_grammar_where_names_the_catalogs_tags(router: Router) -> None:
     assert r.where == {"room": "kitchen", "kind": "lamp"}  # lights → the catalog's kind=lamp
     assert '"lights"' in r.explanation
     assert '"kitchen"' in r.explanation
-    # A room-less command for a kind with several devices: the kind only, one of them.
-    r = routed(router.route("turn the lights on"))
-    assert (r.where, r.mode) == ({"kind": "lamp"}, "one")
+    # A room-less command for a kind with several devices: a question back, not one of them.
+    u = unsure(router.route("turn the lights on"))
+    assert u.question is not None
+    assert "lamp-hall" in u.question
+    assert "lamp-kitchen" in u.question
+    r = routed(router.route("turn all the lights on"))
+    assert (r.where, r.mode) == ({"kind": "lamp"}, "all")
+    r = routed(router.route("put a light on"))  # "a light": any one of them will do
+    assert (r.skill, r.where, r.mode) == ("turn_on", {"kind": "lamp"}, "one")
     r = routed(router.route("is it warm in the sitting room"))
     assert r.where["room"] == "living"
 
@@ -326,10 +335,10 @@ def test_negated_commands_are_never_acted_on(router: Router) -> None:
 
 
 def test_below_threshold_gives_at_most_three_candidates(catalog: Catalog) -> None:
-    strict = Router(catalog, threshold=0.99)
-    u = unsure(strict.route("it's dark in the hall"))  # grammar 0.8: an idiom, not a verb
+    strict = Router(catalog, threshold=0.99, model=None)
+    u = unsure(strict.route("hall light on please"))  # grammar 0.85: a kind and "on", no verb
     (grammar,) = [c for c in u.candidates if c.layer == "grammar"]
-    assert (grammar.skill, grammar.where["room"], grammar.confidence) == ("turn_on", "hall", 0.8)
+    assert (grammar.skill, grammar.where["room"], grammar.confidence) == ("turn_on", "hall", 0.85)
     assert "< threshold 0.99" in u.reason
     confidences = [c.confidence for c in u.candidates]
     assert confidences == sorted(confidences, reverse=True)
@@ -337,6 +346,198 @@ def test_below_threshold_gives_at_most_three_candidates(catalog: Catalog) -> Non
     u = unsure(Router(catalog, model=None).route("turn it off"))
     assert 1 <= len(u.candidates) <= 3
     assert "which device" in u.candidates[0].explanation
+
+
+# --- never actuate what was not understood with certainty (issue 10) ----------------------------
+
+
+def _probe_fleet(catalog: Catalog) -> Catalog:
+    """The issue's fleet: the kitchen lamp and a garden probe no table of the router knows."""
+    kitchen = [e for e in catalog.entries if e[0] == "lamp-kitchen"]
+    probe = spec("get_temperature", "read", "Air temperature, degrees Celsius.")
+    return Catalog([*kitchen, ("probe-garden", {"kind": "probe", "room": "garden"}, [probe])])
+
+
+def test_a_value_never_goes_to_a_kind_the_text_did_not_select(catalog: Catalog) -> None:
+    fleet = _probe_fleet(catalog)
+    for model in (None, "zoo:intent"):
+        u = unsure(Router(fleet, model=model).route("set the target to 18"))
+        assert all(c.confidence <= 0.5 for c in u.candidates), u
+        assert "names no light" in u.reason
+        assert u.question
+    # With a thermostat in the fleet, "the target" is the word of its skill's name.
+    r = routed(Router(catalog).route("set the target to 18"))
+    assert (r.skill, r.input) == ("set_target", {"celsius": 18})
+
+
+def test_unknown_devices_are_matched_by_their_manifests(catalog: Catalog) -> None:
+    fleet = _probe_fleet(catalog)
+    for router in (
+        Router(fleet, model=None),
+        Router(Catalog([*catalog.entries, *fleet.entries[1:]])),
+    ):
+        r = routed(router.route("how warm is it in the garden"))
+        assert (r.skill, r.where) == ("get_temperature", {"room": "garden"})
+        assert "manifest" in r.explanation
+    sprinkler = spec(
+        "start_watering",
+        description="Water the garden.",
+        properties={"minutes": {"type": "integer", "minimum": 1, "maximum": 60}},
+    )
+    garden = Catalog([("sprinkler-1", {"kind": "sprinkler", "room": "garden"}, [sprinkler])])
+    r = routed(Router(garden, model=None).route("water the garden for 10 minutes"))
+    assert (r.skill, r.input) == ("start_watering", {"minutes": 10})
+    u = unsure(Router(garden, model=None).route("water the garden"))  # how long?
+    assert "needs minutes" in u.reason
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("if someone rings the doorbell, tell me", "condition"),
+        ("should I turn the heating up to 25?", "advice question"),
+        ("I turned off the kitchen lights", "about the past"),
+        ("I'm going to switch off the hall light", "about the future"),
+        ("turn on the kitchen lamp tomorrow", "about the future"),
+        ("it's dark in the hall", "statement"),
+        ("how about turning off the kitchen light", "question"),
+        ("remind me to turn off the kitchen light", "future"),
+    ],
+)
+def test_only_commands_act(router: Router, text: str, why: str) -> None:
+    u = unsure(router.route(text))
+    assert why in u.reason, u
+    assert u.question
+    assert all(c.confidence <= 0.5 for c in u.candidates), u
+
+
+def test_questions_run_reads_only(router: Router) -> None:
+    r = routed(router.route("can you tell me if the hall light is on"))
+    assert r.skill == "get_state"
+    r = routed(router.route("did anyone ring while I was out?"))
+    assert r.skill == "recent_rings"
+
+
+@pytest.mark.parametrize(
+    ("text", "word", "suggested"),
+    [
+        ("turn off the kitchn light", "kitchn", "kitchen"),
+        ("switch on the lamp in the hallwy", "hallwy", "hall"),
+        ("dim the kichen lamp to 30%", "kichen", "kitchen"),
+        ("turn on the light in the nursery", None, None),
+        ("switch off the lamp in the games room", "games room", None),
+    ],
+)
+def test_unrecognised_rooms_are_asked_back(
+    router: Router, text: str, word: str | None, suggested: str | None
+) -> None:
+    u = unsure(router.route(text))
+    assert u.question is not None
+    if word:
+        assert f'"{word}"' in u.question
+    if suggested:
+        assert f"the {suggested}" in u.question
+    assert all(c.confidence <= 0.5 for c in u.candidates), u
+
+
+def test_several_devices_without_a_room_are_asked_back(router: Router) -> None:
+    for text in ("turn off the lamp", "dim the light to 40%", "is the lamp on?"):
+        u = unsure(router.route(text))
+        assert u.question is not None, (text, u)
+        assert "lamp-hall" in u.question
+        assert "lamp-kitchen" in u.question
+    r = routed(router.route("switch both lamps off"))
+    assert (r.skill, r.mode) == ("turn_off", "all")
+    lamp = _specs("lamp-kitchen")
+    two = Catalog([(d, {"room": "kitchen", "kind": "lamp"}, lamp) for d in ("lamp-a", "lamp-b")])
+    u = unsure(Router(two, model=None).route("turn off the kitchen lamp"))  # which of the two?
+    assert u.question is not None
+    assert "lamp-a" in u.question
+    r = routed(Router(two, model=None).route("turn off the kitchen lights"))  # all of them
+    assert (r.where, r.mode) == ({"room": "kitchen", "kind": "lamp"}, "all")
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("set the heating to 70 fahrenheit", 21.1),
+        ("heat the lounge to 68 °F", 20),
+        ("set the heating to twenty one degrees", 21),
+        ("make the lounge nineteen and a half degrees", 19.5),
+    ],
+)
+def test_units_are_converted_and_number_words_read(router: Router, text: str, value: float) -> None:
+    r = routed(router.route(text))
+    assert r.skill == "set_target"
+    assert r.input["celsius"] == pytest.approx(value)
+
+
+@pytest.mark.parametrize(
+    ("text", "skill", "value"),
+    [
+        ("dim the kitchen lamp to forty percent", "set_brightness", {"level": 40}),
+        ("hall light to half please", "set_brightness", {"level": 50}),
+        ("turn off the 2 lamps", "turn_off", {}),
+    ],
+)
+def test_number_words(router: Router, text: str, skill: str, value: dict[str, Any]) -> None:
+    r = routed(router.route(text))
+    assert (r.skill, r.input) == (skill, value)
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("set the heating to 25 fahrenheit", "below the minimum 5"),  # -3.9 °C
+        ("set the kitchen lamp to 40 lumens", "not lumens"),
+        ("put the heating on 50 percent", "not percent"),
+    ],
+)
+def test_units_that_do_not_fit_are_asked_back(router: Router, text: str, why: str) -> None:
+    u = unsure(router.route(text))
+    assert why in u.reason
+    assert u.question
+
+
+def test_cli_ask_asks_back_and_does_nothing(
+    broker_url: str, fleet_name: str, cli_env: dict[str, str]
+) -> None:
+    """`edgeagent ask` against a real broker: a request matching two lamps is asked back (exit
+    3, the question on stdout) and changes nothing; a certain one is carried out (exit 0)."""
+    from edgeagent.client import Fleet
+    from tests.test_coordinator import coordinator, lamp
+
+    async def ask(text: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "edgeagent", "--fleet", fleet_name, "ask", text,
+            env=cli_env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(), err.decode()
+
+    async def main() -> None:
+        async with (
+            lamp(broker_url, fleet_name, "lamp-hall", "hall"),
+            lamp(broker_url, fleet_name, "lamp-kitchen", "kitchen"),
+            coordinator(broker_url, fleet_name),
+            Fleet(broker_url, fleet=fleet_name) as fleet,
+        ):
+            for text, asked in (
+                ("turn on the lamp", "Which one: lamp-hall"),
+                ("if someone rings the doorbell, turn on the lamp", "That is a condition"),
+            ):
+                code, out, err = await ask(text)
+                assert code == 3, (out, err)
+                assert out.startswith(asked), (out, err)
+            for device in ("lamp-hall", "lamp-kitchen"):
+                assert (await fleet.call(device, "get_state"))["on"] is False
+            code, out, err = await ask("turn on the hall lamp")
+            assert code == 0, (out, err)
+            assert (await fleet.call("lamp-hall", "get_state"))["on"] is True
+            assert (await fleet.call("lamp-kitchen", "get_state"))["on"] is False
+
+    asyncio.run(main())
 
 
 # --- layer 3: the model -------------------------------------------------------------------------
@@ -373,7 +574,7 @@ def model_router(catalog: Catalog, session: FakeSession, **kw: Any) -> Router:
         ("set_level", "thermostat", "zzz 21 degrees", "set_target", {"celsius": 21}),
         ("query_state", "thermostat", "zzz", "read_temperature", {}),
         ("query_state", "light", "zzz kitchen", "get_state", {}),
-        ("notify", "doorbell", "zzz", "press", {}),
+        ("notify", "doorbell", "zzz the doorbell", "press", {}),
     ],
 )
 def test_model_maps_intent_and_kind_to_skills(
@@ -387,7 +588,7 @@ def test_model_maps_intent_and_kind_to_skills(
 
 
 def test_model_confidence_is_the_product_of_the_heads_used(catalog: Catalog) -> None:
-    session = FakeSession("turn_off", "light", "kitchen", p=0.9)
+    session = FakeSession("query_state", "light", "kitchen", p=0.9)
     r = routed(model_router(catalog, session).route("zzz"))
     assert r.where == {"room": "kitchen", "kind": "lamp"}  # room from the room head
     assert r.confidence == pytest.approx(0.9**3, abs=1e-3)
@@ -397,14 +598,24 @@ def test_model_confidence_is_the_product_of_the_heads_used(catalog: Catalog) -> 
     assert "room from the text" in r.explanation
 
 
-def test_model_below_threshold_is_unsure(catalog: Catalog) -> None:
-    session = FakeSession("turn_off", "light", "kitchen", p=0.7)  # 0.7³ = 0.34
+def test_model_guesses_never_actuate(catalog: Catalog) -> None:
+    """The model's kind and room heads are guesses: an actuation needs them in the text."""
+    session = FakeSession("turn_off", "light", "kitchen", p=0.99)
     u = unsure(model_router(catalog, session).route("zzz"))
     assert u.candidates[0].skill == "turn_off"
+    assert "names no light" in u.reason
+    r = routed(model_router(catalog, session).route("zzz the kitchen lamp"))
+    assert (r.skill, r.where) == ("turn_off", {"room": "kitchen", "kind": "lamp"})
+
+
+def test_model_below_threshold_is_unsure(catalog: Catalog) -> None:
+    session = FakeSession("query_state", "light", "kitchen", p=0.7)  # 0.7³ = 0.34
+    u = unsure(model_router(catalog, session).route("zzz"))
+    assert u.candidates[0].skill == "get_state"
     assert u.candidates[0].layer == "model"
     assert "< threshold" in u.reason
     r = routed(model_router(catalog, session, threshold=0.3).route("zzz"))
-    assert r.skill == "turn_off"
+    assert r.skill == "get_state"
 
 
 @pytest.mark.parametrize(
@@ -523,6 +734,51 @@ def _corpus() -> list[dict[str, Any]]:
     return items
 
 
+def spec(
+    name: str,
+    side_effect: str = "actuate",
+    description: str = "",
+    properties: dict[str, Any] | None = None,
+    required: Sequence[str] | None = None,
+) -> SkillSpec:
+    """A skill spec as a manifest announces it (required: every property unless given)."""
+    props = properties or {}
+    return SkillSpec.model_validate(
+        {
+            "name": name,
+            "side_effect": side_effect,
+            "idempotent": True,
+            "description": description,
+            "input_schema": {
+                "type": "object",
+                "properties": props,
+                "required": list(props if required is None else required),
+            },
+            "output_schema": {},
+            "max_concurrency": 1,
+            "max_queue": 1,
+            "timeout_s": 1.0,
+        }
+    )
+
+
+def _corpus_devices() -> list[tuple[str, dict[str, str], list[SkillSpec]]]:
+    """The corpus's extra devices: kinds no table of the router describes."""
+    out = []
+    for d in yaml.safe_load(CORPUS.read_text()).get("devices", []):
+        skills = [
+            spec(s["name"], s["side_effect"], s.get("description", ""), s.get("input"))
+            for s in d["skills"]
+        ]
+        out.append((d["device"], dict(d["tags"]), skills))
+    return out
+
+
+@pytest.fixture(scope="module")
+def corpus_catalog(catalog: Catalog) -> Catalog:
+    return Catalog([*catalog.entries, *_corpus_devices()])
+
+
 def _template_pattern() -> re.Pattern[str]:
     """Every utterance the intent recipe's templates can generate, on normalized text."""
     n = zoo.normalize
@@ -593,11 +849,16 @@ def _evaluate(catalog: Catalog, router: Router) -> tuple[float, list[tuple[Any, 
     return sum(ok for *_, ok in rows) / len(rows), rows
 
 
-def test_corpus_accuracy(catalog: Catalog, router: Router) -> None:
+def test_corpus_accuracy(corpus_catalog: Catalog) -> None:
+    catalog = corpus_catalog
+    router = Router(catalog)
     accuracy, rows = _evaluate(catalog, router)
     alone: dict[Layer, float] = {}
     for layer in LAYERS[1:]:
         alone[layer], _ = _evaluate(catalog, Router(catalog, layers=(layer,)))
+    by_class: dict[str, list[bool]] = {}
+    for item, _, ok in rows:
+        by_class.setdefault(item.get("class", "-"), []).append(ok)
     by_layer: Counter[str] = Counter()
     right_by_layer: Counter[str] = Counter()
     for _, result, ok in rows:
@@ -622,6 +883,7 @@ def test_corpus_accuracy(catalog: Catalog, router: Router) -> None:
         ),
         "each layer alone: " + ", ".join(f"{k} {v:.3f}" for k, v in alone.items()),
         f"'unsure' items acted on: {len(acted_on)} {acted_on}",
+        "by class: " + ", ".join(f"{k} {sum(v)}/{len(v)}" for k, v in sorted(by_class.items())),
         f"confidently wrong (>= {CONFIDENTLY_WRONG}): {confidently_wrong}",
         "misses: "
         + "; ".join(
@@ -637,3 +899,16 @@ def test_corpus_accuracy(catalog: Catalog, router: Router) -> None:
     assert alone["model"] >= FLOOR_MODEL_ALONE, report
     assert all(conf < CONFIDENTLY_WRONG for *_, conf in acted_on), report
     assert len(confidently_wrong) <= 0.05 * len(rows), report
+    # The issue's target: no actuation on a request that must not act, and no wrong actuation.
+    spec_of = {(d.device, s.name): s for d in catalog.devices for s in d.skills}
+    wrong_actuations = [
+        i["text"]
+        for i, r, ok in rows
+        if not ok
+        and isinstance(r, Interpretation)
+        and any(
+            spec_of[(d, r.skill)].side_effect == "actuate"
+            for d in catalog.devices_with(r.skill, r.where)
+        )
+    ]
+    assert not wrong_actuations, report

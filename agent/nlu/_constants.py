@@ -14,3 +14,8 @@ MAX_CANDIDATES = 3
 NO_VERB = "no command verb"
 NOT_RUNNABLE_CAP = 0.5
 """A candidate that cannot run as is (missing or invalid input) reports at most this confidence."""
+
+
+def wordset(text: str) -> frozenset[str]:
+    """The space-separated words of ``text``, as a set (for word lists written as prose)."""
+    return frozenset(text.split())

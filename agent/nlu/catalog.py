@@ -104,6 +104,21 @@ ROOM_WORDS: dict[str, tuple[str, ...]] = {
     "basement": ("basement", "cellar"),
     "office": ("office", "study"),
     "garden": ("garden", "yard", "backyard", "patio"),
+    # Rooms the example fleets do not have: named so that "in the nursery" is a room the router
+    # knows it has no device in, not a word it drops.
+    "dining": ("dining room", "dining area"),
+    "nursery": ("nursery", "kids room", "kids' room", "children's room", "playroom"),
+    "attic": ("attic", "loft"),
+    "utility": ("utility room", "laundry", "laundry room"),
+    "porch": ("porch", "veranda", "front porch"),
+    "landing": ("landing", "stairs", "staircase", "stairway", "upstairs", "downstairs"),
+    "pantry": ("pantry",),
+    "balcony": ("balcony", "terrace", "deck"),
+    "driveway": ("driveway", "drive"),
+    "shed": ("shed", "workshop"),
+    "conservatory": ("conservatory", "sunroom"),
+    "guest": ("guest room", "spare room", "spare bedroom"),
+    "den": ("den", "snug", "games room", "music room", "library"),
 }
 
 #: Actions (the intent model's intents, plus ``toggle``) → skill names that perform them, per kind
@@ -261,11 +276,13 @@ class Interpretation:
 
 @dataclass(frozen=True)
 class Unsure:
-    """No confident, runnable reading: the best ``candidates`` (at most three, best first) and
-    why each layer did not decide."""
+    """No confident, runnable reading: the best ``candidates`` (at most three, best first),
+    why each layer did not decide, and (when the router knows what to ask) a ``question`` back
+    for the person: "Which one: lamp-kitchen (room kitchen) or lamp-hall (room hall)?"."""
 
     candidates: list[Interpretation]
     reason: str
+    question: str | None = None
 
 
 class SupportsRun(Protocol):

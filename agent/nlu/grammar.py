@@ -1,19 +1,14 @@
-"""Text helpers, the grammar layer's rules and skill-input building for the router."""
+"""Text helpers, the grammar layer's rules, the request's slots and skill-input building."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..protocol import SkillSpec
-
-if TYPE_CHECKING:
-    pass
-from ._constants import (
-    Mode,
-)
+from ._constants import Mode, wordset
 from .catalog import (
     KIND_CUES,
     KIND_WORDS,
@@ -22,18 +17,20 @@ from .catalog import (
     Interpretation,
     kind_concept,
 )
+from .manifest import STOP, ManifestIndex, concepts
+from .numbers import (
+    Number,
+    Unit,
+    convert,
+    duration_unit,
+    find_number,
+    schema_unit,
+    words_to_digits,
+)
+from .places import Place, PlaceFinder
 
 # --- text helpers -------------------------------------------------------------------------------
 
-# edgeagent.models.zoo.intent.parse's number pattern (kept here: no numpy needed), except that
-# digits inside a name ("lamp-1") are not a number.
-_NUMBER = re.compile(
-    r"(?<![\w.:-])(-?\d+(?:[.,]\d+)?)\s*(%|percent\b|per cent\b|degrees?\b|°\s*c?|c\b)?",
-    re.IGNORECASE,
-)
-_TIME_UNIT = re.compile(
-    r"^(?::\d\d|\s*(?:minutes?|mins?|seconds?|secs?|hours?|hrs?|days?|am|pm|a\.m|p\.m|o'?clock)\b)"
-)
 _POLITE = re.compile(
     r"^(?:(?:please|hey|hi|hello|ok|okay|so|um|uh|oh|well|yo|kindly|quickly|just|now|"
     r"(?:could|can|would|will) you(?: please| kindly)?|i'd like you to|i want you to)\b[\s,]*)+"
@@ -43,8 +40,11 @@ _QUESTION = re.compile(
     r"when|where|why|tell me|check|show me|show|let me know|any|anyone|anybody|i wonder|"
     r"report|read|find out|see if)\b"
 )
-_NEGATION = re.compile(r"\b(?:don'?t|do not|dont|never|no need to)\b")
-_ALL = re.compile(r"\b(?:all|every|everything|each|both|everywhere)\b(?! the way)")
+_NEGATION = re.compile(r"\b(?:don'?t|do not|dont|never|no need to|doesn'?t|shouldn'?t)\b")
+_ALL = re.compile(
+    r"\b(?:all|every|everything|each|both|everywhere)\b"
+    r"(?! the way| day| night| morning| evening| afternoon| along| week| the time)"
+)
 _CLEAN = re.compile(r"[^a-z0-9%°'.:\-\s]+")
 
 
@@ -52,7 +52,7 @@ def _normalize(text: str) -> str:
     t = text.lower().replace("\u2019", "'").replace("\u2018", "'")
     t = _CLEAN.sub(" ", t)
     t = re.sub(r"(?<!\d)[.:]|[.:](?!\d)", " ", t)  # keep "20.5" and "6:30" only
-    return " " + " ".join(t.split()) + " "
+    return words_to_digits(" " + " ".join(t.split()) + " ")
 
 
 def _words(words: Iterable[str]) -> str:
@@ -65,31 +65,13 @@ def _phrase_re(words: Iterable[str]) -> re.Pattern[str]:
     return re.compile(rf"(?<![\w-])(?:{_words(words)})(?![\w-])")
 
 
-@dataclass(frozen=True)
-class _Number:
-    value: float
-    unit: str | None  # "percent", "degrees" or None
-    text: str
+_COUNT_WORDS = tuple(w for ws in KIND_WORDS.values() for w in ws)
 
 
-_COUNTED = re.compile(rf"^\s*(?:{_words(w for ws in KIND_WORDS.values() for w in ws)})\b")
-
-
-def _find_number(norm: str) -> _Number | None:
+def _find_number(norm: str) -> Number | None:
     """The first level or temperature: not a time ("6:30", "10 minutes") nor a count of devices
     ("2 lamps")."""
-    for match in _NUMBER.finditer(norm):
-        rest = norm[match.end() :]
-        if _TIME_UNIT.match(rest) or (not match.group(2) and _COUNTED.match(rest)):
-            continue
-        raw = (match.group(2) or "").lower().strip()
-        unit = "percent" if raw.startswith(("%", "per")) else "degrees" if raw else None
-        return _Number(float(match.group(1).replace(",", ".")), unit, match.group(0).strip())
-    return None
-
-
-def _has_time_number(norm: str) -> bool:
-    return any(_TIME_UNIT.match(norm[m.end() :]) for m in _NUMBER.finditer(norm))
+    return find_number(norm, _COUNT_WORDS)
 
 
 # --- the grammar ----------------------------------------------------------------------------------
@@ -134,11 +116,19 @@ _RULES: tuple[_ActionRule, ...] = (
     _rule("turn_off", rf"\b(?:kill|cut|douse|extinguish|deactivate|disable){_INFLECTED}\b", 2),
     _rule(
         "turn_on",
-        rf"\b(?:light{_INFLECTED} up|illuminat(?:e|es|ed|ing)|activat(?:e|es|ed|ing)|"
-        rf"enabl(?:e|es|ed|ing)|power{_INFLECTED} up|fir(?:e|es|ed|ing) up)\b",
+        rf"\b(?:light{_INFLECTED}(?: it| them| the \w+)? up|illuminat(?:e|es|ed|ing)|"
+        rf"activat(?:e|es|ed|ing)|enabl(?:e|es|ed|ing)|power{_INFLECTED} up|"
+        r"fir(?:e|es|ed|ing) up)\b",
         2,
     ),
     _rule("turn_off", rf"\b(?:{_LIGHT_WORDS})\s+out\b", 2, "light"),
+    _rule(
+        "turn_on",
+        r"\b(?:get|have|need|want|give (?:me|us))\s+(?:some|a (?:bit|little)(?: of)?|more)\s+"
+        r"light\b",
+        2,
+        "light",
+    ),
     _rule("turn_on", rf"\b(?:{_ANY_KIND_WORDS})\s+on\b", 1),
     _rule("turn_off", r"\boff\b", 1),
     _rule(
@@ -158,6 +148,8 @@ _RULES: tuple[_ActionRule, ...] = (
         True,
     ),
     _rule("set_level", r"\b(?:dim|dimmer|brighten|brighter)\b", 1, "light"),
+    # "turn the fan up": a relative change, which needs a value (never read as "turn on").
+    _rule("set_level", r"\b(?:turn|crank|bump|push|put)\w*\s+(?:[\w'-]+\s+){0,4}?(?:up|down)\b", 3),
     _rule("toggle", rf"\b(?:toggl(?:e|es|ed|ing)|flip{_INFLECTED})\b", 2),
     _rule("notify", rf"\b(?:ring|press|push|buzz|chime|ding){_INFLECTED}\b", 2),
     _rule("lock", r"\block\b", 2),
@@ -166,6 +158,34 @@ _RULES: tuple[_ActionRule, ...] = (
     _rule("close", r"\b(?:close|shut)\b", 1),
     _rule("query_state", r"\b(?:status|state)\b", 3),
     _rule("query_state", r"\b(?:temperature|how (?:warm|cold|hot))\b", 1, "thermostat"),
+)
+
+_ACTUATING = tuple(r for r in _RULES if r.action != "query_state" and r.strength >= 2)
+_PARTICIPLE = re.compile(r"^(?:[a-z]+ed|shut|put|set|left|kept|lit|done|off|on|out)$")
+_STATE_AUX = wordset("is are was were be been being get got still left stay stays")
+
+
+def _active_command(norm: str) -> str | None:
+    """An explicit actuating verb in active form ("turning off", "turn the heating up"), not a
+    state ("is the light turned off"): in a question, a request put as one."""
+    for rule in _ACTUATING:
+        m = rule.pattern.search(norm)
+        if m is None:
+            continue
+        first = m.group(0).split()[0]
+        before = norm[: m.start()].split()[-1:]
+        if _PARTICIPLE.match(first) or (before and before[0] in _STATE_AUX):
+            continue
+        return m.group(0).strip()
+    return None
+
+
+_INDEFINITE = re.compile(
+    rf"\b(?:a|an|any|some|either|one of the|any of the)\s+(?:[\w'-]+\s+)?(?:{_ANY_KIND_WORDS})\b"
+)
+_COUNT = re.compile(rf"(?<![\w.:-])(\d+)\s+(?:[\w'-]+\s+)?(?:{_ANY_KIND_WORDS})\b")
+_PLURAL_KINDS = frozenset(
+    w for ws in KIND_WORDS.values() for w in ws if w.endswith("s") and not w.endswith("ss")
 )
 
 
@@ -182,10 +202,20 @@ class _Slots:
     cues: tuple[str, ...]
     """Kind concepts hinted at ("warmer" → thermostat)."""
     device: str | None
-    number: _Number | None
+    number: Number | None
     mode: Mode
     said: dict[str, str]
     """What matched, for explanations: slot → words."""
+    places: tuple[Place, ...] = ()
+    """Words in a place's position the router does not know ("kitchn", "the nursery")."""
+    plural: bool = False
+    """A kind named in the plural ("the kitchen lights")."""
+    indefinite: bool = False
+    """A kind named as "a"/"any" one ("put a light on"): any of them will do."""
+    concepts: frozenset[str] = frozenset()
+    """The text's words as stems and topics, for matching manifests."""
+    count: int | None = None
+    """A count of devices ("the 2 lamps")."""
 
 
 @dataclass(frozen=True)
@@ -201,6 +231,8 @@ class _Candidate:
     interpretation: Interpretation
     problem: str | None = None
     """Why it cannot run as is (missing or invalid input, …); None if it can."""
+    question: str | None = None
+    """What to ask the person back, when the router knows."""
 
     @property
     def runnable(self) -> bool:
@@ -213,17 +245,22 @@ class _Lexicon:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
         rooms = catalog.rooms
-        self.room_res = {r: _phrase_re((*ROOM_WORDS.get(r, ()), *_spellings(r))) for r in rooms}
+        self.room_phrases = {
+            r: (*ROOM_WORDS.get(r, ()), *_spellings(r), *(w + "s" for w in _spellings(r)))
+            for r in rooms
+        }
+        self.room_res = {r: _phrase_re(words) for r, words in self.room_phrases.items()}
         self.foreign_room_res = {
             r: _phrase_re(words) for r, words in ROOM_WORDS.items() if r not in rooms
         }
-        concepts: dict[str, set[str]] = {c: set(ws) for c, ws in KIND_WORDS.items()}
+        concepts_: dict[str, set[str]] = {c: set(ws) for c, ws in KIND_WORDS.items()}
         for tag in catalog.kinds:
             concept = kind_concept(tag) or tag
-            concepts.setdefault(concept, set()).update(_spellings(tag))
+            concepts_.setdefault(concept, set()).update(_spellings(tag))
             if concept == tag and not tag.endswith("s"):
-                concepts[concept].add(tag + "s")
-        self.kind_res = {c: _phrase_re(ws) for c, ws in concepts.items()}
+                concepts_[concept].add(tag + "s")
+        self.kind_words = concepts_
+        self.kind_res = {c: _phrase_re(ws) for c, ws in concepts_.items()}
         self.cue_res = {c: _phrase_re(ws) for c, ws in KIND_CUES.items()}
         self.device_re = (
             _phrase_re(d.device.lower() for d in catalog.devices) if catalog.devices else None
@@ -232,6 +269,19 @@ class _Lexicon:
             name: re.compile(rf"\b{_words([name.lower().replace('_', ' ')])}\b")
             for name in sorted(catalog.skill_names, key=len, reverse=True)
         }
+        self.index = ManifestIndex(catalog)
+        known = {
+            *(w for ws in concepts_.values() for p in ws for w in p.split()),
+            *(w for ws in KIND_CUES.values() for p in ws for w in p.split()),
+            *(w for d in catalog.devices for v in (d.device, *d.tags.values()) for w in _toks(v)),
+            *self.index.vocabulary,
+            *STOP,
+        }
+        self.places = PlaceFinder(
+            self.room_phrases,
+            (p for r, ps in ROOM_WORDS.items() if r not in rooms for p in ps),
+            known,
+        )
 
     def slots(self, norm: str) -> _Slots:
         said: dict[str, str] = {}
@@ -256,6 +306,7 @@ class _Lexicon:
                 device = next(d.device for d in self.catalog.devices if d.device.lower() == m[0])
                 said["device"] = m.group(0)
         kinds = []
+        plural = False
         kind_spans: list[tuple[int, int, str]] = []
         for concept, pattern in self.kind_res.items():
             for m in pattern.finditer(norm):
@@ -268,6 +319,8 @@ class _Lexicon:
             if not inside and concept not in kinds:
                 kinds.append(concept)
                 said[f"kind {concept}"] = norm[start:end]
+            if not inside and norm[start:end].split()[-1] in _PLURAL_KINDS:
+                plural = True
         cues = []
         for concept, pattern in self.cue_res.items():
             m = pattern.search(norm)
@@ -278,18 +331,36 @@ class _Lexicon:
         if number is not None:
             cues.extend(
                 c
-                for c, unit in (("light", "percent"), ("thermostat", "degrees"))
-                if number.unit == unit and c not in cues
+                for c, wanted in (("light", "percent"), ("thermostat", "temperature"))
+                if (number.unit == wanted or (wanted == "temperature" and number.temperature))
+                and c not in cues
             )
         mode: Mode = "all" if _ALL.search(norm) else "one"
+        places = tuple(p for p in self.places.find(norm) if device is None)
         return _Slots(
-            tuple(rooms), tuple(foreign), tuple(kinds), tuple(cues), device, number, mode, said
+            tuple(rooms),
+            tuple(foreign),
+            tuple(kinds),
+            tuple(cues),
+            device,
+            number,
+            mode,
+            said,
+            places,
+            plural,
+            bool(_INDEFINITE.search(norm)),
+            concepts(norm.split()),
+            int(m.group(1)) if (m := _COUNT.search(norm)) else None,
         )
 
 
 def _spellings(value: str) -> tuple[str, ...]:
     v = value.lower()
     return tuple(dict.fromkeys((v, v.replace("-", " ").replace("_", " "))))
+
+
+def _toks(value: str) -> list[str]:
+    return re.split(r"[\s_\-.]+", value.lower())
 
 
 # --- inputs -------------------------------------------------------------------------------------
@@ -360,20 +431,54 @@ def _check_input(spec: SkillSpec, value: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _build_input(spec: SkillSpec, number: _Number | None) -> tuple[dict[str, Any], str | None]:
-    """Fill the skill's one required numeric property from the text's number; check it."""
+_UNIT_WORDS: dict[Unit, str] = {
+    "percent": "percent",
+    "degrees": "degrees",
+    "celsius": "degrees Celsius",
+    "fahrenheit": "degrees Fahrenheit",
+    "kelvin": "kelvin",
+}
+
+
+def _numeric_property(spec: SkillSpec) -> str | None:
+    """The skill's one required numeric input property, if it has exactly one."""
     props = _properties(spec)
-    required = _required(spec)
-    numeric = [r for r in required if _schema_type(props.get(r, {})) & {"integer", "number"}]
+    numeric = [r for r in _required(spec) if _schema_type(props.get(r, {})) & {"integer", "number"}]
+    return numeric[0] if len(numeric) == 1 else None
+
+
+def _build_input(
+    spec: SkillSpec, number: Number | None, duration: float | None = None
+) -> tuple[dict[str, Any], str | None, str | None]:
+    """Fill the skill's one required numeric property from the text's number (or its duration,
+    for a property in minutes or seconds), converted to the unit the schema declares. Returns
+    the input, why it cannot run (or None) and a note on a conversion (or None)."""
+    name = _numeric_property(spec)
     value: dict[str, Any] = {}
-    if number is not None and len(numeric) == 1:
-        name = numeric[0]
-        prop = props.get(name, {})
-        v = number.value
-        value[name] = int(v) if "integer" in _schema_type(prop) and v.is_integer() else v
-        about = f"{name} {prop.get('description', '')} {spec.description}".lower()
-        if number.unit == "degrees" and "percent" in about and "celsius" not in about:
-            return value, f"{spec.name} takes {name} in percent, not degrees"
-        if number.unit == "percent" and ("celsius" in about or "degrees" in about):
-            return value, f"{spec.name} takes {name} in degrees, not percent"
-    return value, _check_input(spec, value)
+    if name is None:
+        return value, _check_input(spec, value), None
+    prop = _properties(spec).get(name, {})
+    per = duration_unit(name, prop, spec.description)
+    if per is not None:
+        if duration is not None:
+            v = round(duration / per, 3)
+            value[name] = int(v) if "integer" in _schema_type(prop) and v.is_integer() else v
+        return value, _check_input(spec, value), None
+    if number is None:
+        return value, _check_input(spec, value), None
+    target = schema_unit(name, prop, spec.description)
+    full_scale = prop.get("minimum") == 0 and prop.get("maximum") == 100
+    if target is None and number.unit == "percent" and full_scale:
+        target = "percent"  # a 0-100 scale takes a percentage as it is
+    if target is None and number.unit is not None and not number.unknown_unit:
+        value[name] = number.value
+        return value, f"{spec.name} does not say which unit {name} takes: {number.text}?", None
+    converted, note = convert(number, target)
+    if converted is None:
+        value[name] = number.value
+        said = number.unknown_unit or _UNIT_WORDS.get(number.unit or "percent", "")
+        want = _UNIT_WORDS.get(target, "its own unit") if target else "its own unit"
+        return value, f"{spec.name} takes {name} in {want}, not {said}", None
+    v = converted
+    value[name] = int(v) if "integer" in _schema_type(prop) and float(v).is_integer() else v
+    return value, _check_input(spec, value), note

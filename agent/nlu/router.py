@@ -8,14 +8,11 @@ import re
 import shlex
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
+from typing import Any
 
 from ..errors import EdgeAgentError
 from ..protocol import SkillSpec
-
-if TYPE_CHECKING:
-    pass
 from ._constants import (
     DEFAULT_MODEL,
     DEFAULT_THRESHOLD,
@@ -41,16 +38,19 @@ from .grammar import (
     _QUESTION,
     _RULES,
     _SET_VERBS,
+    _active_command,
     _build_input,
     _Candidate,
     _check_input,
-    _has_time_number,
     _Lexicon,
     _normalize,
     _properties,
     _Slots,
     _Target,
 )
+from .manifest import Match
+from .mood import Mood, analyse, strip_polite
+from .numbers import find_duration, has_time_number
 
 # --- the router ---------------------------------------------------------------------------------
 
@@ -61,6 +61,21 @@ def _where_text(where: Mapping[str, str]) -> str:
 
 def _fmt(p: float) -> str:
     return f"{p:.2f}"
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One text, read once for every layer."""
+
+    text: str
+    norm: str
+    slots: _Slots
+    mood: Mood
+    evidence: frozenset[str]
+    """Kind concepts the text selects: kinds and cues it names, the kind of a device it names,
+    and the kinds of devices whose skill names it says ("the target" → thermostat)."""
+    named_skills: frozenset[str]
+    """Skills whose name's words (besides the verb) the text says."""
 
 
 class Router:
@@ -94,7 +109,9 @@ class Router:
         self._model_error: str | None = None
         self._lock = threading.Lock()
         self._lexicon = _Lexicon(catalog)
+        self._index = self._lexicon.index
         self._tags_of = {d.device: dict(d.tags) for d in catalog.devices}
+        self._concept_of = {d.device: kind_concept(d.tags.get("kind")) for d in catalog.devices}
 
     # Public ----------------------------------------------------------------------------------
 
@@ -112,16 +129,17 @@ class Router:
         text = text.strip()
         if not text:
             return Unsure([], "empty text")
+        request = self._read(text)
         candidates: list[_Candidate] = []
         reasons: list[str] = []
         run = {"exact": self._exact, "grammar": self._grammar, "model": self._model_layer}
         layers = [run[x] for x in self.layers]
-        negation = _NEGATION.search(_normalize(text))
+        negation = _NEGATION.search(request.norm)
         if negation:
             layers = layers[:1] if self.layers[:1] == ("exact",) else []
             reasons.append(f'"{negation.group(0)}": a negated command is never acted on')
         for layer in layers:
-            found, why = layer(text)
+            found, why = layer(request)
             candidates.extend(found)
             if why:
                 reasons.append(why)
@@ -147,11 +165,59 @@ class Router:
                     f"has confidence {_fmt(best.interpretation.confidence)} < threshold "
                     f"{_fmt(self.threshold)}"
                 )
-        return Unsure(_best(candidates), "; ".join(reasons) or "no reading")
+        question = self._question_back(request, candidates, bool(negation))
+        return Unsure(_best(candidates), "; ".join(reasons) or "no reading", question)
+
+    # The request -----------------------------------------------------------------------------
+
+    def _read(self, text: str) -> _Request:
+        norm = _normalize(text)
+        slots = self._lexicon.slots(norm)
+        named = self._index.named(slots.concepts)
+        named_skills = frozenset(
+            s.spec.name
+            for s in self._index.skills
+            if any(not c.startswith("#") for c in s.about & slots.concepts)
+        )
+        evidence = {*slots.kinds, *slots.cues}
+        evidence.update(c for d in named if (c := self._concept_of.get(d)))
+        if slots.device and (c := self._concept_of.get(slots.device)):
+            evidence.add(c)
+        mood = analyse(text, _normalize)
+        return _Request(text, norm, slots, mood, frozenset(evidence), named_skills)
+
+    def _question_back(
+        self, request: _Request, candidates: Sequence[_Candidate], negated: bool
+    ) -> str | None:
+        if negated:
+            return None
+        slots = request.slots
+        if slots.places:
+            return slots.places[0].question(self.catalog.rooms)
+        ranked = sorted(
+            candidates,
+            key=lambda c: (c.question is not None, c.interpretation.confidence),
+            reverse=True,
+        )
+        if ranked and ranked[0].question:
+            return ranked[0].question
+        if request.mood.kind == "conditional":
+            return _CONDITIONAL_QUESTION.format(clue=request.mood.clue)
+        if not request.mood.reads:
+            return (
+                f"That sounds like {request.mood.describe()}: I only carry out direct requests. "
+                "What do you want me to do?"
+            )
+        if slots.foreign_rooms and not slots.rooms:
+            rooms = ", ".join(sorted(self.catalog.rooms)) or "none"
+            said = slots.said.get(f"room {slots.foreign_rooms[0]}", slots.foreign_rooms[0])
+            return f'No device is in "{said}". Which room? Rooms: {rooms}.'
+        return None
 
     # Layer 1: exact ------------------------------------------------------------------------------
 
-    def _exact(self, text: str) -> tuple[list[_Candidate], str | None]:
+    def _exact(self, request: _Request) -> tuple[list[_Candidate], str | None]:
+        text = request.text
         try:
             tokens = shlex.split(text)
         except ValueError:
@@ -216,9 +282,8 @@ class Router:
 
     # Layer 2: grammar ----------------------------------------------------------------------------
 
-    def _grammar(self, text: str) -> tuple[list[_Candidate], str | None]:
-        norm = _normalize(text)
-        slots = self._lexicon.slots(norm)
+    def _grammar(self, request: _Request) -> tuple[list[_Candidate], str | None]:
+        norm, slots = request.norm, request.slots
         stripped = _POLITE.sub("", norm.strip())
         said = dict(slots.said)
         # The action: a question, a number to set, a verb, or a skill's own name.
@@ -227,7 +292,11 @@ class Router:
         ambiguous = False
         implied = False
         cue: str | None = None
-        if _QUESTION.match(stripped):
+        asked = _QUESTION.match(stripped)
+        # A question with an actuating verb ("how about turning the heating up?") asks for an
+        # action: it is read as one (and not carried out), never answered with a read.
+        indirect = _active_command(norm) if asked and _SUGGESTION.match(stripped) else None
+        if asked and indirect is None:
             action, strength = "query_state", 5
             said["question"] = stripped.split()[0]
         elif slots.number is not None and re.search(
@@ -255,8 +324,14 @@ class Router:
                 direct = name
                 said["skill name"] = m.group(0)
                 break
+        explanation = "grammar: " + ", ".join(f'{k} "{v}"' for k, v in said.items())
+        evidence = said.get("verb") or said.get("number") or said.get("skill name")
+        in_command = request.mood.acts and (evidence is None or request.mood.in_command(evidence))
         if action is None and direct is None:
-            if slots.number is not None and _has_time_number(norm):
+            found = self._manifest(request, None, explanation, in_command)
+            if found:
+                return found, None if any(c.runnable for c in found) else _why(found)
+            if slots.number is not None and has_time_number(norm):
                 return [], "grammar: a time or duration is not a device command"
             return self._no_verb(slots), "grammar: no command verb recognized"
         cues = [*([cue] if cue else []), *(c for c in slots.cues if c != cue)]
@@ -267,7 +342,6 @@ class Router:
             confidence = 0.85
         if ambiguous:
             confidence = 0.5
-        explanation = "grammar: " + ", ".join(f'{k} "{v}"' for k, v in said.items())
         if direct is not None and (action is None or direct not in skill_choices(action, None)):
             targets, why = self._targets_for_skill(direct, slots)
             action_text = f"skill {direct}"
@@ -277,12 +351,102 @@ class Router:
             if from_cue and not implied:
                 confidence = min(confidence, 0.85)
             action_text = action
+            if action == "query_state" or not targets:
+                found = self._manifest(
+                    request, action, explanation, in_command, confidence, skills_of(targets)
+                )
+                if found:
+                    return found, None if any(c.runnable for c in found) else _why(found)
         if not targets:
             return [], f"grammar: {action_text}: {why}"
-        found = self._candidates(targets, slots, confidence, "grammar", explanation)
+        named = [t for t in targets if t.skill in request.named_skills]
+        if named and len(named) < len(targets):
+            targets = named  # "set the target to 18": the skill the text names, not the others
+            explanation += f" (the text names {', '.join(skills_of(named))})"
+        found = self._candidates(targets, request, confidence, "grammar", explanation, in_command)
         if any(c.runnable for c in found):
             return found, None
-        return found, f"grammar: {found[0].interpretation.skill}: {found[0].problem}"
+        return found, _why(found)
+
+    def _manifest(
+        self,
+        request: _Request,
+        action: str | None,
+        explanation: str,
+        in_command: bool,
+        confidence: float = 0.9,
+        table: frozenset[str] = frozenset(),
+    ) -> list[_Candidate]:
+        """Readings from the devices' manifests (skill names, descriptions, tags): reads for a
+        question the tables did not answer by name, actuations whose verb the text says."""
+        slots = request.slots
+        base, selected = self._selection(slots)
+        if selected and not self.catalog.matching(base) and "kind" in base and not slots.device:
+            base.pop("kind")  # "temperature" named a thermostat; the garden has a probe
+            selected = bool(base)
+        devices = [d.device for d in self.catalog.matching(base)] if selected else None
+        if devices is None:
+            devices = list(self._tags_of)
+        words = slots.concepts - {w for r in slots.rooms for w in r.split()}
+        matches: list[Match] = []
+        if action in (None, "query_state"):
+            matches = self._index.reads(words, devices)
+            if action is None and request.mood.kind != "question":
+                matches = []  # no verb and no question: not asking for a read
+            if table and not {m.words.spec.name for m in matches} - table:
+                return []  # the tables found the same skills: nothing to add
+            if action is None and not selected:
+                matches = [m for m in matches if m.strong]
+        if action != "query_state" and not matches:
+            verb = _verb(request.norm)
+            if verb:
+                matches = self._index.actions(verb, words, devices, selected)
+        if not matches:
+            return []
+        by_skill: dict[str, list[Match]] = {}
+        for m in matches:
+            by_skill.setdefault(m.words.spec.name, []).append(m)
+        targets = []
+        for name, ms in by_skill.items():
+            on = tuple(sorted({m.words.device for m in ms}))
+            where = dict(base) if selected else {}
+            if not selected and len(on) == 1:
+                where = self._narrow(on[0], name)
+            in_where = tuple(d for d in self.catalog.devices_with(name, where) if d in on)
+            if in_where:
+                targets.append(_Target(name, where, in_where, ms[0].words.spec))
+        if not targets:
+            return []
+        note = "manifest: " + "; ".join(
+            f"{name} ({'name' if ms[0].strong else 'description'} says "
+            f"{', '.join(ms[0].matched) or 'its verb'})"
+            for name, ms in by_skill.items()
+        )
+        conf = min(confidence, 0.9 if all(ms[0].strong for ms in by_skill.values()) else 0.7)
+        return self._candidates(
+            targets, request, conf, "grammar", f"{explanation}; {note}", in_command
+        )
+
+    def _selection(self, slots: _Slots) -> tuple[dict[str, str], bool]:
+        """The ``where`` the text's rooms, kinds or device id make, and whether it made one."""
+        if slots.device:
+            return dict(self._tags_of[slots.device]), True
+        base: dict[str, str] = {}
+        if len(slots.rooms) == 1:
+            base["room"] = slots.rooms[0]
+        tags = [t for c in slots.kinds for t in self._kind_tags(c)]
+        if len(tags) == 1:
+            base["kind"] = tags[0]
+        return base, bool(base)
+
+    def _narrow(self, device: str, skill: str) -> dict[str, str]:
+        """The fewest of ``device``'s tags that single it out among the devices with ``skill``."""
+        tags = self._tags_of[device]
+        for keys in (("kind",), ("room",), ("kind", "room")):
+            where = {k: tags[k] for k in keys if k in tags}
+            if where and self.catalog.devices_with(skill, where) == (device,):
+                return where
+        return {}
 
     def _no_verb(self, slots: _Slots) -> list[_Candidate]:
         """No verb but a named device, room or kind: its skills as weak candidates."""
@@ -301,7 +465,7 @@ class Router:
             spec = self.catalog.spec(name, where)
             if spec is None:
                 continue
-            value, _ = _build_input(spec, slots.number)
+            value, _, _ = _build_input(spec, slots.number)
             text = f"grammar: no verb; {_where_text(where)} has skill {name} ({spec.description})"
             interp = Interpretation(name, value, where, slots.mode, 0.3, "grammar", text)
             out.append(_Candidate(interp, NO_VERB))
@@ -324,7 +488,7 @@ class Router:
                 self._model_error = f"{type(exc).__name__}: {exc}"
             return self._session
 
-    def _model_layer(self, text: str) -> tuple[list[_Candidate], str | None]:
+    def _model_layer(self, request: _Request) -> tuple[list[_Candidate], str | None]:
         if self.model is None and self._session is None:
             return [], "model: layer disabled (model=None)"
         session = self._load()
@@ -341,12 +505,12 @@ class Router:
             outputs.update(out)
             return out
 
-        command = zoo.interpret(text, run)
+        command = zoo.interpret(request.text, run)
         probs = {
             head: _softmax([float(x) for x in outputs[head][0]]) for head in ("intent", "kind")
         }
         room_probs = _softmax([float(x) for x in outputs["room"][0]])
-        slots = self._lexicon.slots(_normalize(text))
+        slots = request.slots
         pairs = sorted(
             (
                 (pi * pk, intent_name, pi, kind_name, pk)
@@ -356,20 +520,20 @@ class Router:
             reverse=True,
         )
         # The room: named in the text (the model knows six rooms; the catalog may have others),
-        # else the model's room head.
-        room_p = 1.0
-        room_text = ""
+        # else the model's room head: a guess, used for reads only (an actuation needs the room
+        # from the text, or a kind with one device).
+        guess_p = 1.0
+        guessed = slots
+        room_text = ", room from the text"
         if not slots.rooms and not slots.foreign_rooms:
-            room_p = max(room_probs)
-            room = zoo.ROOMS[room_probs.index(room_p)]
-            room_text = f", room {room} ({_fmt(room_p)})"
+            guess_p = max(room_probs)
+            room = zoo.ROOMS[room_probs.index(guess_p)]
+            room_text = f", room {room} ({_fmt(guess_p)}, for reads)"
             if room != "none":
                 if room in self.catalog.rooms:
-                    slots = _with_rooms(slots, (room,), ())
+                    guessed = _with_rooms(slots, (room,), ())
                 else:
-                    slots = _with_rooms(slots, (), (room,))
-        else:
-            room_text = ", room from the text"
+                    guessed = _with_rooms(slots, (), (room,))
         candidates: list[_Candidate] = []
         reasons: list[str] = []
         top_name = f"{command.intent}/{command.kind}"  # the argmax pair, pairs[0]
@@ -378,17 +542,20 @@ class Router:
                 if pi >= 0.5:
                     reasons.append(f"intent unknown ({_fmt(pi)}): not a device command")
                 continue
+            reads = intent_name == "query_state"
+            room_p = guess_p if reads else 1.0
+            base = guessed if reads else slots
             if p * room_p < 0.02:
                 continue  # a reading too unlikely to offer
             kinds = () if kind_name == "none" else (kind_name,)
-            if not (kinds or slots.rooms or slots.foreign_rooms or slots.device) and (
-                slots.mode == "one"
+            if not (kinds or base.rooms or base.foreign_rooms or base.device) and (
+                base.mode == "one"
             ):
                 reasons.append(f"{intent_name}/none: names no device, room or kind")
                 continue
             conflict = bool(slots.kinds) and kind_name not in slots.kinds
             confidence = p * room_p * (0.5 if conflict else 1.0)
-            model_slots = _with_kinds(slots, kinds)
+            model_slots = _with_kinds(base, kinds)
             targets, why, _ = self._targets(intent_name, model_slots, [])
             explanation = (
                 f"model: intent {intent_name} ({_fmt(pi)}), kind {kind_name} ({_fmt(pk)})"
@@ -400,12 +567,16 @@ class Router:
                 reasons.append(f"{intent_name}/{kind_name}: {why}")
                 continue
             candidates.extend(
-                self._candidates(targets, model_slots, confidence, "model", explanation)
+                self._candidates(
+                    targets, request, confidence, "model", explanation, request.mood.acts
+                )
             )
         candidates.sort(key=lambda c: (c.interpretation.confidence, c.runnable), reverse=True)
         if any(c.runnable for c in candidates):
             return candidates, None
         reasons = list(dict.fromkeys(reasons))[:2]
+        if candidates and candidates[0].problem:
+            reasons.insert(0, f"{candidates[0].interpretation.skill}: {candidates[0].problem}")
         return candidates, "model: " + ("; ".join(reasons) or f"{top_name}: nothing runs")
 
     # Shared: targets and candidates ----------------------------------------------------------
@@ -535,29 +706,59 @@ class Router:
     def _candidates(
         self,
         targets: Sequence[_Target],
-        slots: _Slots,
+        request: _Request,
         confidence: float,
         layer: Layer,
         explanation: str,
+        in_command: bool,
     ) -> list[_Candidate]:
+        """Each target as a reading, with every reason it cannot be carried out as is."""
+        slots = request.slots
         out: list[_Candidate] = []
         ambiguous = len({t.skill for t in targets}) > 1 or len({str(t.where) for t in targets}) > 1
         for t in targets:
             conf = confidence
+            mode = slots.mode
             notes = [f"{t.skill} on {_where_text(t.where)}: {', '.join(t.devices)}"]
             if ambiguous:
                 conf = min(conf, 0.5)
                 notes.append(f"ambiguous ({len(targets)} readings)")
-            untargeted = not ({"room", "kind"} & set(t.where)) and slots.device is None
-            if untargeted and slots.mode == "one" and len(t.devices) > 1:
-                conf = min(conf, 0.45)
-                notes.append("no room or kind named: which device?")
-            value, problem = _build_input(t.spec, slots.number)
-            if slots.device and t.devices != (slots.device,) and slots.mode == "one":
+            duration = find_duration(request.norm)
+            value, problem, converted = _build_input(t.spec, slots.number, duration)
+            if converted:
+                notes.append(converted)
+            question: str | None = None
+            if (
+                problem
+                and slots.number is not None
+                and (slots.number.unknown_unit or "unit" in problem or ", not " in problem)
+            ):
+                question = f"{problem}: what is {slots.number.text} in the unit it takes?"
+            elif problem:
+                question = f"{t.skill} cannot run: {problem}. What value do you want?"
+            if slots.device and t.devices != (slots.device,) and mode == "one":
                 problem = _not_singled_out(slots.device, t.devices)
+            for check in (self._place_check, self._mood_check, self._certainty_check):
+                found = check(t, request, value, in_command)
+                if found is not None and problem is None:
+                    problem, question = found
+            if problem is None and mode == "one" and len(t.devices) > 1 and not slots.device:
+                if slots.count == len(t.devices):
+                    mode = "all"
+                    notes.append(f"the {slots.count} of them: all")
+                elif slots.indefinite:
+                    notes.append("any one of them will do")
+                elif slots.rooms and slots.plural:
+                    mode = "all"
+                    notes.append(f"the {' and '.join(slots.rooms)} ones: all of them")
+                else:
+                    problem = (
+                        f"{len(t.devices)} devices match ({', '.join(t.devices)}): which device?"
+                    )
+                    question = self._which(t)
             if value:
                 notes.append(f"input {json.dumps(value, sort_keys=True)}")
-            if slots.mode == "all":
+            if mode == "all":
                 notes.append("mode all")
             if problem:
                 conf = min(conf, NOT_RUNNABLE_CAP)
@@ -566,17 +767,129 @@ class Router:
                 t.skill,
                 value,
                 dict(t.where),
-                slots.mode,
+                mode,
                 round(conf, 4),
                 layer,
                 f"{explanation} → {'; '.join(notes)}",
             )
-            out.append(_Candidate(interp, problem))
+            out.append(_Candidate(interp, problem, question))
         out.sort(key=lambda c: (c.interpretation.confidence, c.runnable), reverse=True)
         return out
 
+    # Checks: each returns (problem, question back) or None ------------------------------------
+
+    def _place_check(
+        self, t: _Target, request: _Request, value: Mapping[str, Any], in_command: bool
+    ) -> tuple[str, str] | None:
+        places = request.slots.places
+        if not places:
+            return None
+        words = ", ".join(f'"{p.words}"' for p in places)
+        return f"unrecognised room word {words}", places[0].question(self.catalog.rooms)
+
+    def _mood_check(
+        self, t: _Target, request: _Request, value: Mapping[str, Any], in_command: bool
+    ) -> tuple[str, str] | None:
+        mood = request.mood
+        if t.spec.side_effect == "read":
+            if mood.reads:
+                return None
+            return f"the request is {mood.describe()}: not a question to answer", _mood_question(
+                mood, t, value
+            )
+        if in_command:
+            return None
+        if mood.acts:  # the command clause is not the one with the action's words
+            return (
+                "the action's words are in a statement, not in the command",
+                _mood_question(mood, t, value),
+            )
+        return (
+            f"the request is {mood.describe()}: only a command is carried out",
+            _mood_question(mood, t, value),
+        )
+
+    def _certainty_check(
+        self, t: _Target, request: _Request, value: Mapping[str, Any], in_command: bool
+    ) -> tuple[str, str] | None:
+        """An actuation needs the device's kind selected by the text and every number explained."""
+        if t.spec.side_effect == "read":
+            return None
+        slots = request.slots
+        kinds = {self._concept_of.get(d) for d in t.devices}
+        selected = bool(kinds & request.evidence) or t.skill in request.named_skills
+        if not selected and not slots.device:
+            valueless = not _properties(t.spec) or not value
+            by_room = bool(slots.rooms) and len(t.devices) == 1 and valueless
+            everything = slots.mode == "all" and valueless and not slots.number
+            if not (by_room or everything):
+                named = " or ".join(sorted(k or "device" for k in kinds))
+                problem = f"the text names no {named}: not guessing that {t.skill} is meant"
+                if len(t.devices) > 1:
+                    return f"{problem}: which device?", self._which(t)
+                return problem, f"Which device do you mean? ({t.skill} is a {named}'s skill)"
+        number = slots.number
+        if number is not None and not value:
+            return (
+                f'"{number.text}" is not an input of {t.skill}',
+                f'What is "{number.text}" for? {t.skill} takes no number.',
+            )
+        if has_time_number(request.norm) and not value:
+            return (
+                f"{t.skill} is carried out now, not at or for a time",
+                "Do you mean now? Times and durations belong in rules (rules.yaml).",
+            )
+        return None
+
+    def _which(self, t: _Target) -> str:
+        def label(device: str) -> str:
+            tags = self._tags_of.get(device, {})
+            room = tags.get("room")
+            return f"{device} (room {room})" if room else device
+
+        names = [label(d) for d in t.devices[:6]]
+        more = f" and {len(t.devices) - 6} more" if len(t.devices) > 6 else ""
+        listed = ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
+        return f"Which one: {listed}{more}? Name the room, or say all."
+
 
 # --- small helpers ------------------------------------------------------------------------------
+
+
+_SUGGESTION = re.compile(
+    r"^(?:how about|what about|why not|why don'?t (?:you|we)|is it possible|is there (?:any )?way|"
+    r"any chance|how do i|what if)\b"
+)
+_CONDITIONAL_QUESTION = (
+    'That is a condition ("{clue}"): I only carry out direct requests, now. For an automation, '
+    "add a rule (rules.yaml)."
+)
+
+
+def _mood_question(mood: Mood, t: _Target, value: Mapping[str, Any]) -> str:
+    if mood.kind == "conditional":
+        return _CONDITIONAL_QUESTION.format(clue=mood.clue)
+    action = f"{t.skill} {json.dumps(dict(value))} on {_where_text(t.where)}"
+    if t.spec.side_effect == "read":
+        return f"Do you want me to read {t.skill} on {_where_text(t.where)}? Ask it as a question."
+    return f"Do you want me to run {action} now? Then say it as a request."
+
+
+def _why(found: Sequence[_Candidate]) -> str:
+    return f"grammar: {found[0].interpretation.skill}: {found[0].problem}"
+
+
+def skills_of(targets: Iterable[_Target]) -> frozenset[str]:
+    return frozenset(t.skill for t in targets)
+
+
+def _verb(norm: str) -> str | None:
+    """The first word of the request's first command clause ("start" in "please start …")."""
+    for clause in re.split(r"[,;]", norm):
+        words = strip_polite(clause).split()
+        if words:
+            return words[0]
+    return None
 
 
 def _not_singled_out(device: str, selected: Sequence[str]) -> str:
