@@ -114,6 +114,12 @@ def sim() -> None:
     help="Broker mode across processes or hosts: run every N-th device from K. Start the same "
     "spec once per K (0 … N-1); shard 0 runs the coordinators and workload and writes the report.",
 )
+@click.option(
+    "--secure",
+    is_flag=True,
+    help="With --broker local: run the private mosquitto with the generated fleet policy (TLS, "
+    "ACL; docs/security.md); every device connects with its own certificate.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON, not a table.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def sim_run(
@@ -124,6 +130,7 @@ def sim_run(
     report_dir: Path | None,
     calibration: Path | None,
     shard: str | None,
+    secure: bool,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -152,6 +159,7 @@ def sim_run(
             calibration=pinned,
             progress=bar.update,
             shard=shard_k_n,
+            secure=secure,
         )
     except EdgeAgentError as exc:
         bar.close()

@@ -12,7 +12,12 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .securebroker import SecureBroker, Wanted
 
 DEFAULT_CONFIG = Path(__file__).with_name("mosquitto.conf")
 
@@ -99,3 +104,11 @@ class Mosquitto:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def start_secure(identities: Iterable[Wanted] = (), **kwargs: Any) -> SecureBroker:
+    """A private mosquitto with the generated fleet policy (TLS, ACL, per-identity credentials):
+    see :func:`edgeagent.securebroker.start_secure`, which this forwards to."""
+    from .securebroker import start_secure as _start_secure
+
+    return _start_secure(identities, **kwargs)

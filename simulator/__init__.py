@@ -83,11 +83,16 @@ def simulate(
     progress: Progress | None = None,
     building: Callable[[int], None] | None = None,
     shard: tuple[int, int] = (0, 1),
+    secure: bool = False,
 ) -> SimResult:
     """Build and run a fleet. ``broker``: None for embedded mode (virtual time), ``"local"``
     for a private mosquitto, or a broker URL. Raises ConfigError before starting anything if the
     spec, a profile, a skill module or a memory budget is wrong. ``shard=(k, n)`` (broker mode):
-    this process runs every n-th device from k; start one process per k with the same spec."""
+    this process runs every n-th device from k; start one process per k with the same spec.
+    ``secure`` (with ``broker="local"``): the private mosquitto runs the generated fleet policy
+    (TLS, ACL) and every device connects with its own certificate (``securebroker.py``)."""
+    if secure and broker != "local":
+        raise ConfigError("secure runs need the private broker: broker='local' (--broker local)")
     k, n = shard
     if n < 1 or not 0 <= k < n:
         raise ConfigError(f"shard {k}/{n}: expected K/N with 0 <= K < N")
@@ -115,11 +120,20 @@ def simulate(
     if broker == "local":
         from ..localbroker import Mosquitto
 
-        local = Mosquitto().start()
+        local: Any = None
+        identity = None
+        if secure:
+            from ..securebroker import start_secure_sim
+
+            devices = plan.all_devices()
+            local, identity = start_secure_sim(devices, fleet_spec.fleet, fleet_spec.root)
+        else:
+            local = Mosquitto().start()
         try:
             report, stats = run_broker(
-                plan, local.url, spec_file=source, progress=progress, local_broker=local
-            )
+                plan, local.url, spec_file=source, progress=progress, local_broker=local,
+                identity=identity,
+            )  # fmt: skip
         finally:
             local.close()
         return SimResult(report, stats)

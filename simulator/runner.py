@@ -447,8 +447,12 @@ def run_broker(
     progress: Progress | None = None,
     local_broker: Any = None,
     shard: tuple[int, int] = (0, 1),
+    identity: Callable[[str, SimDevice | None], BrokerConfig] | None = None,
 ) -> tuple[dict[str, Any], RunStats]:
     """Run ``plan`` in real time against a real broker; every device is an MQTT 5 client.
+
+    ``identity(client_id, device)``: the broker settings (credentials) of each connection, when
+    they differ per client (a secured broker: each device connects as itself).
 
     ``shard=(k, n)``: run only the devices whose index is k modulo n. Shard 0 leads: it also runs
     the coordinators, the workload and the monitor, waits until every shard's devices are online,
@@ -462,7 +466,8 @@ def run_broker(
         from ..clock import SYSTEM_CLOCK
 
         def make_transport(client_id: str, dev: SimDevice | None) -> Transport:
-            return lite.LiteTransport(config, client_id=f"{plan.spec.fleet}-{client_id}")
+            settings = identity(client_id, dev) if identity is not None else config
+            return lite.LiteTransport(settings, client_id=f"{plan.spec.fleet}-{client_id}")
 
         sim = Simulation(
             plan, make_transport=make_transport, clock=SYSTEM_CLOCK, local_broker=local_broker,
