@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import random
 import uuid
 from dataclasses import dataclass, field
@@ -41,21 +42,31 @@ from pydantic import ValidationError
 
 from .client import encode_input
 from .clock import SYSTEM_CLOCK, Clock
+from .device import PING_SKILL
 from .errors import CallError, CallTimeout, InternalError, TransportError
+from .limits import CoordinatorLimits
+from .logutil import LogLimiter, clip
 from .protocol import (
+    CALLER_PROPERTY,
     EXPLAIN_PROPERTY,
+    HOP_PROPERTY,
     IDEMPOTENCY_PROPERTY,
     JSON_CONTENT_TYPE,
+    MAX_IDEMPOTENCY_KEY,
     MODE_PROPERTY,
     TRACE_PROPERTY,
     WHERE_PROPERTY,
     ErrorCode,
     ErrorReply,
     Event,
+    Health,
+    Manifest,
+    Message,
     Ok,
     SkillSpec,
     StateMessage,
     Topics,
+    check_name,
     decode,
     decode_reply,
     encode,
@@ -74,6 +85,8 @@ MIN_HEDGE_S = 0.002
 MIN_PATIENCE_S = 0.25
 _RETRYABLE: frozenset[str] = frozenset({"busy", "unavailable", "not_found", "timeout"})
 _NEVER_RAN: frozenset[str] = frozenset({"busy", "unavailable", "not_found"})
+#: Longest response topic a call may ask to be answered on, characters.
+MAX_RESPONSE_TOPIC = 1024
 #: How every edgeagent agent starts an ok reply; such a reply is relayed without parsing.
 _OK_PREFIX = b'{"type":"ok",'
 
@@ -95,6 +108,10 @@ class _Trace:
     #: arrives, from the reply handler (a routed call, not explained); ``answered`` once it is.
     relay: tuple[str, Props] | None = None
     answered: bool = False
+    #: Who the call is for (the caller's response topic, or rule/NAME): scopes its key on the
+    #: devices. And how many rule-made calls led to it.
+    caller: str = ""
+    hop: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -120,6 +137,7 @@ class Coordinator:
         clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
         rules: RuleSet | None = None,
+        limits: CoordinatorLimits | None = None,
     ) -> None:
         from .client import Fleet
 
@@ -130,7 +148,13 @@ class Coordinator:
         self.hedge = hedge
         self.clock = clock
         self.rng = rng or random.Random()
-        self.registry = Registry()
+        self.limits = limits or CoordinatorLimits()
+        self.registry = Registry(self.limits.max_devices, self.limits.suspect_after)
+        self._log = LogLimiter(log)
+        # Calls being served: in all, and per caller (response topic; no entry when none).
+        self._serving = 0
+        self._per_caller: dict[str, int] = {}
+        self._pings: dict[bytes, asyncio.Future[bytes]] = {}  # in flight, by correlation
         self._fleet = Fleet(transport=transport, root=root, fleet=fleet, clock=clock)
         self._tasks: set[asyncio.Task[None]] = set()
         # Forwards in flight: by correlation data, and by device (failed at once if it goes
@@ -139,13 +163,16 @@ class Coordinator:
         # Dicts, not sets: waiters failed together resume in the order they started (a set of
         # futures iterates by address, which would make simulated runs differ).
         self._waiting: dict[str, dict[asyncio.Future[bytes], None]] = {}
-        self._next = 0
         self._forward_topic = self.topics.reply(transport.client_id).rsplit("/", 1)[0] + "/fwd"
         self.rules = rules
         self.routed = 0
         self.failovers = 0
         self.hedges = 0
         self.rules_fired = 0
+        self.rules_cut = 0
+        self.rules_limited = 0
+        self.dropped = 0
+        self.refused = 0
 
     async def __aenter__(self) -> Coordinator:
         await self.start()
@@ -175,6 +202,8 @@ class Coordinator:
         await self._fleet._sync()  # the retained fleet has arrived: the registry is complete
 
     async def stop(self) -> None:
+        for ping in list(self._pings.values()):
+            ping.cancel()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -184,52 +213,132 @@ class Coordinator:
 
     # Registry feed ------------------------------------------------------------------------------
 
+    def _drop(self, kind: str, topic: str, why: str) -> None:
+        self.dropped += 1
+        self._log.warning(kind, "ignoring %s: %s", clip(topic), why)
+
     def _on_fleet(self, msg: Inbound) -> None:
         parsed = self.topics.parse_device_topic(msg.topic)
         if parsed is None:
             return
-        if not msg.payload:
-            self.registry.forget(parsed[0])
+        device, kind, _ = parsed
+        if not msg.payload:  # a retained message cleared
+            if kind == "state":
+                self.registry.clear_state(device)
+            elif kind == "manifest":
+                self.registry.clear_manifest(device)
+            if device not in self.registry.devices:
+                self._fail_waiters(device, "left the fleet")
+            return
+        limit = (
+            self.limits.max_manifest_bytes if kind == "manifest" else self.limits.max_message_bytes
+        )
+        if len(msg.payload) > limit:
+            self._drop("oversized", msg.topic, f"{len(msg.payload):,} bytes (limit {limit:,})")
             return
         try:
             message = decode(msg.payload)
         except ValidationError as exc:
-            log.warning("ignoring malformed %s: %s", msg.topic, exc.errors()[0]["msg"])
+            self._drop("malformed", msg.topic, clip(exc.errors()[0]["msg"]))
             return
-        self.registry.apply(message, self.clock.monotonic())
+        problem = self._fleet_problem(device, kind, message)
+        if problem:
+            self._drop("spoofed", msg.topic, problem)
+            return
+        if not self.registry.apply(message, self.clock.monotonic()):
+            self._drop(
+                "fleet-full", msg.topic, f"the registry is full ({self.limits.max_devices} devices)"
+            )
+            return
         if isinstance(message, StateMessage) and message.status == "offline":
             # Its last will (or a clean stop): calls waiting on it will get no answer.
-            for waiter in list(self._waiting.get(message.device, ())):
-                if not waiter.done():
-                    waiter.set_exception(
-                        CallTimeout(f"device {message.device!r} went offline during the call")
-                    )
+            self._fail_waiters(device, "went offline during the call")
+
+    def _fleet_problem(self, device: str, kind: str, message: Message) -> str | None:
+        """Why a state, manifest or health message cannot be believed (None: it can). The topic
+        is the identity: the broker's ACL decides who may publish there, the payload does not."""
+        expected = {"state": StateMessage, "manifest": Manifest, "health": Health}.get(kind)
+        if expected is None or not isinstance(message, expected):
+            return f"a {getattr(message, 'type', '?')} message on a {kind} topic"
+        assert isinstance(message, StateMessage | Manifest | Health)
+        if message.device != device:
+            return f"it names device {clip(message.device, 60)!r}, the topic {device!r}"
+        try:
+            check_name(device, "device id")
+            if isinstance(message, Manifest):
+                lim = self.limits
+                if len(message.skills) > lim.max_skills:
+                    return f"{len(message.skills)} skills (limit {lim.max_skills})"
+                if len(message.tags) > lim.max_tags:
+                    return f"{len(message.tags)} tags (limit {lim.max_tags})"
+                for spec in message.skills:
+                    check_name(spec.name, "skill name")
+                for key, value in message.tags.items():
+                    check_name(key, "tag name")
+                    check_name(value, "tag value")
+        except ValueError as exc:
+            return clip(str(exc))
+        return None
+
+    def _fail_waiters(self, device: str, why: str) -> None:
+        for waiter in list(self._waiting.get(device, ())):
+            if not waiter.done():
+                waiter.set_exception(CallTimeout(f"device {device!r} {why}"))
 
     # Rules --------------------------------------------------------------------------------------
 
     def _on_event(self, msg: Inbound) -> None:
         assert self.rules is not None
+        if len(msg.payload) > self.limits.max_message_bytes:
+            self._drop("oversized", msg.topic, f"an event of {len(msg.payload):,} bytes")
+            return
         try:
             event = decode(msg.payload)
         except ValidationError as exc:
-            log.warning("ignoring malformed event on %s: %s", msg.topic, exc.errors()[0]["msg"])
+            self._drop("malformed", msg.topic, clip(exc.errors()[0]["msg"]))
             return
-        if not isinstance(event, Event):
+        parsed = self.topics.parse_device_topic(msg.topic)
+        if not isinstance(event, Event) or parsed is None:
+            return
+        if (event.device, event.name) != (parsed[0], parsed[2]):
+            self._drop("spoofed", msg.topic, f"event names {clip(event.device, 60)!r}")
+            return
+        raw_hop = msg.props.user_property(HOP_PROPERTY) or "0"
+        hop = int(raw_hop) if raw_hop.isascii() and raw_hop.isdigit() and len(raw_hop) < 4 else -1
+        if not 0 <= hop < self.limits.rule_max_depth:
+            self.rules_cut += 1
+            self._log.warning(
+                "rule-loop",
+                "rules: event %s from %s came from a chain of %s rule-made calls (limit %d): "
+                "no rule fires for it (a loop between rules?)",
+                event.name, event.device, clip(raw_hop, 8), self.limits.rule_max_depth,
+            )  # fmt: skip
             return
         entry = self.registry.devices.get(event.device)
         tags = entry.tags if entry is not None and entry.manifest is not None else None
-        for action in self.rules.match(event, tags=tags, now=self.clock.time()):
+        for action in self.rules.match(
+            event, tags=tags, now=self.clock.time(), max_per_minute=self.limits.rule_max_per_minute
+        ):
+            if action.limited:
+                self.rules_limited += 1
+                self._log.warning(
+                    "rule-rate",
+                    "rule %s: fired %d times in the last minute (limit): not firing for %s/%s",
+                    action.rule, self.limits.rule_max_per_minute, event.device, event.name,
+                )  # fmt: skip
+                continue
             self.rules_fired += 1
-            # The key is the event's: a replayed or twice-delivered event never acts twice.
-            idem = f"rule-{action.rule}-{event.device}-{event.name}-{event.ts}"
-            task = asyncio.get_running_loop().create_task(self._act(action, idem))
+            # The key is the event's own id: a redelivered event never acts twice, and two
+            # events in the same millisecond are two. (Older agents send no id.)
+            idem = f"rule-{action.rule}-{event.id or uuid.uuid4().hex}"
+            task = asyncio.get_running_loop().create_task(self._act(action, idem, hop + 1))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _act(self, action: Action, idem: str) -> None:
+    async def _act(self, action: Action, idem: str, hop: int = 1) -> None:
         deadline = self.clock.monotonic() + DEFAULT_DEADLINE_S
         payload = encode_input(action.input)
-        trace = _Trace()
+        trace = _Trace(caller=f"rule/{action.rule}", hop=hop)
         try:
             if action.device is not None:
                 out: Any = _output(
@@ -247,9 +356,11 @@ class Coordinator:
                         action.skill, payload, action.where, deadline, idem, None, trace
                     )
                 )
-            log.info("rule %s: %s -> %s", action.rule, action.explanation, out)
+            self._log.info("rule-ok", "rule %s: %s -> %s", action.rule, action.explanation,
+                           clip(out))  # fmt: skip
         except (CallError, _Fail) as exc:
-            log.warning("rule %s: %s failed: %s", action.rule, action.skill, exc)
+            self._log.warning("rule-failed", "rule %s: %s failed: %s", action.rule, action.skill,
+                              clip(exc))  # fmt: skip
 
     # Calls --------------------------------------------------------------------------------------
 
@@ -257,7 +368,7 @@ class Coordinator:
         props = msg.props
         reply_to = props.response_topic
         if not reply_to or not valid_publish_topic(reply_to):
-            log.warning("coordinator call on %s without a usable response topic dropped", msg.topic)
+            self._drop("no-response-topic", msg.topic, "a call without a usable response topic")
             return
         skill = msg.topic.rsplit("/", 1)[1]
         trace = props.user_property(TRACE_PROPERTY)
@@ -266,13 +377,61 @@ class Coordinator:
             content_type=JSON_CONTENT_TYPE,
             user_properties=((TRACE_PROPERTY, trace),) if trace else (),
         )
+        refusal = self._admit(reply_to, props)
+        if refusal is not None:
+            self.refused += 1
+            self._log.info("refused-" + refusal.code, "coordinator call %s -> %s: %s",
+                           clip(skill), refusal.code, refusal.message)  # fmt: skip
+            self.transport.publish_nowait(reply_to, encode(refusal), props=reply_props)
+            return
         expiry = props.message_expiry
-        deadline = self.clock.monotonic() + (expiry if expiry is not None else DEFAULT_DEADLINE_S)
+        wait = DEFAULT_DEADLINE_S if expiry is None else min(expiry, self.limits.max_deadline_s)
+        deadline = self.clock.monotonic() + wait
+        self._serving += 1
+        self._per_caller[reply_to] = self._per_caller.get(reply_to, 0) + 1
         task = asyncio.get_running_loop().create_task(
             self._serve(skill, msg.payload, props, reply_to, reply_props, deadline)
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _t: self._served_one(reply_to))
+
+    def _admit(self, reply_to: str, props: Props) -> ErrorReply | None:
+        """Refuse at once what the limits do not allow (None: go ahead)."""
+        if len(reply_to) > MAX_RESPONSE_TOPIC:
+            return ErrorReply(
+                code="bad_request",
+                message=f"response topic of {len(reply_to):,} characters: use at most "
+                f"{MAX_RESPONSE_TOPIC}",
+            )
+        key = props.user_property(IDEMPOTENCY_PROPERTY)
+        if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
+            return ErrorReply(
+                code="bad_request",
+                message=f"idempotency key of {len(key)} characters: use 1 to {MAX_IDEMPOTENCY_KEY}",
+            )
+        lim = self.limits
+        if self._serving >= lim.max_in_flight:
+            return ErrorReply(
+                code="busy",
+                message=f"coordinator at capacity ({lim.max_in_flight} calls in flight); "
+                "retry later",
+            )
+        if self._per_caller.get(reply_to, 0) >= lim.max_in_flight_per_caller:
+            return ErrorReply(
+                code="busy",
+                message=f"this caller has {lim.max_in_flight_per_caller} calls in flight "
+                "(the limit); wait for some to finish",
+            )
+        return None
+
+    def _served_one(self, caller: str) -> None:
+        self._serving -= 1
+        left = self._per_caller.get(caller, 1) - 1
+        if left > 0:
+            self._per_caller[caller] = left
+        else:
+            self._per_caller.pop(caller, None)
 
     async def _serve(
         self,
@@ -284,7 +443,7 @@ class Coordinator:
         deadline: float,
     ) -> None:
         explain = props.user_property(EXPLAIN_PROPERTY) == "1"
-        trace = _Trace()
+        trace = _Trace(caller=reply_to)
         reply: Ok | ErrorReply | None = None
         raw = b""
         try:
@@ -322,7 +481,8 @@ class Coordinator:
             log.exception("routing %s failed", skill)
             reply = ErrorReply(code="internal", message=f"coordinator: {type(exc).__name__}: {exc}")
         if isinstance(reply, ErrorReply):
-            log.info("coordinator call %s -> %s: %s", skill, reply.code, reply.message)
+            self._log.info("call-" + reply.code, "coordinator call %s -> %s: %s", clip(skill),
+                           reply.code, clip(reply.message))  # fmt: skip
         if trace.answered:
             return
         if reply is not None:
@@ -339,12 +499,17 @@ class Coordinator:
         self, skill: str, where: dict[str, str], tried: frozenset[str], trace: _Trace
     ) -> Decision:
         candidates, rejected = self.registry.candidates(skill, where, exclude=tried)
-        decision = decide(skill, where, candidates, rejected, self.rng)
+        decision = decide(
+            skill, where, candidates, rejected, self.rng, suspect_after=self.limits.suspect_after
+        )
+        for c in candidates:
+            if c.device in decision.rejected:  # left out until it answers a ping
+                self._maybe_ping(c.device)
         trace.decisions.append(decision)
         return decision
 
     def _no_device(self, skill: str, where: dict[str, str], decision: Decision) -> _Fail:
-        if skill not in {s for e in self.registry.devices.values() for s in _skill_names(e)}:
+        if not self.registry.has_skill(skill):
             return _Fail("not_found", f"no device in the fleet has a skill {skill!r}")
         why = "; ".join(f"{d}: {r}" for d, r in decision.rejected.items()) or "none matches"
         only_tags = all(r.startswith("tags ") for r in decision.rejected.values())
@@ -377,8 +542,9 @@ class Coordinator:
             raise TransportError(f"not connected: cannot forward {skill!r} to {device!r}")
         wait = left if patience is None else min(left, patience)
         loop = asyncio.get_running_loop()
-        self._next += 1
-        corr = self._next.to_bytes(8, "big")
+        # Unguessable: a device may publish replies, so it must not be able to answer for
+        # another device's forward.
+        corr = os.urandom(12)
         future: asyncio.Future[bytes] = loop.create_future()
         self._forwards[corr] = (future, trace)
         waiters = self._waiting.setdefault(device, {})
@@ -407,7 +573,11 @@ class Coordinator:
             trace.attempts.append(_Attempt(device, code, round(took * 1000, 3)))
 
         future.add_done_callback(settled)
-        user = ((TRACE_PROPERTY, tr),) if tr else ()
+        user: tuple[tuple[str, str], ...] = ((TRACE_PROPERTY, tr),) if tr else ()
+        if trace.caller:
+            user += ((CALLER_PROPERTY, trace.caller),)
+        if trace.hop:
+            user += ((HOP_PROPERTY, str(trace.hop)),)
         self.transport.publish_nowait(
             self.topics.call(device, skill),
             payload,
@@ -420,8 +590,53 @@ class Coordinator:
         )
         return future
 
+    def _maybe_ping(self, device: str) -> None:
+        """Ping a device that has not answered yet (bounded, in the background)."""
+        e = self.registry.devices.get(device)
+        now = self.clock.monotonic()
+        if (
+            e is None
+            or e.pinging
+            or len(self._pings) >= self.limits.max_pings
+            or not self.transport.connected
+            or (e.pinged_at is not None and now - e.pinged_at < self.limits.ping_interval_s)
+        ):
+            return
+        e.pinging, e.pinged_at = True, now
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        corr = os.urandom(12)
+        self._pings[corr] = future
+        wait = max(MIN_PATIENCE_S, self.limits.ping_interval_s)
+        timer = asyncio.get_running_loop().call_later(wait, _expire, future, "no pong")
+
+        def settled(fut: asyncio.Future[bytes]) -> None:
+            timer.cancel()
+            del self._pings[corr]
+            entry = self.registry.devices.get(device)
+            if entry is None:
+                return
+            entry.pinging = False
+            if not fut.cancelled() and fut.exception() is None:
+                entry.vouched = True
+
+        future.add_done_callback(settled)
+        self.transport.publish_nowait(
+            self.topics.call(device, PING_SKILL),
+            b"{}",
+            props=Props(
+                response_topic=self._forward_topic,
+                correlation_data=corr,
+                message_expiry=max(1, math.ceil(wait)),
+            ),
+        )
+
     def _on_forward_reply(self, msg: Inbound) -> None:
         corr = msg.props.correlation_data
+        if corr is not None and corr in self._pings:
+            pong = self._pings[corr]
+            if not pong.done() and msg.payload.startswith(_OK_PREFIX):
+                pong.set_result(msg.payload)
+            return
         entry = self._forwards.get(corr) if corr is not None else None
         if entry is None or entry[0].done():
             log.debug("late or unknown reply on %s dropped", msg.topic)
@@ -535,9 +750,10 @@ class Coordinator:
         """Forward; if no answer after the device's p95, also ask a second device."""
         first = self._launch(device, skill, payload, deadline, idem, tr, trace)
         p95 = self.registry.p95_s(device, skill)
-        if p95 is None:
-            return await first
-        delay = max(p95, MIN_HEDGE_S)
+        if p95 is None:  # never measured: hedge after half of what is left
+            delay = max(MIN_PATIENCE_S, (deadline - self.clock.monotonic()) / 2)
+        else:
+            delay = max(p95, MIN_HEDGE_S)
         if await _settled_within(first, min(delay, self._remaining(deadline, skill))):
             return first.result()
         decision = self._decide(skill, where, frozenset(tried), trace)
@@ -627,10 +843,6 @@ class _Fail(Exception):
         self.code = code
         self.message = message
         self.details = details
-
-
-def _skill_names(entry: Any) -> list[str]:
-    return [s.name for s in entry.manifest.skills] if entry.manifest else []
 
 
 def _output(raw: bytes) -> Any:

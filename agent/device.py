@@ -19,7 +19,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
+import hashlib
 import logging
+import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,11 +35,15 @@ from . import __version__
 from .clock import SYSTEM_CLOCK, Clock
 from .config import AgentConfig, load_skills
 from .errors import CallError
+from .logutil import LogLimiter, clip
 from .protocol import (
     BINARY_CONTENT_TYPE,
+    CALLER_PROPERTY,
+    HOP_PROPERTY,
     IDEMPOTENCY_PROPERTY,
     INPUT_PROPERTY,
     JSON_CONTENT_TYPE,
+    MAX_IDEMPOTENCY_KEY,
     TRACE_PROPERTY,
     ErrorCode,
     ErrorReply,
@@ -53,9 +60,12 @@ from .protocol import (
 )
 from .skills import Skill, SkillContext, SkillSet
 from .stats import LatencyWindow, rss_bytes
-from .transport.base import Inbound, Props, Transport, Will, valid_publish_topic
+from .transport.base import NO_PROPS, Inbound, Props, Transport, Will, valid_publish_topic
 
 log = logging.getLogger(__name__)
+#: One limiter for every agent in the process (a simulated fleet runs 100,000): refused and
+#: failed calls are logged a few at a time per kind, with counts of the rest.
+_limited = LogLimiter(log)
 
 _OK_PREFIX = b'{"type":"ok","output":'
 #: The system skill every agent answers (unless it has a skill of that name): device, release,
@@ -65,10 +75,15 @@ PING_SKILL = "_ping"
 
 #: How many idempotency keys (and their replies) an agent remembers.
 IDEMPOTENCY_KEYS_KEPT = 4096
+#: Repeats of a call still running that wait for its reply; more get ``busy``.
+IDEMPOTENCY_WAITERS = 16
+#: Deepest chain of rule-made calls an agent accepts (the coordinator cuts far earlier).
+MAX_HOP = 64
 
 
 @dataclass(slots=True)
 class _IdemEntry:
+    digest: bytes
     payload: bytes | None = None
     waiters: list[tuple[str, Props]] = field(default_factory=list)
 
@@ -164,7 +179,11 @@ class DeviceAgent:
         self._background: list[asyncio.Task[None]] = []
         # A dict, not a set: cancelled in the order they came (sets of tasks iterate by address).
         self._calls: dict[asyncio.Task[None], None] = {}
-        self._idem: OrderedDict[str, _IdemEntry] = OrderedDict()
+        # Keyed by (caller, skill, key): a key is only ever matched within one caller's calls
+        # to one skill, and remembered with a hash of the input it came with.
+        self._idem: OrderedDict[tuple[str, str, str], _IdemEntry] = OrderedDict()
+        self._boot_id: str | None = None  # made on the first event: unique event ids
+        self._events_sent = 0
         self._executor: concurrent.futures.Executor | None = executor
         self._own_executor = executor is None
         self._draining = False
@@ -227,10 +246,10 @@ class DeviceAgent:
                 self._busy_count(),
                 grace,
             )
+        for task in self._background:  # no health after the offline state
+            task.cancel()
         with contextlib.suppress(Exception):
             await self._publish_state("offline", "stopped")
-        for task in self._background:
-            task.cancel()
         await self.transport.close()
         tg, self._tg = self._tg, None
         # Cancel the calls still running past the grace period, then join the group.
@@ -345,12 +364,26 @@ class DeviceAgent:
 
     def emit(self, name: str, data: dict[str, Any] | BaseModel | None = None) -> None:
         """Publish an event on ``…/event/{name}``."""
+        self._emit(name, data, 0)
+
+    def _emit(self, name: str, data: dict[str, Any] | BaseModel | None, hop: int) -> None:
+        """An event, with the hop of the call whose skill emitted it (0: none)."""
         check_name(name, "event name")
         payload = data.model_dump(mode="json") if isinstance(data, BaseModel) else dict(data or {})
+        if self._boot_id is None:
+            self._boot_id = os.urandom(6).hex()
+        self._events_sent += 1
         event = Event(
-            device=self.device_id, name=name, ts=round(self.clock.time(), 3), data=payload
+            device=self.device_id,
+            name=name,
+            ts=round(self.clock.time(), 3),
+            data=payload,
+            id=f"{self._boot_id}-{self._events_sent}",
         )
-        self.transport.publish_nowait(self.topics.event(self.device_id, name), encode(event))
+        props = Props(user_properties=((HOP_PROPERTY, str(hop)),)) if hop else NO_PROPS
+        self.transport.publish_nowait(
+            self.topics.event(self.device_id, name), encode(event), props=props
+        )
 
     def statistics(self) -> AgentStatistics:
         slots = self._slots.values()
@@ -373,7 +406,14 @@ class DeviceAgent:
         details: dict[str, Any] | None = None,
     ) -> bytes:
         self._failed += 1
-        log.warning("%s: call %s -> %s: %s", self.device_id, skill, code, message)
+        _limited.warning(
+            f"call-{code}",
+            "%s: call %s -> %s: %s",
+            self.device_id,
+            clip(skill),
+            code,
+            clip(message),
+        )
         return encode(ErrorReply(code=code, message=message, details=details))
 
     def _reply_error(
@@ -402,28 +442,49 @@ class DeviceAgent:
 
     # Idempotency keys: a repeated key gets the first run's reply, never a second run.
 
-    def _idem_seen(self, key: str, reply_to: str, props: Props) -> bool:
+    def _idem_seen(
+        self, key: tuple[str, str, str], digest: bytes, reply_to: str, props: Props
+    ) -> bool:
+        """Answer a repeated key from its first call; True if the call is handled."""
         entry = self._idem.get(key)
         if entry is None:
             return False
         self._idem.move_to_end(key)
+        if entry.digest != digest:
+            self._reply_error(
+                reply_to,
+                props,
+                "bad_request",
+                f"idempotency key {clip(key[2], 40)!r} was used for a call to {key[1]!r} with a "
+                "different input: use a new key for a new call",
+                key[1],
+            )
+            return True
         if entry.payload is not None:
             self.transport.publish_nowait(reply_to, entry.payload, props=props)
+        elif len(entry.waiters) >= IDEMPOTENCY_WAITERS:
+            self._reply_error(
+                reply_to, props, "busy", "too many repeats of a call still running", key[1]
+            )
+            return True
         else:
             entry.waiters.append((reply_to, props))
-        log.info(
-            "%s: duplicate call (idempotency key %s) answered from the first", self.device_id, key
+        _limited.info(
+            "duplicate",
+            "%s: duplicate call (idempotency key %s) answered from the first",
+            self.device_id,
+            clip(key[2], 40),
         )
         return True
 
-    def _idem_start(self, key: str | None) -> None:
+    def _idem_start(self, key: tuple[str, str, str] | None, digest: bytes) -> None:
         if key is None:
             return
-        self._idem[key] = _IdemEntry()
+        self._idem[key] = _IdemEntry(digest)
         while len(self._idem) > IDEMPOTENCY_KEYS_KEPT:
             self._idem.popitem(last=False)
 
-    def _idem_finish(self, key: str | None, payload: bytes | None) -> None:
+    def _idem_finish(self, key: tuple[str, str, str] | None, payload: bytes | None) -> None:
         """Record the reply (None: the call never ran, so the key may run again)."""
         if key is None:
             return
@@ -444,11 +505,12 @@ class DeviceAgent:
         reply_to = props.response_topic
         if not reply_to or not valid_publish_topic(reply_to):
             self._dropped += 1
-            log.warning(
+            _limited.warning(
+                "no-response-topic",
                 "%s: call to %r dropped: without a response topic (or not a publishable one: %r)",
                 self.device_id,
-                name,
-                reply_to,
+                clip(name),
+                clip(reply_to),
             )
             return
         trace = props.user_property(TRACE_PROPERTY)
@@ -457,8 +519,33 @@ class DeviceAgent:
             content_type=JSON_CONTENT_TYPE,
             user_properties=((TRACE_PROPERTY, trace),) if trace else (),
         )
-        idem = props.user_property(IDEMPOTENCY_PROPERTY)
-        if idem is not None and self._idem_seen(idem, reply_to, reply_props):
+        key = props.user_property(IDEMPOTENCY_PROPERTY)
+        idem: tuple[str, str, str] | None = None
+        digest = b""
+        if key is not None:
+            if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
+                self._reply_error(
+                    reply_to,
+                    reply_props,
+                    "bad_request",
+                    f"idempotency key of {len(key)} characters: use 1 to {MAX_IDEMPOTENCY_KEY}",
+                    name,
+                )
+                return
+            caller = props.user_property(CALLER_PROPERTY) or reply_to
+            idem = (hashlib.blake2b(caller.encode(), digest_size=16).hexdigest(), name, key)
+            digest = _input_digest(msg.payload, props)
+            if self._idem_seen(idem, digest, reply_to, reply_props):
+                return
+        hop = _hop(props.user_property(HOP_PROPERTY))
+        if hop is None:
+            self._reply_error(
+                reply_to,
+                reply_props,
+                "bad_request",
+                f"user property {HOP_PROPERTY!r} must be a whole number from 0 to {MAX_HOP}",
+                name,
+            )
             return
         if self._draining:
             self._reply_error(reply_to, reply_props, "unavailable", "device is shutting down", name)
@@ -520,9 +607,9 @@ class DeviceAgent:
         )
         assert self._tg is not None
         slot.queued += 1
-        self._idem_start(idem)
+        self._idem_start(idem, digest)
         task = self._tg.create_task(
-            self._run(slot, value, reply_to, reply_props, trace, deadline, idem)
+            self._run(slot, value, reply_to, reply_props, trace, deadline, idem, hop)
         )
         self._calls[task] = None
         task.add_done_callback(self._forget_call)
@@ -535,7 +622,8 @@ class DeviceAgent:
         reply_props: Props,
         trace: str | None,
         deadline: float | None,
-        idem: str | None = None,
+        idem: tuple[str, str, str] | None = None,
+        hop: int = 0,
     ) -> None:
         skill = slot.skill
         replied: bytes | None = None
@@ -550,8 +638,11 @@ class DeviceAgent:
             now = self.clock.monotonic()
             if deadline is not None and now >= deadline:
                 self._dropped += 1
-                log.warning(
-                    "%s: call to %s expired while queued; dropped", self.device_id, skill.name
+                _limited.warning(
+                    "expired",
+                    "%s: call to %s expired while queued; dropped",
+                    self.device_id,
+                    skill.name,
                 )
                 return
             slot.in_flight += 1
@@ -564,7 +655,7 @@ class DeviceAgent:
                 skill=skill.name,
                 trace=trace,
                 deadline=deadline,
-                emit=self.emit,
+                emit=self.emit if not hop else functools.partial(self._emit, hop=hop),
                 log=log,
             )
             started = self.clock.monotonic()
@@ -632,6 +723,23 @@ class DeviceAgent:
         slot.sem.release()
         if self._draining and not self._busy_count() and self._idle is not None:
             self._idle.set()
+
+
+def _input_digest(payload: bytes, props: Props) -> bytes:
+    """What makes two calls "the same input": the bytes, their content type, binary inputs."""
+    h = hashlib.blake2b(payload, digest_size=16)
+    h.update(b"\0" + (props.content_type or "").encode())
+    h.update(b"\0" + (props.user_property(INPUT_PROPERTY) or "").encode())
+    return h.digest()
+
+
+def _hop(value: str | None) -> int | None:
+    """The hop user property as a number (0 when absent), None when it is not a valid one."""
+    if value is None:
+        return 0
+    if not (value.isascii() and value.isdigit()) or len(value) > 3 or int(value) > MAX_HOP:
+        return None
+    return int(value)
 
 
 class _BadOutput(Exception):

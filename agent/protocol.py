@@ -41,6 +41,16 @@ INPUT_PROPERTY = "input"
 #: User Property with a caller's idempotency key: an agent answers a repeated key with the first
 #: run's reply instead of running the skill again (so retries are safe for any skill).
 IDEMPOTENCY_PROPERTY = "idem"
+#: Longest idempotency key accepted, characters; a longer one is a ``bad_request``.
+MAX_IDEMPOTENCY_KEY = 128
+#: User Property the coordinator adds to the calls it forwards: who the call is for (the
+#: original caller's response topic, or ``rule/{name}``). An agent scopes idempotency keys by
+#: it (by the request's own response topic when it is absent), so two callers never share a key.
+CALLER_PROPERTY = "caller"
+#: User Property counting how many rule-made calls led to this one: an agent copies the hop
+#: of the call a skill is serving onto the events that skill emits, and the coordinator adds one
+#: for each call a rule makes, so a chain of rules (a loop among them) is cut at a set depth.
+HOP_PROPERTY = "hop"
 #: Coordinator call properties: tag filter ("room=kitchen,kind=lamp"), mode ("one" | "all"),
 #: and "1" to get the routing decision back in the reply's ``route``.
 WHERE_PROPERTY = "where"
@@ -287,6 +297,11 @@ class Event(_Message):
     name: str
     ts: float = Field(description="Unix time, seconds.")
     data: dict[str, Any] = Field(default_factory=dict)
+    id: str | None = Field(
+        default=None,
+        description="Unique per device (a random boot id and a counter): a rule's call key. "
+        "Older agents leave it out.",
+    )
 
 
 Message = Annotated[

@@ -25,6 +25,7 @@ File format (YAML)::
           mode: all                       # one (default): any one of them; all: every one
           input: {level: 80}              # the skill's input; strings may be templates
         cooldown_s: 30                    # optional: after firing, ignore matches for 30 s
+        max_per_minute: 10                # optional: fire at most 10 times in any 60 s
 
 Paths
     Dotted paths into the event: ``device``, ``name``, ``ts`` (Unix seconds), ``data`` and
@@ -52,9 +53,18 @@ Templates
     value is written as text (strings as they are, anything else as JSON). ``{{`` and ``}}`` are
     literal braces. A rule whose templates name a path the event lacks does not fire.
 
-Cooldown
+Cooldown and rate
     Per rule: after a rule fires at ``now``, its matches are ignored until ``now + cooldown_s``.
-    The state lives in the :class:`RuleSet` (each coordinator replica keeps its own).
+    And a rule fires at most ``max_per_minute`` times in any 60 s (default: the runner's,
+    60 for the coordinator; 0 means no limit): past it, :meth:`RuleSet.match` returns the action
+    marked ``limited`` so the runner can report it instead of calling. The state lives in the
+    :class:`RuleSet` (each coordinator replica keeps its own).
+
+Loops
+    A rule's call can make a device emit an event that fires another rule (or the same one).
+    The runner carries a hop count with every call a rule makes (the ``hop`` User Property;
+    agents copy it onto the events the call's skill emits) and fires no rule for an event whose
+    chain is already ``rule_max_depth`` calls long: a loop is cut and reported, not run.
 
 Validation
     :func:`load_rules` raises :class:`~edgeagent.errors.ConfigError`. Every message names the file,
@@ -69,10 +79,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import difflib
 import json
 import logging
 import math
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,6 +165,12 @@ class Rule(BaseModel):
     then: Then = Field(description="The skill call to make.")
     cooldown_s: float = Field(
         default=0.0, ge=0, allow_inf_nan=False, description="Quiet time after firing, seconds."
+    )
+    max_per_minute: int | None = Field(
+        default=None,
+        ge=0,
+        description="Fire at most this many times in any 60 s (0: no limit; default: the "
+        "runner's).",
     )
 
     @field_validator("name")
@@ -561,6 +579,8 @@ class Action:
     mode: Mode
     device: str | None
     explanation: str
+    limited: bool = False
+    """The rule matched but has fired its ``max_per_minute``: report it, do not call."""
 
 
 def _show(value: Any) -> str:
@@ -670,6 +690,8 @@ class RuleSet:
         except _Problem as exc:  # only for rules built without validation (model_construct)
             raise ConfigError(str(exc)) from None
         self._fired: dict[str, float] = {}
+        # Per rule, when it fired in the last minute (bounded by its max_per_minute).
+        self._recent: dict[str, deque[float]] = {}
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -678,11 +700,20 @@ class RuleSet:
     def __len__(self) -> int:
         return len(self._rules)
 
-    def match(self, event: Event, *, tags: Mapping[str, str] | None, now: float) -> list[Action]:
+    def match(
+        self,
+        event: Event,
+        *,
+        tags: Mapping[str, str] | None,
+        now: float,
+        max_per_minute: int = 0,
+    ) -> list[Action]:
         """The calls ``event`` asks for, in rule order; firing starts each rule's cooldown.
 
         ``tags`` are the emitting device's tags (from its manifest), None if unknown: rules with
         ``when.where`` or ``tags.*`` tests then do not match. ``now`` is the time in seconds.
+        ``max_per_minute`` is the rate limit of rules that set none (0: none); an action past
+        its rule's limit comes back with ``limited`` set and does not count as a firing.
         """
         scope = _scope(event, tags)
         actions: list[Action] = []
@@ -701,6 +732,15 @@ class RuleSet:
             except _Unresolved as exc:
                 log.debug("rule %r: not fired: cannot fill in %s", rule.name, exc)
                 continue
+            limit = rule.max_per_minute if rule.max_per_minute is not None else max_per_minute
+            if limit:
+                recent = self._recent.setdefault(rule.name, deque())
+                while recent and recent[0] <= now - 60.0:
+                    recent.popleft()
+                if len(recent) >= limit:
+                    actions.append(dataclasses.replace(action, limited=True))
+                    continue
+                recent.append(now)
             self._fired[rule.name] = now
             actions.append(action)
         return actions
@@ -729,5 +769,6 @@ class RuleSet:
         ]
 
     def reset(self) -> None:
-        """Forget every cooldown."""
+        """Forget every cooldown and rate count."""
         self._fired.clear()
+        self._recent.clear()
