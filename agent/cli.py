@@ -49,6 +49,43 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
         sys.exit(130)
 
 
+class _StopSignals:
+    """SIGTERM and SIGINT for a service command (``agent run``, ``coordinator run``).
+
+    Until :meth:`serving` (connecting, or retrying a broker that is not there), a signal cancels
+    the task that made this object: the start is abandoned at once and :meth:`abandoned` says
+    so. Once serving, a signal sets :attr:`stop`, and the service drains and leaves cleanly.
+    """
+
+    def __init__(self) -> None:
+        self.stop = asyncio.Event()
+        self.signal: signal.Signals | None = None
+        self._serving = False
+        self._task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        first = self.signal is None
+        self.signal = sig
+        if self._serving:
+            self.stop.set()
+        elif first and self._task is not None:
+            self._task.cancel()
+
+    def serving(self) -> None:
+        self._serving = True
+
+    def abandoned(self) -> bool:
+        """In ``except CancelledError`` around the start: True (and the cancellation taken
+        back) when a signal cancelled it, False when the cancellation came from elsewhere."""
+        if self.signal is None or self._serving or self._task is None:
+            return False
+        self._task.uncancel()
+        return True
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="edgeagent")
 @click.option(
@@ -123,18 +160,31 @@ def agent_run(obj: Ctx, config: Path) -> None:
         sys.exit(1)
 
     async def serve() -> None:
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        async with device:
+        signals = _StopSignals()
+        try:
+            await device.start()  # retries until the broker answers
+        except asyncio.CancelledError:
+            if not signals.abandoned():
+                raise
+            await device.stop(grace_s=0)  # releases what the start had set up
+            assert signals.signal is not None
+            click.echo(
+                f"{cfg.device}: {signals.signal.name} before the broker at "
+                f"{cfg.broker.display()} answered; stopped",
+                err=True,
+            )
+            return
+        signals.serving()
+        try:
             click.echo(
                 f"{cfg.device}: online at {cfg.broker.display()} (fleet {cfg.fleet}), "
                 f"skills: {', '.join(s.name for s in device.manifest().skills)}",
                 err=True,
             )
-            await stop.wait()
+            await signals.stop.wait()
             click.echo(f"{cfg.device}: stopping (grace {cfg.grace_s:g} s)", err=True)
+        finally:
+            await device.stop()
 
     _run(serve())
 
@@ -154,9 +204,12 @@ def agent_run(obj: Ctx, config: Path) -> None:
 def demo(obj: Ctx, examples: Path | None, keep: bool) -> None:
     """Run a small smart-home fleet locally and call its skills.
 
-    Starts a private mosquitto on a free port (unless --broker is given), four example agents as
-    real processes (two lamps, a thermostat, a doorbell), then lists the fleet, calls skills,
-    shows an event and a typed error, and stops everything cleanly.
+    Starts a private mosquitto on a free port (unless --broker is given), the seven example
+    agents of examples/smart-home as real processes (two lamps, a thermostat, a doorbell, and
+    three with tiny models: a meter, a pump, a speaker) and a coordinator with the example rules,
+    then lists the fleet, calls skills, shows an event, a rule, routing by tags, a plain-language
+    request and a typed error, and stops everything cleanly. With --keep it prints ready-to-paste
+    commands for the running fleet; SIGTERM or Ctrl-C stops it all.
     """
     from .demo import run_demo
 
@@ -199,6 +252,12 @@ def _read_input(raw: str | None) -> bytes:
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for a reply.")
 @click.option("--trace", default=None, help="Trace id to attach (echoed by the device).")
 @click.option("--time", "show_time", is_flag=True, help="Print the round-trip time to stderr.")
+@click.option(
+    "--unannounced",
+    is_flag=True,
+    help="Send the call even if DEVICE has never announced itself (a plain MQTT responder); "
+    "without it, an unknown device is not_found at once.",
+)
 @click.pass_obj
 def call(
     obj: Ctx,
@@ -210,6 +269,7 @@ def call(
     timeout: float,
     trace: str | None,
     show_time: bool,
+    unannounced: bool,
 ) -> None:
     """Call a skill and print its JSON output.
 
@@ -233,6 +293,8 @@ def call(
         device, skill, raw = "", by_skill, (args[0] if args else None)
     if (where or fan_out or explain) and by_skill is None:
         raise click.UsageError("--where, --all and --explain go with --skill")
+    if unannounced and by_skill is not None:
+        raise click.UsageError("--unannounced goes with DEVICE SKILL, not --skill")
     try:
         tags = parse_where(where)
     except ValueError as exc:
@@ -258,7 +320,10 @@ def call(
                         click.echo(json.dumps({"route": route}, indent=2), err=True)
                         return output
                     return out
-                return await fleet.call(device, skill, payload, timeout=timeout, trace=trace)
+                return await fleet.call(
+                    device, skill, payload, timeout=timeout, trace=trace,
+                    check_device=not unannounced,
+                )  # fmt: skip
             except CallError as exc:
                 if exc.code == "timeout" and by_skill is None:
                     info = await fleet.device(device)
@@ -294,8 +359,10 @@ def ask(obj: Ctx, text: str, threshold: float, timeout: float, as_json: bool) ->
     """Do what TEXT asks ("turn off the kitchen lights") through the coordinator.
 
     A layered router (exact skill syntax, a grammar, then the zoo's tiny intent model) maps the
-    text to a skill, its input and the devices it is about. Below --threshold nothing is done:
-    the best candidates are printed and the exit code is 3.
+    text to a skill, its input and the devices it is about. Only a command understood with
+    certainty is carried out; otherwise (below --threshold, a question back such as "which
+    lamp?", a statement or condition) nothing is done: the question back is printed, the best
+    candidates go to stderr, and the exit code is 3.
     """
 
     async def go() -> Any:
@@ -308,10 +375,14 @@ def ask(obj: Ctx, text: str, threshold: float, timeout: float, as_json: bool) ->
             {"skill": c.skill, "input": c.input, "where": c.where, "confidence": c.confidence}
             for c in result.unsure.candidates
         ]
+        question = getattr(result.unsure, "question", None)
         if as_json:
             click.echo(json.dumps({"unsure": True, "reason": result.unsure.reason,
-                                   "candidates": cands}, indent=2))  # fmt: skip
+                                   "question": question, "candidates": cands},
+                                  indent=2))  # fmt: skip
         else:
+            if question:
+                click.echo(question)  # the question back, on stdout: nothing was done
             click.echo(f"not sure what you mean: {result.unsure.reason}", err=True)
             for c in cands:
                 click.echo(f"  maybe: {c['skill']} {json.dumps(c['input'])} where {c['where']} "
@@ -351,9 +422,22 @@ def coordinator() -> None:
     default=None,
     help="Automations (YAML): when an event happens, call a skill. See examples/smart-home.",
 )
+@click.option(
+    "--limit",
+    "limit_pairs",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Change a bound (repeatable), e.g. --limit max_devices=500. The bounds and their "
+    "defaults: docs/coordinator.md.",
+)
 @click.pass_obj
 def coordinator_run(
-    obj: Ctx, group: str, retry_budget: int, no_hedge: bool, rules_file: Path | None
+    obj: Ctx,
+    group: str,
+    retry_budget: int,
+    no_hedge: bool,
+    rules_file: Path | None,
+    limit_pairs: tuple[str, ...],
 ) -> None:
     """Run a coordinator until SIGTERM or Ctrl-C. Run several for scale-out and failover.
 
@@ -361,26 +445,40 @@ def coordinator_run(
     Response Topic, and User Properties where=room=kitchen, mode=one|all, explain=1.
     """
     from .coordinator import Coordinator
+    from .limits import parse_limits
     from .rules import load_rules
     from .transport.mqtt import MqttTransport
 
     try:
         rules = load_rules(rules_file) if rules_file is not None else None
+        limits = parse_limits(limit_pairs)
     except EdgeAgentError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
 
     async def serve() -> None:
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        signals = _StopSignals()
         broker = BrokerConfig.from_url(obj.broker)
         transport = MqttTransport(broker, retry_first_connect=True)
-        async with Coordinator(
+        coord = Coordinator(
             transport, root=obj.root, fleet=obj.fleet, group=group,
-            retry_budget=retry_budget, hedge=not no_hedge, rules=rules,
-        ) as coord:  # fmt: skip
+            retry_budget=retry_budget, hedge=not no_hedge, rules=rules, limits=limits,
+        )  # fmt: skip
+        try:
+            await coord.start()  # retries until the broker answers
+        except asyncio.CancelledError:
+            if not signals.abandoned():
+                raise
+            await coord.stop()
+            assert signals.signal is not None
+            click.echo(
+                f"coordinator: {signals.signal.name} before the broker at {broker.display()} "
+                "answered; stopped",
+                err=True,
+            )
+            return
+        signals.serving()
+        try:
             if rules is not None:
                 click.echo(f"coordinator: {len(rules)} rules from {rules_file}", err=True)
                 for warning in rules.check(coord.registry.skills()):
@@ -391,7 +489,9 @@ def coordinator_run(
                 f"({devices} devices known, group {group})",
                 err=True,
             )
-            await stop.wait()
+            await signals.stop.wait()
+        finally:
+            await coord.stop()
 
     _run(serve())
 
@@ -524,6 +624,7 @@ def _describe(msg: Any) -> str:
 
 from .cli_deploy import bundle, deploy, keys  # noqa: E402
 from .cli_devices import devices  # noqa: E402 - subcommand groups live in their own modules
+from .cli_fleet import broker, fleet_commands  # noqa: E402
 from .cli_models import models  # noqa: E402
 from .cli_sim import sim  # noqa: E402
 
@@ -533,6 +634,9 @@ main.add_command(keys)
 main.add_command(devices)
 main.add_command(models)
 main.add_command(sim)
+main.add_command(broker)
+for _command in fleet_commands:
+    fleet.add_command(_command)
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m edgeagent.cli`

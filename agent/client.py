@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import json
 import logging
 import math
@@ -29,7 +30,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .broker import BrokerConfig
 from .clock import SYSTEM_CLOCK, Clock
-from .errors import CallError, CallTimeout, InternalError, Unavailable
+from .errors import CallError, CallTimeout, InternalError, NotFound, Unavailable
 from .protocol import (
     BINARY_CONTENT_TYPE,
     DEFAULT_FLEET,
@@ -58,6 +59,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT_S = 10.0
+#: How many device names a not_found for an unknown device lists (closest names first).
+KNOWN_DEVICES_SHOWN = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +177,7 @@ class Fleet:
         trace: str | None = None,
         result_type: type[T] | None = None,
         binary: bytes | None = None,
+        check_device: bool = True,
     ) -> Any:
         """Call ``skill`` on ``device`` and return its output.
 
@@ -181,10 +185,18 @@ class Fleet:
         without base64: Content Type ``application/octet-stream``, the other inputs (``input``)
         as JSON in a User Property. Raises :class:`CallTimeout` when no reply arrives within
         ``timeout`` seconds, or the :class:`CallError` subclass matching the device's error reply.
+
+        A device that has never announced itself (no retained state or manifest in the fleet)
+        gets :class:`NotFound` at once, naming the devices that did, closest names first, instead
+        of a wait for the whole ``timeout``. The fleet view this reads is synced on the first
+        call and kept current, so a known device costs no round trip. ``check_device=False``
+        sends the call regardless (a responder that never announces itself).
         """
         timeout = self.timeout if timeout is None else timeout
         topic = self.topics.call(device, skill)
         what = f"{device}/{skill}"
+        if check_device and device not in self._devices:
+            await self._check_announced(device)
         if binary is None:
             reply = await self.request(
                 topic, encode_input(input), timeout=timeout, trace=trace, what=what
@@ -279,8 +291,10 @@ class Fleet:
 
         The layered router (:mod:`edgeagent.nlu`: exact skill syntax, a grammar, then the zoo's
         intent model) maps ``text`` to a skill, its input and a ``where`` over the devices that
-        are online now. Below ``threshold`` nothing is called: the result holds the best
-        candidates instead (``result.unsure``).
+        are online now. Only a command understood with certainty is called; otherwise (below
+        ``threshold``, a statement, question about an action, condition, unknown room or unit,
+        several matching devices) nothing is called: ``result.unsure`` holds the best
+        candidates, the reason, and the question to ask back (``result.unsure.question``).
         """
         from .nlu import Catalog, Interpretation, Router
 
@@ -337,6 +351,31 @@ class Fleet:
             raise CallTimeout(f"no reply from {what or topic} within {timeout:g} s") from exc
         finally:
             self._pending.pop(corr, None)
+
+    async def _check_announced(self, device: str) -> None:
+        """Raise :class:`NotFound` unless ``device`` has announced itself in the fleet.
+
+        Syncs the fleet view first (the first time: subscribe and sync; after that: one marker
+        round trip, so a device that announced itself a moment ago is found too).
+        """
+        if self._tracking:
+            await self._sync()
+        else:
+            await self._track()
+        if device in self._devices:
+            return
+        known = sorted(self._devices)
+        close = difflib.get_close_matches(device, known, n=5, cutoff=0.6)
+        ordered = close + [d for d in known if d not in close]
+        shown = ", ".join(ordered[:KNOWN_DEVICES_SHOWN]) or "none"
+        if len(ordered) > KNOWN_DEVICES_SHOWN:
+            shown += f" and {len(ordered) - KNOWN_DEVICES_SHOWN} more"
+        hint = f"; did you mean {' or '.join(repr(c) for c in close[:3])}?" if close else ""
+        raise NotFound(
+            f"no device {device!r} has announced itself in fleet {self.topics.fleet!r}{hint} "
+            f"(devices: {shown})",
+            details={"device": device, "known": ordered[:KNOWN_DEVICES_SHOWN]},
+        )
 
     def _on_reply(self, msg: Inbound) -> None:
         corr = msg.props.correlation_data

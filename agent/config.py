@@ -16,17 +16,20 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from .broker import BrokerConfig
 from .errors import ConfigError
 from .protocol import DEFAULT_FLEET, DEFAULT_ROOT, check_name
 from .skills import Skill, SkillSet, collect_skills, declared_events
-from .yamlconf import load_yaml_model
+from .yamlconf import load_yaml_model, node_at
 
 DEFAULT_MAX_PAYLOAD = 256 * 1024
 
@@ -54,7 +57,11 @@ class AgentConfig(BaseModel):
     fleet: str = Field(default=DEFAULT_FLEET, description="Fleet name; one topic level.")
     root: str = Field(default=DEFAULT_ROOT, description="Topic root.")
     broker: BrokerConfig = Field(default_factory=BrokerConfig, description="Broker to use.")
-    profile: str | None = Field(default=None, description="Device profile name, e.g. pi4.")
+    profile: str | None = Field(
+        default=None,
+        description="Device profile: a name (`edgeagent devices ls`, e.g. pi4) or a profile YAML "
+        "file. Checked when the config is loaded from a file.",
+    )
     tags: dict[str, str] = Field(default_factory=dict, description="Device tags: room, kind…")
     skills: list[SkillSource] = Field(min_length=1, description="Where the skills come from.")
     max_payload: int = Field(
@@ -73,6 +80,9 @@ class AgentConfig(BaseModel):
     base_dir: Path | None = Field(
         default=None, exclude=True, description="Set by the loader: the config file's folder."
     )
+    source_file: Path | None = Field(
+        default=None, exclude=True, description="Set by the loader: the config file."
+    )
 
     @field_validator("device")
     @classmethod
@@ -84,6 +94,26 @@ class AgentConfig(BaseModel):
     def _fleet(cls, v: str) -> str:
         return check_name(v, "fleet name")
 
+    @field_validator("profile")
+    @classmethod
+    def _profile(cls, v: str | None, info: ValidationInfo) -> str | None:
+        """A profile must exist (checked when loading a file: ``context["base_dir"]``). A
+        relative file path may be relative to the config's folder; it is then made absolute."""
+        base = (info.context or {}).get("base_dir")
+        if v is None or base is None:
+            return v
+        from .devices import find_profile
+
+        try:
+            find_profile(v)
+        except ConfigError as exc:
+            beside = Path(base) / v
+            path_like = "/" in v or v.endswith((".yaml", ".yml"))
+            if path_like and not Path(v).is_absolute() and beside.is_file():
+                return str(beside)
+            raise PydanticCustomError("unknown_profile", "{reason}", {"reason": str(exc)}) from exc
+        return v
+
     @model_validator(mode="before")
     @classmethod
     def _broker_string(cls, data: Any) -> Any:
@@ -93,9 +123,65 @@ class AgentConfig(BaseModel):
 
 
 def load_config(path: str | Path) -> AgentConfig:
-    """Load and validate an agent config; errors name the file, line and field."""
-    cfg = load_yaml_model(path, AgentConfig)
-    return cfg.model_copy(update={"base_dir": Path(path).resolve().parent})
+    """Load and validate an agent config; errors name the file, line and field (an unknown
+    ``profile`` included, with the known ones)."""
+    base = Path(path).resolve().parent
+    cfg = load_yaml_model(path, AgentConfig, context={"base_dir": base})
+    return cfg.model_copy(update={"base_dir": base, "source_file": Path(path)})
+
+
+def _where(cfg: AgentConfig, source: str, index: int) -> str:
+    """``file:line`` of ``skills[index]`` when the config came from a file, else ``source``."""
+    path = cfg.source_file
+    if source != "config" or path is None:
+        return source
+    try:
+        root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, yaml.YAMLError):
+        return str(path)
+    if root is None:
+        return str(path)
+    return f"{path}:{node_at(root, ('skills', index, 'module')).start_mark.line + 1}"
+
+
+def _not_found(cfg: AgentConfig, module: str, missing: str) -> str:
+    """Why ``module`` cannot be imported (``missing`` is not found): every folder searched, in
+    order, and how to fix it."""
+    top = missing.split(".")[0]
+    env = [e for e in os.environ.get("PYTHONPATH", "").split(os.pathsep) if e]
+    searched = []
+    for entry in sys.path:
+        folder = Path(entry or ".").resolve()
+        if cfg.base_dir is not None and folder == cfg.base_dir:
+            searched.append(f"{entry} (the config's folder)")
+        elif any(folder == Path(e).resolve() for e in env):
+            searched.append(f"{entry} (PYTHONPATH)")
+        else:
+            searched.append(entry or ". (the current folder)")
+    lines = [
+        f"cannot import {module!r}: no module named {missing!r}. Searched, in order:",
+        *(f"    {s}" for s in searched),
+    ]
+    here = f"next to the config ({cfg.base_dir})" if cfg.base_dir else "in one of these folders"
+    fix = f"  Fix: put {top}/ (a package) or {top}.py {here}, or add the folder that holds it to "
+    fix += "PYTHONPATH"
+    holder = _found_elsewhere(top)
+    if holder is not None:
+        fix += f" (it is in {holder}: PYTHONPATH={holder})"
+    return "\n".join([*lines, fix + "."])
+
+
+def _found_elsewhere(top: str) -> Path | None:
+    """The example folder (./examples/*/ or the checkout's) holding a package or module ``top``."""
+    roots = [Path.cwd() / "examples", Path(__file__).resolve().parent.parent / "examples"]
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for example in sorted(root.iterdir()):
+            for candidate in (example / top / "__init__.py", example / f"{top}.py"):
+                if candidate.is_file():
+                    return example
+    return None
 
 
 def _takes(cls: type, name: str) -> bool:
@@ -115,10 +201,14 @@ def load_skills(
     sets: list[SkillSet] = []
     events: dict[str, str] = {}
     for i, src in enumerate(cfg.skills):
-        where = f"{source}: skills.{i}.module"
+        where = f"{_where(cfg, source, i)}: skills.{i}.module"
         mod_name, _, attr = src.module.partition(":")
         try:
             module = importlib.import_module(mod_name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and (mod_name + ".").startswith(exc.name + "."):
+                raise ConfigError(f"{where}: {_not_found(cfg, mod_name, exc.name)}") from exc
+            raise ConfigError(f"{where}: cannot import {mod_name!r}: {exc}") from exc
         except ImportError as exc:
             raise ConfigError(f"{where}: cannot import {mod_name!r}: {exc}") from exc
         target: object = module

@@ -11,12 +11,16 @@ import asyncio
 import contextlib
 import json
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from .client import Fleet
@@ -143,12 +147,10 @@ async def _tour(url: str, say: Callable[[str], None], keep: bool) -> None:
         await show("lamp-kitchen", "set_brightness", {"level": 250})
         await show("lamp-kitchen", "get_state")
         if keep:
-            say(
-                f"\nFleet running at {url} (fleet '{DEMO_FLEET}'). Try:\n"
-                f"  edgeagent --broker {url} --fleet {DEMO_FLEET} fleet watch\n"
-                f"  edgeagent --broker {url} --fleet {DEMO_FLEET} call lamp-hall toggle\n"
-                "Ctrl-C to stop."
-            )
+            say(f"\nFleet running at {url} (fleet '{DEMO_FLEET}'). Try, from this folder:")
+            for line in keep_commands(url):
+                say(f"  {line}")
+            say("Ctrl-C (or SIGTERM) stops the fleet.")
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.Event().wait()
 
@@ -163,6 +165,60 @@ async def _wait_lit(fleet: Fleet, lamp: str, level: int) -> Any:
     return state
 
 
+def cli_command() -> str:
+    """How to run this very edgeagent from the current folder (``.venv/bin/edgeagent``)."""
+    exe = Path(sys.executable).parent / "edgeagent"
+    if not exe.is_file():
+        return f"{shlex.quote(sys.executable)} -m edgeagent"
+    found = shutil.which("edgeagent")
+    if found is not None and Path(found).resolve() == exe.resolve():
+        return "edgeagent"
+    try:
+        return shlex.quote(str(exe.relative_to(Path.cwd())))
+    except ValueError:
+        return shlex.quote(str(exe))
+
+
+def keep_commands(url: str) -> list[str]:
+    """Ready-to-paste commands for the fleet ``demo --keep`` leaves running at ``url``."""
+    ea = f"{cli_command()} --broker {url} --fleet {DEMO_FLEET}"
+    host, _, port = url.removeprefix("mqtt://").partition(":")
+    rr = f"mosquitto_rr -V 5 -h {host} -p {port or 1883}"
+    return [
+        f"{ea} fleet ls",
+        f"{ea} fleet watch",
+        f"{ea} call lamp-kitchen set_brightness '{{\"level\": 40}}'",
+        f"{ea} call --skill get_state --where room=hall --explain",
+        f'{ea} ask "turn off the kitchen lights"',
+        f"{rr} -t edgeagent/{DEMO_FLEET}/dev/lamp-hall/call/get_state -e my/replies -m '{{}}'",
+    ]
+
+
+def _sigterm_as_sigint(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM stops the demo as Ctrl-C does: whatever handles SIGINT now (asyncio.run's
+    handler cancels the tour; otherwise KeyboardInterrupt) handles it."""
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _signals(term: Any, interrupt: Any) -> Iterator[None]:
+    """Handle SIGTERM and SIGINT with ``term`` and ``interrupt`` inside the block (main thread
+    only: elsewhere, such as a test's thread, the handlers are left alone)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, term), signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old[0])
+        signal.signal(signal.SIGINT, old[1])
+
+
 def _rng() -> Any:
     import numpy as np
 
@@ -172,60 +228,71 @@ def _rng() -> Any:
 def run_demo(
     broker: str | None, examples: Path | None, keep: bool, say: Callable[[str], None]
 ) -> None:
+    """Run the demo; SIGTERM and SIGINT (Ctrl-C) at any point stop every process it started."""
     folder = find_examples(examples)
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # e.g. `demo --keep &` in a script
+    interrupt = signal.SIG_IGN if ignored else signal.default_int_handler
     local: Mosquitto | None = None
-    if broker is None:
-        local = Mosquitto().start()
-        broker = local.url
-        say(f"Started a private mosquitto at {broker}")
     procs: list[subprocess.Popen[bytes]] = []
     logs = Path(os.environ.get("TMPDIR", "/tmp")) / "edgeagent-demo"
     logs.mkdir(parents=True, exist_ok=True)
-    try:
-        for device, cfg in DEVICES.items():
-            log_file = (logs / f"{device}.log").open("wb")
-            procs.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "edgeagent.cli",
-                        "--broker",
-                        broker,
-                        "agent",
-                        "run",
-                        str(folder / cfg),
-                    ],
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
+    log_files: list[Any] = []
+    codes: list[int] = []
+    with _signals(_sigterm_as_sigint, interrupt):
+        try:
+            if broker is None:
+                local = Mosquitto()
+                local.start()
+                broker = local.url
+                assert local.proc is not None
+                say(f"Started a private mosquitto at {broker} (pid {local.proc.pid})")
+            for device, cfg in DEVICES.items():
+                log_files.append((logs / f"{device}.log").open("wb"))
+                command = [sys.executable, "-m", "edgeagent.cli", "--broker", broker]
+                command += ["agent", "run", str(folder / cfg)]
+                procs.append(
+                    subprocess.Popen(command, stdout=log_files[-1], stderr=subprocess.STDOUT)
                 )
+                say(f"Started agent {device} (pid {procs[-1].pid}, log {logs / f'{device}.log'})")
+            log_files.append((logs / "coordinator.log").open("wb"))
+            rules = folder / "rules.yaml"
+            command = [sys.executable, "-m", "edgeagent.cli", "--broker", broker]
+            command += ["--fleet", DEMO_FLEET, "--log-level", "info"]
+            command += ["coordinator", "run", "--rules", str(rules)]
+            procs.append(subprocess.Popen(command, stdout=log_files[-1], stderr=subprocess.STDOUT))
+            say(
+                f"Started the coordinator with {rules} (pid {procs[-1].pid}, "
+                f"log {logs / 'coordinator.log'})"
             )
-            say(f"Started agent {device} (pid {procs[-1].pid}, log {logs / f'{device}.log'})")
-        coord_log = (logs / "coordinator.log").open("wb")
-        rules = folder / "rules.yaml"
-        command = [sys.executable, "-m", "edgeagent.cli", "--broker", broker, "--fleet", DEMO_FLEET]
-        command += ["--log-level", "info", "coordinator", "run", "--rules", str(rules)]
-        procs.append(subprocess.Popen(command, stdout=coord_log, stderr=subprocess.STDOUT))
-        say(f"Started the coordinator with {rules} (log {logs / 'coordinator.log'})")
-        asyncio.run(_tour(broker, say, keep))
-    except KeyboardInterrupt:
-        pass
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        codes = []
-        for p in procs:
-            try:
-                codes.append(p.wait(15))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                codes.append(p.wait(5))
-        say(
-            f"\nStopped {len(procs) - 1} agents and the coordinator "
-            "(SIGTERM: drain, publish offline, disconnect)."
-        )
-        if local is not None:
-            local.close()
+            asyncio.run(_tour(broker, say, keep))
+        except KeyboardInterrupt:
+            pass
+        finally:
+            # Bounded (15 s per process, then SIGKILL), and not to be interrupted half-way.
+            with _signals(signal.SIG_IGN, signal.SIG_IGN):
+                codes = _stop_all(procs)
+                for f in log_files:
+                    f.close()
+                say(
+                    f"\nStopped {max(len(procs) - 1, 0)} agents and the coordinator "
+                    "(SIGTERM: drain, publish offline, disconnect)."
+                )
+                if local is not None:
+                    local.close()
     if any(c != 0 for c in codes):
         raise EdgeAgentError(f"an agent exited with an error; see the logs in {logs}")
+
+
+def _stop_all(procs: list[subprocess.Popen[bytes]]) -> list[int]:
+    """SIGTERM every process still running, wait for each (15 s, then SIGKILL); exit codes."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    codes = []
+    for p in procs:
+        try:
+            codes.append(p.wait(15))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            codes.append(p.wait(5))
+    return codes

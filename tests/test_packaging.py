@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tomllib
@@ -18,9 +19,10 @@ PACKAGES: list[str] = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The wheel, and what building it printed."""
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
+    proc = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -28,16 +30,32 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "wheel",
             "--no-deps",
             "--no-build-isolation",
-            "-q",
+            "-v",
             "-w",
             str(out),
             str(ROOT),
         ],
-        check=True,
+        capture_output=True,
+        text=True,
         timeout=300,
     )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (whl,) = out.glob("edgeagent-*.whl")
-    return whl
+    return whl, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def wheel(built: tuple[Path, str]) -> Path:
+    return built[0]
+
+
+def test_wheel_builds_without_setuptools_warnings(built: tuple[Path, str]) -> None:
+    """Package data declared as data, not taken for packages (that printed ~250 lines of
+    "Package would be ignored" per install)."""
+    output = built[1]
+    for warning in ("would be ignored", "SetuptoolsDeprecationWarning", "SetuptoolsWarning"):
+        assert warning not in output, output[output.find(warning) - 500 :][:2000]
+    assert not re.search(r"BuildBackendWarning: (?!Editable installation)", output)
 
 
 def test_wheel_has_one_top_level_name(wheel: Path) -> None:
