@@ -26,13 +26,50 @@ T = TypeVar("T")
 
 
 class Ctx:
-    def __init__(self, broker: str | None, fleet: str, root: str) -> None:
+    def __init__(
+        self,
+        broker: str | None,
+        fleet: str,
+        root: str,
+        broker_file: BrokerConfig | None = None,
+    ) -> None:
         self.broker = broker
         self.fleet = fleet
         self.root = root
+        self.broker_file = broker_file
+
+    def broker_config(self) -> BrokerConfig:
+        """--broker-config's settings (TLS files, credentials), with --broker's URL over them."""
+        if self.broker_file is None:
+            return BrokerConfig.from_url(self.broker)
+        if self.broker:
+            return self.broker_file.model_copy(update={"url": self.broker})
+        return self.broker_file
 
     def make_fleet(self, timeout: float = 10.0) -> Fleet:
-        return Fleet(self.broker, fleet=self.fleet, root=self.root, timeout=timeout)
+        return Fleet(self.broker_config(), fleet=self.fleet, root=self.root, timeout=timeout)
+
+
+def _load_broker_file(path: Path) -> BrokerConfig:
+    """A YAML file with a ``broker:`` section (as ``fleet enroll`` writes) or the bare settings."""
+    import yaml
+    from pydantic import BaseModel, ConfigDict
+
+    from .errors import ConfigError
+    from .yamlconf import parse_yaml_model
+
+    class BrokerFile(BaseModel):
+        model_config = ConfigDict(extra="ignore")
+        broker: BrokerConfig
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read broker settings: {exc}") from exc
+    if isinstance(data, dict) and "broker" in data:
+        return parse_yaml_model(text, BrokerFile, source=str(path)).broker
+    return parse_yaml_model(text, BrokerConfig, source=str(path))
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -96,6 +133,15 @@ class _StopSignals:
     help=f"MQTT broker URL, mqtt://host:port or mqtts://… [env {BROKER_ENV}; "
     f"default {DEFAULT_BROKER_URL}]",
 )
+@click.option(
+    "--broker-config",
+    "broker_file",
+    envvar="EDGEAGENT_BROKER_CONFIG",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="YAML with the broker settings (TLS certificates, credentials), e.g. the broker.yaml "
+    "`fleet enroll` writes for an identity [env EDGEAGENT_BROKER_CONFIG].",
+)
 @click.option("--fleet", default=DEFAULT_FLEET, show_default=True, help="Fleet name.")
 @click.option("--root", default=DEFAULT_ROOT, show_default=True, help="Topic root.")
 @click.option(
@@ -106,7 +152,14 @@ class _StopSignals:
     help="Log verbosity (agents log at info unless told otherwise).",
 )
 @click.pass_context
-def main(ctx: click.Context, broker: str | None, fleet: str, root: str, log_level: str) -> None:
+def main(
+    ctx: click.Context,
+    broker: str | None,
+    broker_file: Path | None,
+    fleet: str,
+    root: str,
+    log_level: str,
+) -> None:
     """edgeagent: intelligent objects on small computers.
 
     Devices run an agent that exposes typed skills over MQTT 5; this command runs agents, calls
@@ -119,7 +172,11 @@ def main(ctx: click.Context, broker: str | None, fleet: str, root: str, log_leve
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    ctx.obj = Ctx(broker, fleet, root)
+    try:
+        loaded = _load_broker_file(broker_file) if broker_file is not None else None
+    except EdgeAgentError as exc:
+        raise click.UsageError(str(exc)) from None
+    ctx.obj = Ctx(broker, fleet, root, loaded)
 
 
 # agent -------------------------------------------------------------------------------------------
@@ -144,7 +201,9 @@ def agent_run(obj: Ctx, config: Path) -> None:
     try:
         cfg = load_config(config)
         updates: dict[str, Any] = {}
-        if obj.broker:
+        if obj.broker_file is not None:
+            updates["broker"] = obj.broker_config()
+        elif obj.broker:
             BrokerConfig.from_url(obj.broker)  # validates, with a clear error
             updates["broker"] = cfg.broker.model_copy(update={"url": obj.broker})
         if obj.fleet != DEFAULT_FLEET:
@@ -200,8 +259,14 @@ def agent_run(obj: Ctx, config: Path) -> None:
     help="Folder of the smart-home example (default: ./examples/smart-home).",
 )
 @click.option("--keep", is_flag=True, help="Keep the fleet running after the tour (Ctrl-C ends).")
+@click.option(
+    "--secure",
+    is_flag=True,
+    help="On a private broker that requires TLS client certificates and enforces the fleet's "
+    "ACL: each agent, the coordinator and the tour use their own enrolled identity.",
+)
 @click.pass_obj
-def demo(obj: Ctx, examples: Path | None, keep: bool) -> None:
+def demo(obj: Ctx, examples: Path | None, keep: bool, secure: bool) -> None:
     """Run a small smart-home fleet locally and call its skills.
 
     Starts a private mosquitto on a free port (unless --broker is given), the seven example
@@ -215,7 +280,7 @@ def demo(obj: Ctx, examples: Path | None, keep: bool) -> None:
 
     logging.getLogger().setLevel(logging.WARNING)
     try:
-        run_demo(obj.broker, examples, keep, click.echo)
+        run_demo(obj.broker, examples, keep, click.echo, secure=secure)
     except (EdgeAgentError, RuntimeError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
@@ -458,7 +523,7 @@ def coordinator_run(
 
     async def serve() -> None:
         signals = _StopSignals()
-        broker = BrokerConfig.from_url(obj.broker)
+        broker = obj.broker_config()
         transport = MqttTransport(broker, retry_first_connect=True)
         coord = Coordinator(
             transport, root=obj.root, fleet=obj.fleet, group=group,

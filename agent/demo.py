@@ -21,11 +21,15 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .broker import BrokerConfig
 from .client import Fleet
 from .errors import CallError, EdgeAgentError
 from .localbroker import Mosquitto
+
+if TYPE_CHECKING:
+    from .securebroker import SecureBroker
 
 DEVICES = {
     "lamp-kitchen": "lamp-kitchen.yaml",
@@ -43,6 +47,9 @@ DIGIT_THREE = [
     0, 7, 13, 13, 9, 0, 0,
 ]  # fmt: skip
 DEMO_FLEET = "home"
+#: Identities of the demo's coordinator and of the tour (an operator) on a secured broker.
+DEMO_COORDINATOR = "demo-coordinator"
+DEMO_OPERATOR = "demo-operator"
 
 
 def find_examples(explicit: Path | None) -> Path:
@@ -68,8 +75,14 @@ async def _wait_online(fleet: Fleet, names: set[str], timeout: float) -> None:
         await asyncio.sleep(0.2)
 
 
-async def _tour(url: str, say: Callable[[str], None], keep: bool) -> None:
-    async with Fleet(url, fleet=DEMO_FLEET) as fleet:
+async def _tour(
+    broker: str | BrokerConfig,
+    say: Callable[[str], None],
+    keep: bool,
+    broker_file: Path | None = None,
+) -> None:
+    url = broker if isinstance(broker, str) else broker.url
+    async with Fleet(broker, fleet=DEMO_FLEET) as fleet:
         await _wait_online(fleet, set(DEVICES), 30)
         for _ in range(100):  # the coordinator is ready once it routes a call
             try:
@@ -148,7 +161,7 @@ async def _tour(url: str, say: Callable[[str], None], keep: bool) -> None:
         await show("lamp-kitchen", "get_state")
         if keep:
             say(f"\nFleet running at {url} (fleet '{DEMO_FLEET}'). Try, from this folder:")
-            for line in keep_commands(url):
+            for line in keep_commands(url, broker_file):
                 say(f"  {line}")
             say("Ctrl-C (or SIGTERM) stops the fleet.")
             with contextlib.suppress(asyncio.CancelledError):
@@ -179,11 +192,17 @@ def cli_command() -> str:
         return shlex.quote(str(exe))
 
 
-def keep_commands(url: str) -> list[str]:
-    """Ready-to-paste commands for the fleet ``demo --keep`` leaves running at ``url``."""
-    ea = f"{cli_command()} --broker {url} --fleet {DEMO_FLEET}"
-    host, _, port = url.removeprefix("mqtt://").partition(":")
+def keep_commands(url: str, broker_file: Path | None = None) -> list[str]:
+    """Ready-to-paste commands for the fleet ``demo --keep`` leaves running at ``url`` (on a
+    secured broker: with the operator identity's ``broker_file``)."""
+    where = f"--broker {url}" if broker_file is None else f"--broker-config {broker_file}"
+    ea = f"{cli_command()} {where} --fleet {DEMO_FLEET}"
+    host, _, port = url.removeprefix("mqtt://").removeprefix("mqtts://").partition(":")
     rr = f"mosquitto_rr -V 5 -h {host} -p {port or 1883}"
+    if broker_file is not None:
+        folder = broker_file.parent
+        rr += f" --cafile {folder / 'ca.crt'} --cert {folder / 'demo-operator.crt'}"
+        rr += f" --key {folder / 'demo-operator.key'}"
     return [
         f"{ea} fleet ls",
         f"{ea} fleet watch",
@@ -225,14 +244,41 @@ def _rng() -> Any:
     return np.random.default_rng(3)
 
 
+def _secure_broker(folder: Path, say: Callable[[str], None]) -> SecureBroker:
+    """A private mosquitto with TLS client certificates and the fleet's ACL, every demo agent,
+    the coordinator and an operator enrolled (docs/security.md)."""
+    from .fleetdir import skills_from_config
+    from .securebroker import Wanted, start_secure
+
+    wanted = []
+    for device, cfg in DEVICES.items():
+        _, _, skills = skills_from_config(folder / cfg)
+        wanted.append(Wanted(device, "device", skills=skills))
+    wanted += [Wanted(DEMO_COORDINATOR, "coordinator"), Wanted(DEMO_OPERATOR, "operator")]
+    secure = start_secure(wanted, fleet=DEMO_FLEET)
+    say(
+        f"Started a private secured mosquitto at {secure.url} (TLS client certificates, ACL; "
+        f"fleet folder {secure.fleet.path})"
+    )
+    return secure
+
+
 def run_demo(
-    broker: str | None, examples: Path | None, keep: bool, say: Callable[[str], None]
+    broker: str | None,
+    examples: Path | None,
+    keep: bool,
+    say: Callable[[str], None],
+    secure: bool = False,
 ) -> None:
-    """Run the demo; SIGTERM and SIGINT (Ctrl-C) at any point stop every process it started."""
+    """Run the demo; SIGTERM and SIGINT (Ctrl-C) at any point stop every process it started.
+    ``secure``: on a private broker that requires each process's own certificate."""
+    if secure and broker is not None:
+        raise EdgeAgentError("--secure starts its own secured broker: leave out --broker")
     folder = find_examples(examples)
     ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # e.g. `demo --keep &` in a script
     interrupt = signal.SIG_IGN if ignored else signal.default_int_handler
     local: Mosquitto | None = None
+    secured: SecureBroker | None = None
     procs: list[subprocess.Popen[bytes]] = []
     logs = Path(os.environ.get("TMPDIR", "/tmp")) / "edgeagent-demo"
     logs.mkdir(parents=True, exist_ok=True)
@@ -240,7 +286,10 @@ def run_demo(
     codes: list[int] = []
     with _signals(_sigterm_as_sigint, interrupt):
         try:
-            if broker is None:
+            if secure:
+                secured = _secure_broker(folder, say)
+                broker = secured.url
+            elif broker is None:
                 local = Mosquitto()
                 local.start()
                 broker = local.url
@@ -248,7 +297,12 @@ def run_demo(
                 say(f"Started a private mosquitto at {broker} (pid {local.proc.pid})")
             for device, cfg in DEVICES.items():
                 log_files.append((logs / f"{device}.log").open("wb"))
-                command = [sys.executable, "-m", "edgeagent.cli", "--broker", broker]
+                command = [
+                    sys.executable,
+                    "-m",
+                    "edgeagent.cli",
+                    *_broker_args(broker, secured, device),
+                ]
                 command += ["agent", "run", str(folder / cfg)]
                 procs.append(
                     subprocess.Popen(command, stdout=log_files[-1], stderr=subprocess.STDOUT)
@@ -256,15 +310,22 @@ def run_demo(
                 say(f"Started agent {device} (pid {procs[-1].pid}, log {logs / f'{device}.log'})")
             log_files.append((logs / "coordinator.log").open("wb"))
             rules = folder / "rules.yaml"
-            command = [sys.executable, "-m", "edgeagent.cli", "--broker", broker]
+            command = [sys.executable, "-m", "edgeagent.cli"]
+            command += _broker_args(broker, secured, DEMO_COORDINATOR)
             command += ["--fleet", DEMO_FLEET, "--log-level", "info"]
             command += ["coordinator", "run", "--rules", str(rules)]
+            if secured is not None:
+                command += ["--group", secured.fleet.registry.coordinator_group]
             procs.append(subprocess.Popen(command, stdout=log_files[-1], stderr=subprocess.STDOUT))
             say(
                 f"Started the coordinator with {rules} (pid {procs[-1].pid}, "
                 f"log {logs / 'coordinator.log'})"
             )
-            asyncio.run(_tour(broker, say, keep))
+            if secured is None:
+                asyncio.run(_tour(broker, say, keep, None))
+            else:
+                operator = secured.fleet.identity_dir(DEMO_OPERATOR) / "broker.yaml"
+                asyncio.run(_tour(secured.broker_config(DEMO_OPERATOR), say, keep, operator))
         except KeyboardInterrupt:
             pass
         finally:
@@ -279,8 +340,16 @@ def run_demo(
                 )
                 if local is not None:
                     local.close()
+                if secured is not None:
+                    secured.close()
     if any(c != 0 for c in codes):
         raise EdgeAgentError(f"an agent exited with an error; see the logs in {logs}")
+
+
+def _broker_args(url: str, secured: SecureBroker | None, identity: str) -> list[str]:
+    if secured is None:
+        return ["--broker", url]
+    return ["--broker-config", str(secured.fleet.identity_dir(identity) / "broker.yaml")]
 
 
 def _stop_all(procs: list[subprocess.Popen[bytes]]) -> list[int]:

@@ -659,3 +659,56 @@ def test_reenrolment_retires_the_old_certificate(tmp_path: Path) -> None:
     assert first.identity.serial in fd.registry.retired
     again = FleetDir.open(tmp_path / "f")
     assert again.registry.get("lamp") == second.identity
+
+
+def test_cli_uses_an_identitys_broker_yaml(secure: SecureBroker) -> None:
+    """`--broker-config` takes the broker.yaml `fleet enroll` wrote: the operator's CLI can call
+    an actuate skill on the secured broker; a client identity's CLI cannot."""
+    import sys
+
+    def cli(identity: str, *args: str) -> subprocess.CompletedProcess[str]:
+        cfg = secure.fleet.identity_dir(identity) / "broker.yaml"
+        assert cfg.exists(), cfg
+        return subprocess.run(
+            [sys.executable, "-m", "edgeagent", "--broker-config", str(cfg), "--fleet", FLEET,
+             *args],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    async def main() -> None:
+        agent = DeviceAgent(_lamp_config(secure.broker_config("lamp-a"), "lamp-a"))
+        async with asyncio.timeout(60), agent:
+            ok = await asyncio.to_thread(
+                cli, "ops", "call", "lamp-a", "set_brightness", '{"level": 55}', "--timeout", "5"
+            )
+            assert ok.returncode == 0, ok.stderr
+            assert json.loads(ok.stdout) == {"on": True, "brightness": 55}
+            refused = await asyncio.to_thread(
+                cli, "phone", "call", "lamp-a", "set_brightness", '{"level": 5}', "--timeout", "2"
+            )
+            assert refused.returncode != 0
+            assert "timeout" in refused.stderr
+            read = await asyncio.to_thread(cli, "phone", "call", "lamp-a", "get_state")
+            assert read.returncode == 0, read.stderr
+            assert json.loads(read.stdout)["brightness"] == 55
+
+    asyncio.run(main())
+
+
+def test_demo_runs_on_a_secured_broker() -> None:
+    """`edgeagent demo --secure`: every agent, the coordinator and the tour connect with their
+    own certificate to a broker enforcing the ACL, and the whole tour still works."""
+    import sys
+
+    _need_mosquitto()
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "edgeagent", "demo", "--secure"],
+        cwd=root, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "secured mosquitto at mqtts://127.0.0.1:" in done.stdout
+    # A rule's actuation (the coordinator's identity) and an operator's call both went through.
+    assert 'lamp-hall -> {"on": true, "brightness": 80}' in done.stdout
+    assert "on lamp-hall (the only candidate)" in done.stdout
+    assert "Stopped 7 agents and the coordinator" in done.stdout
