@@ -21,6 +21,7 @@ import difflib
 import json
 import logging
 import math
+import os
 import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field, replace
@@ -56,6 +57,8 @@ from .protocol import (
 from .transport.base import Inbound, Props, Transport
 
 log = logging.getLogger(__name__)
+#: Most devices a client's fleet view holds (a flood of made-up manifests cannot grow it more).
+MAX_DEVICES = 10_000
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT_S = 10.0
@@ -144,7 +147,6 @@ class Fleet:
         self._reply_topic = self.topics.reply(transport.client_id)
         self._sync_topic = self._reply_topic.rsplit("/", 1)[0] + "/sync"
         self._pending: dict[bytes, asyncio.Future[Any]] = {}
-        self._next = 0
         self._devices: dict[str, DeviceInfo] = {}
         self._tracking = False
         self._syncs: dict[bytes, asyncio.Future[None]] = {}
@@ -331,8 +333,8 @@ class Fleet:
         to whole seconds.
         """
         loop = asyncio.get_running_loop()
-        self._next += 1
-        corr = self._next.to_bytes(8, "big")
+        # Unguessable: devices may publish on reply topics, so none can answer for another.
+        corr = os.urandom(12)
         fut: asyncio.Future[Any] = loop.create_future()
         self._pending[corr] = fut
         user = (((TRACE_PROPERTY, trace),) if trace else ()) + user_properties
@@ -489,7 +491,15 @@ class Fleet:
         except ValidationError as exc:
             log.warning("ignoring malformed message on %s: %s", msg.topic, exc.errors()[0]["msg"])
             return
-        info = self._devices.get(device) or DeviceInfo(device=device)
+        if getattr(message, "device", device) != device:  # the topic is the identity
+            log.warning("ignoring %s: it names another device", msg.topic[:200])
+            return
+        info = self._devices.get(device)
+        if info is None:
+            if len(self._devices) >= MAX_DEVICES:
+                log.warning("fleet view full (%d devices): ignoring %s", MAX_DEVICES, device)
+                return
+            info = DeviceInfo(device=device)
         if isinstance(message, StateMessage):
             info = replace(info, status=message.status, since=message.ts)
         elif isinstance(message, Manifest):

@@ -161,6 +161,10 @@ def test_spoofed_states_and_manifests_are_dropped(broker_url: str, fleet_name: s
             assert coord.registry.devices["lamp-hall"].skill("x/+/#") is None
             out = await fleet.call_skill("turn_on", where={"room": "hall"}, timeout=5)
             assert out["on"] is True
+            # The client's own fleet view is not fooled either.
+            view = {d.device: d for d in await fleet.devices()}
+            assert view["lamp-hall"].online
+            assert "lamp-x" not in view and "fake" not in view
             for t in (topics.state("lamp-x"), topics.manifest("evil"), topics.manifest("fake")):
                 await evil.retain(t, None)
 
