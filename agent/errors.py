@@ -7,10 +7,11 @@
     ├── TransportError           the broker cannot be reached or the connection broke
     └── CallError                a skill call failed; ``code`` is the wire error code
         ├── BadRequest           bad_request: malformed payload or input not matching the schema
-        ├── NotFound             not_found: the device has no such skill
-        ├── Busy                 busy: the skill's queue is full
+        ├── NotFound             not_found: the device has no such skill, or (from the client,
+        │                        at once) no device of that name ever announced itself
+        ├── Busy                 busy: the skill's queue (or a coordinator bound) is full
         ├── CallTimeout          timeout: the deadline passed (also a subclass of TimeoutError);
-        │                        a call to a device that is gone or never existed ends here too
+        │                        a call to a device that is gone ends here too
         ├── Unavailable          unavailable: the device is shutting down (draining)
         └── InternalError        internal: the skill raised
 

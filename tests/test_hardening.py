@@ -567,3 +567,22 @@ def test_log_limiter_counts_and_reports_what_it_suppressed(
     assert limiter.suppressed_total == {"bad": 98}
     assert clip("k" * 60_000) == "k" * 120 + "…[60,000 chars]"
     assert clip("short") == "short"
+
+
+def test_every_bound_is_documented_and_settable_from_the_cli() -> None:
+    from pathlib import Path
+
+    from edgeagent.errors import ConfigError
+    from edgeagent.limits import parse_limits
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "coordinator.md").read_text()
+    for name in CoordinatorLimits.model_fields:
+        assert f"| `{name}` |" in doc, name
+    limits = parse_limits(["max_devices=7", "max-deadline-s=2.5"])
+    assert (limits.max_devices, limits.max_deadline_s) == (7, 2.5)
+    with pytest.raises(ConfigError, match="unknown limit 'max_lamps'"):
+        parse_limits(["max_lamps=3"])
+    with pytest.raises(ConfigError, match="max_devices"):
+        parse_limits(["max_devices=0"])
+    with pytest.raises(ConfigError, match="NAME=VALUE"):
+        parse_limits(["max_devices"])
