@@ -149,7 +149,9 @@ class Coordinator:
         self.clock = clock
         self.rng = rng or random.Random()
         self.limits = limits or CoordinatorLimits()
-        self.registry = Registry(self.limits.max_devices, self.limits.suspect_after)
+        self.registry = Registry(
+            self.limits.max_devices, self.limits.suspect_after, self.limits.max_manifests_bytes
+        )
         self._log = LogLimiter(log)
         # Calls being served: in all, and per caller (response topic; no entry when none).
         self._serving = 0
@@ -245,9 +247,13 @@ class Coordinator:
         if problem:
             self._drop("spoofed", msg.topic, problem)
             return
-        if not self.registry.apply(message, self.clock.monotonic()):
+        if not self.registry.apply(message, self.clock.monotonic(), len(msg.payload)):
+            lim = self.limits
             self._drop(
-                "fleet-full", msg.topic, f"the registry is full ({self.limits.max_devices} devices)"
+                "fleet-full",
+                msg.topic,
+                f"the registry is full ({lim.max_devices} devices, "
+                f"{lim.max_manifests_bytes:,} bytes of manifests)",
             )
             return
         if isinstance(message, StateMessage) and message.status == "offline":

@@ -28,6 +28,10 @@ class CoordinatorLimits(BaseModel):
     max_manifest_bytes: int = Field(
         default=256 * 1024, ge=1024, description="Largest manifest taken in, bytes."
     )
+    max_manifests_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, description="All manifests held together, bytes as "
+        "received (objects take a few times that); a manifest past it is ignored."
+    )  # fmt: skip
     max_message_bytes: int = Field(
         default=16 * 1024, ge=256, description="Largest state, health or event taken in, bytes."
     )

@@ -53,6 +53,7 @@ class DeviceEntry:
     #: The retained state's own time (None: absent, or a last will, which has none).
     state_ts: float | None = None
     manifest: Manifest | None = None
+    manifest_bytes: int = 0
     specs: dict[str, SkillSpec] = field(default_factory=dict)
     health: Health | None = None
     health_at: float | None = None
@@ -99,9 +100,17 @@ class Candidate:
 class Registry:
     """Devices, their skills and live load, from what agents publish."""
 
-    def __init__(self, max_devices: int = 10_000, suspect_after: int = 3) -> None:
+    def __init__(
+        self,
+        max_devices: int = 10_000,
+        suspect_after: int = 3,
+        max_manifest_total: int = 64 * 1024 * 1024,
+    ) -> None:
         self.devices: dict[str, DeviceEntry] = {}
         self.max_devices = max_devices
+        #: Sum of the held manifests' sizes (as received, bytes) the registry accepts.
+        self.max_manifest_total = max_manifest_total
+        self.manifest_total = 0
         #: Timeouts in a row after which a device must answer a ping again.
         self.suspect_after = suspect_after
         # skill name -> the devices whose manifest lists it (a dict: insertion-ordered set)
@@ -117,14 +126,19 @@ class Registry:
         """True when ``device`` is new and the registry already holds ``max_devices``."""
         return device not in self.devices and len(self.devices) >= self.max_devices
 
-    def apply(self, message: Message, now: float) -> bool:
+    def apply(self, message: Message, now: float, size: int = 0) -> bool:
         """Take in a state, manifest or health message; False if it was refused (a new device
-        past ``max_devices``). The caller has checked that the message came on the device's own
-        topic."""
+        past ``max_devices``, or a manifest of ``size`` bytes past ``max_manifest_total``). The
+        caller has checked that the message came on the device's own topic."""
         if not isinstance(message, StateMessage | Manifest | Health):
             return True
         if self.full(message.device):
             return False
+        old = self.devices.get(message.device)
+        if isinstance(message, Manifest):
+            held = old.manifest_bytes if old is not None else 0
+            if self.manifest_total - held + size > self.max_manifest_total:
+                return False
         e = self.entry(message.device)
         if isinstance(message, StateMessage):
             if message.status != "online":
@@ -132,7 +146,8 @@ class Registry:
             e.status, e.state_ts = message.status, message.ts
         elif isinstance(message, Manifest):
             self._unindex(e)
-            e.manifest = message
+            self.manifest_total += size - e.manifest_bytes
+            e.manifest, e.manifest_bytes = message, size
             e.specs = {spec.name: spec for spec in message.skills}
             for name in e.specs:
                 self._by_skill.setdefault(name, {})[e.device] = None
@@ -172,6 +187,8 @@ class Registry:
             self._unindex(e)
 
     def _unindex(self, e: DeviceEntry) -> None:
+        self.manifest_total -= e.manifest_bytes
+        e.manifest_bytes = 0
         for name in e.specs:
             holders = self._by_skill.get(name)
             if holders is not None:

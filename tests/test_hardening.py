@@ -586,3 +586,21 @@ def test_every_bound_is_documented_and_settable_from_the_cli() -> None:
         parse_limits(["max_devices=0"])
     with pytest.raises(ConfigError, match="NAME=VALUE"):
         parse_limits(["max_devices"])
+
+
+def test_the_registry_holds_a_bounded_total_of_manifests() -> None:
+    from edgeagent.protocol import Manifest
+    from edgeagent.registry import Registry
+
+    def m(device: str) -> Manifest:
+        return Manifest(device=device, fleet="f", max_payload=1, agent_version="0")
+
+    reg = Registry(max_devices=10, max_manifest_total=1000)
+    assert reg.apply(m("a"), 0.0, 600)
+    assert not reg.apply(m("b"), 0.0, 600)  # 1,200 > 1,000
+    assert "b" not in reg.devices
+    assert reg.apply(m("a"), 0.0, 900)  # a replacement counts once
+    assert reg.manifest_total == 900
+    reg.clear_manifest("a")
+    assert reg.manifest_total == 0
+    assert reg.apply(m("b"), 0.0, 999)
