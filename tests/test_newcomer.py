@@ -257,7 +257,14 @@ def without_examples_on_path() -> Iterator[None]:
     """sys.path and sys.modules as in a fresh agent process: no examples/smart-home."""
     saved_path = list(sys.path)
     saved = {k: v for k, v in sys.modules.items() if k == "smarthome" or k.startswith("smarthome.")}
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != EXAMPLES.resolve()]
+    # Any folder holding a `smarthome` package (the examples, or a copy an earlier test in this
+    # process put on sys.path, such as a deployed bundle's) is not on a fresh agent's path.
+    sys.path[:] = [
+        p
+        for p in sys.path
+        if Path(p or ".").resolve() != EXAMPLES.resolve()
+        and not (Path(p or ".") / "smarthome").is_dir()
+    ]
     for name in saved:
         del sys.modules[name]
     try:
