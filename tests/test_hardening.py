@@ -605,3 +605,49 @@ def test_the_registry_holds_a_bounded_total_of_manifests() -> None:
     reg.clear_manifest("a")
     assert reg.manifest_total == 0
     assert reg.apply(m("b"), 0.0, 999)
+
+
+# --- routing decisions (pure) ---------------------------------------------------------------
+
+
+def _cand(device: str, **kw: Any) -> Any:
+    from edgeagent.protocol import SkillSpec
+    from edgeagent.registry import Candidate
+
+    base: dict[str, Any] = {"outstanding": 0, "latency_s": 0.010, "measured": True,
+                            "timeouts_in_row": 0, "vouched": True}  # fmt: skip
+    base.update(kw)
+    return Candidate(device=device, spec=SkillSpec.model_validate(spec("work")), **base)
+
+
+def test_decide_breaks_ties_at_random_and_keeps_unvouched_devices_out() -> None:
+    import random
+
+    from edgeagent.routing import decide
+
+    rng = random.Random(5)
+    # Equal devices (and scores within the tie band) share the calls.
+    a, b = _cand("a", latency_s=0.010), _cand("b", latency_s=0.011)
+    chosen = [decide("work", {}, [a, b], {}, rng).chosen for _ in range(400)]
+    assert 150 < chosen.count("a") < 250, chosen.count("a")
+    # A clearly faster device wins every draw it is in.
+    fast = _cand("fast", latency_s=0.002)
+    assert {decide("work", {}, [a, fast], {}, rng).chosen for _ in range(50)} == {"fast"}
+    # Newcomers that never answered are left out while someone else can serve...
+    ghosts = [_cand(f"g{i}", latency_s=None, measured=False, vouched=False) for i in range(50)]
+    d = decide("work", {}, [a, *ghosts], {}, rng)
+    assert d.chosen == "a"
+    assert d.rejected["g0"].startswith("new: not measured")
+    # ...once one answered a ping it shares the calls (scored as a typical settled device)...
+    new = _cand("new", latency_s=0.5, measured=False, vouched=True)
+    chosen = [decide("work", {}, [a, new], {}, rng).chosen for _ in range(400)]
+    assert chosen.count("new") > 100
+    decisions = [decide("work", {}, [a, new], {}, rng) for _ in range(50)]
+    assert all(d.probe is (d.chosen == "new") for d in decisions)
+    # ...and a suspect (timeouts in a row) is out until it answers again.
+    sus = _cand("sus", timeouts_in_row=3, vouched=False)
+    d = decide("work", {}, [a, sus], {}, rng, suspect_after=3)
+    assert d.chosen == "a"
+    assert d.rejected["sus"] == "suspect: 3 timeouts in a row"
+    # When nobody has answered yet (a coordinator just started), everyone is in the draw.
+    assert decide("work", {}, ghosts[:2], {}, rng).chosen in {"g0", "g1"}
