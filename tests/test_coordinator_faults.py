@@ -75,30 +75,42 @@ def test_device_vanishing_mid_call_fails_over_without_waiting_for_the_deadline(
 ) -> None:
     with (
         running_agent(echo_config(tmp_path, "e1"), broker_url, fleet_name, "e1") as e1,
-        running_agent(echo_config(tmp_path, "e2"), broker_url, fleet_name, "e2"),
+        running_agent(echo_config(tmp_path, "e2"), broker_url, fleet_name, "e2") as e2,
     ):
+        procs = {"e1": e1, "e2": e2}
 
-        async def main() -> tuple[str, float, dict[str, object]]:
+        async def main() -> tuple[str, str, float, dict[str, object]]:
             async with (
                 coordinator(broker_url, fleet_name, hedge=False),
                 Fleet(broker_url, fleet=fleet_name) as fleet,
             ):
-                # Both idle and unmeasured: the tie goes to e1 (by name), so e1 gets the call.
+                # Both idle and unmeasured: a tie, broken at random. Watch which one gets it.
+                forwarded: list[str] = []
+                await fleet.transport.subscribe(
+                    f"edgeagent/{fleet_name}/dev/+/call/slow_echo",
+                    lambda msg: forwarded.append(msg.topic.split("/")[3]),
+                )
                 call = asyncio.ensure_future(
                     fleet.call_skill(
                         "slow_echo", {"data": "hi", "delay_s": 1.5}, timeout=20, explain=True
                     )
                 )
-                await asyncio.sleep(0.4)
-                e1.send_signal(signal.SIGKILL)  # its last will marks it offline
+                for _ in range(100):
+                    if forwarded:
+                        break
+                    await asyncio.sleep(0.02)
+                await asyncio.sleep(0.2)
+                victim = forwarded[0]
+                procs[victim].send_signal(signal.SIGKILL)  # its last will marks it offline
                 t0 = time.monotonic()
                 out, route = await call
-                return out, time.monotonic() - t0, route
+                return victim, out, time.monotonic() - t0, route
 
-        out, waited, route = asyncio.run(main())
+        victim, out, waited, route = asyncio.run(main())
+        other = "e2" if victim == "e1" else "e1"
         assert out == "hi"
         attempts = [(a["device"], a["outcome"]) for a in route["attempts"]]  # type: ignore[index]
-        assert attempts == [("e1", "timeout"), ("e2", "ok")], json.dumps(route)
+        assert attempts == [(victim, "timeout"), (other, "ok")], json.dumps(route)
         assert waited < 5, waited  # failed over at the will, not at the 20 s deadline
 
 
