@@ -690,6 +690,7 @@ def _describe(msg: Any) -> str:
 from .cli_deploy import bundle, deploy, keys  # noqa: E402
 from .cli_devices import devices  # noqa: E402 - subcommand groups live in their own modules
 from .cli_fleet import broker, fleet_commands  # noqa: E402
+from .cli_image import image  # noqa: E402
 from .cli_models import models  # noqa: E402
 from .cli_sim import sim  # noqa: E402
 
@@ -700,6 +701,7 @@ main.add_command(devices)
 main.add_command(models)
 main.add_command(sim)
 main.add_command(broker)
+main.add_command(image)
 for _command in fleet_commands:
     fleet.add_command(_command)
 
