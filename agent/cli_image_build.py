@@ -25,7 +25,8 @@ def _out_for(base: Path, device: str) -> Path:
     "base",
     type=click.Path(path_type=Path),
     required=True,
-    help="Raspberry Pi OS image to customise (FILE.img or FILE.img.xz).",
+    help="Raspberry Pi OS image to customise (FILE.img or FILE.img.xz), or `debian`: a "
+    "complete image from Debian's arm64 packages (needs root).",
 )
 @click.option("--device", "profile", required=True, help="Device profile (pi4, pi5, …).")
 @click.option(
@@ -102,7 +103,8 @@ def build(
     out: Path | None,
     as_json: bool,
 ) -> None:
-    """Customise a Raspberry Pi OS image: first-boot settings, the agent's bundle, enrolment."""
+    """Customise a Raspberry Pi OS image (first-boot settings, the agent's bundle, enrolment),
+    or build a complete one from Debian with the bundle installed (`--base debian`)."""
     from .images.customize import BuildRequest
     from .images.customize import build as run_build
 
@@ -143,6 +145,11 @@ def build(
             python=python,
             log=log,
         )
+        if str(base) == "debian":
+            from .images import debian
+
+            _debian_summary(debian.build(req).summary(), as_json)
+            return
         result = run_build(req)
     except ModuleNotFoundError as exc:
         if exc.name == "cryptography":
@@ -166,3 +173,20 @@ def build(
     click.echo(f"  boot partition {boot['index']} (offset {boot['offset']}): wrote "
                f"{', '.join(result.written)}; {boot['free_after'] // 1024} KiB left")  # fmt: skip
     click.echo("  the image holds the device's credential until its first boot: keep it private")
+
+
+def _debian_summary(summary: dict[str, object], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(summary, indent=1))
+        return
+    s = summary
+    click.echo(f"{s['image']}: {s['device']} ({s['fleet']}), release {s['release']}, "
+               f"installed in /opt/edgeagent")  # fmt: skip
+    click.echo(f"  Debian arm64, kernel {s['kernel']}, Python {s['python']}, "
+               f"profile {s['profile']}")  # fmt: skip
+    if not s["firmware"]:
+        click.echo("  no Raspberry Pi firmware in the root filesystem (raspi-firmware): the boot "
+                   "partition has the kernel, initrd and device trees only")  # fmt: skip
+    click.echo(f"  credential: {s['auth']}, from {s['credential']}")
+    click.echo(f"  SSH host key (for known_hosts): {s['host_key']}")
+    click.echo("  the image holds the device's credential: keep it private")

@@ -6,5 +6,7 @@ is the system on?), ``flash_sys`` reads what they need from ``/sys`` and ``/proc
 ``image build --base FILE.img``: ``bootpart`` (the MBR and the FAT boot partition, through
 mtools), ``firstboot`` (cloud-init or firstrun.sh settings, pure), ``enrol`` (the enrolment),
 ``installer`` (the first-boot installer put on the image) and ``customize`` (the steps).
-See docs/images.md.
+``image build --base debian``: ``rootfs`` (the cached Debian arm64 root filesystem, shared with
+tests/armvm.py) and ``debian`` (the bundle installed at build time, the disk assembled without
+loop devices). See docs/images.md.
 """

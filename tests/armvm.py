@@ -1,11 +1,11 @@
 """An emulated arm64 device for tests: Debian 12 with systemd, sshd and Python 3.11, booted in
 ``qemu-system-aarch64 -M virt -cpu cortex-a72`` (no KVM: pure emulation).
 
-The root filesystem is built once with ``mmdebstrap --arch=arm64`` and cached, keyed by a hash of
-the recipe (packages, sources, configuration files, :data:`RECIPE_VERSION`), in
-``EDGEAGENT_VM_CACHE`` or ``~/.cache/edgeagent/vm``. ``update-initramfs`` is diverted during the
-build (under emulation it takes about 8 minutes); a tiny busybox initramfs is made on the host
-instead (the kernel's virtio and ext4 modules, mount ``root=LABEL=rootfs``, ``switch_root``).
+The root filesystem is the one ``image build --base debian`` starts from
+(``edgeagent.images.rootfs``): built once with ``mmdebstrap --arch=arm64`` and cached, keyed by a
+hash of the recipe, in ``EDGEAGENT_VM_CACHE`` or ``~/.cache/edgeagent/vm``, with a tiny busybox
+initramfs made on the host (the kernel's virtio and ext4 modules, mount ``root=LABEL=rootfs``,
+``switch_root``).
 
 Each boot runs on a fresh qcow2 overlay over the cached raw ext4 image, so every test gets a clean
 device. SSH is forwarded to a free port on 127.0.0.1 (root, by key only, host key known in
@@ -20,13 +20,6 @@ on the host's 127.0.0.1:PORT is ``10.0.2.2:PORT`` from the device.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import gzip
-import hashlib
-import json
-import lzma
-import os
-import re
 import shutil
 import socket
 import subprocess
@@ -37,87 +30,28 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-RECIPE_VERSION = 6
-"""Bump when the build steps change in a way the hashed recipe below does not show."""
+from edgeagent.images import rootfs
+from edgeagent.images.rootfs import (
+    DEVICE_USER,
+    HOSTNAME,
+    PACKAGES,
+    RECIPE_VERSION,
+    ROOTFS_MB,
+    apt_sources,
+    default_cache_dir,
+    make_initramfs,
+    module_closure,
+    recipe,
+    recipe_key,
+)
+from edgeagent.images.rootfs import RootImage as VmImage
+from edgeagent.images.rootfs import run as _run
 
-SUITE = "bookworm"
-PACKAGES = (
-    "systemd", "systemd-sysv", "udev", "dbus", "python3", "python3-venv", "openssh-server",
-    "openssl", "rsync", "iproute2", "ca-certificates", "procps", "linux-image-arm64",
-    "busybox-static", "sudo",
-)  # fmt: skip
-# Left out of the image (dpkg path-exclude): documentation, translations, and kernel modules a
-# virtio machine never loads (sound, graphics, media, wireless, Bluetooth, staging, InfiniBand).
-_MOD = "/lib/modules/*/kernel"
-PATH_EXCLUDES = (
-    "/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*",
-    "/usr/share/lintian/*",
-    f"{_MOD}/sound/*", f"{_MOD}/drivers/gpu/*", f"{_MOD}/drivers/media/*",
-    f"{_MOD}/drivers/net/wireless/*", f"{_MOD}/drivers/staging/*",
-    f"{_MOD}/drivers/infiniband/*", f"{_MOD}/drivers/bluetooth/*", f"{_MOD}/net/bluetooth/*",
-    f"{_MOD}/drivers/iio/*",
-)  # fmt: skip
-MASKED_UNITS = (
-    "apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_reap.service", "e2scrub_all.timer",
-    "getty@tty1.service", "serial-getty@ttyAMA0.service",
-)  # fmt: skip
-ROOTFS_MB = 2048
-HOSTNAME = "edge-arm64"
-DEVICE_USER = "pi"
-"""A login like Raspberry Pi OS's default user: passwordless sudo, the same SSH key as root."""
-INITRAMFS_MODULES = (
-    "virtio", "virtio_ring", "virtio_pci", "virtio_blk", "crc32c_generic", "ext4",
-)  # fmt: skip
-
-FILES: dict[str, str] = {
-    "etc/hostname": f"{HOSTNAME}\n",
-    "etc/hosts": f"127.0.0.1 localhost\n127.0.1.1 {HOSTNAME}\n::1 localhost ip6-localhost\n",
-    "etc/systemd/network/20-wired.network": (
-        "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n\n[DHCPv4]\nUseDomains=yes\n"
-    ),
-    # No line for the small disk of boot(extra_disk_mb=...): the initramfs mounts it when it is
-    # attached. An fstab line, even nofail, makes a mount unit that units with RequiresMountsFor
-    # (implied by WorkingDirectory=/opt/edgeagent/...) require, and fail on, when it is absent.
-    "etc/fstab": "LABEL=rootfs / ext4 defaults,noatime 0 0\n",
-    "etc/ssh/sshd_config.d/edgeagent-test.conf": (
-        "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\nUseDNS no\n"
-    ),
-    "etc/systemd/journald.conf.d/edgeagent-test.conf": "[Journal]\nStorage=persistent\n",
-    "etc/resolv.conf": "nameserver 10.0.2.3\n",
-    "etc/default/locale": "LANG=C.UTF-8\n",
-    f"etc/sudoers.d/010_{DEVICE_USER}-nopasswd": f"{DEVICE_USER} ALL=(ALL) NOPASSWD: ALL\n",
-}
-
-_INIT = """#!/bin/busybox sh
-/bin/busybox mkdir -p /proc /sys /dev /newroot /bin
-/bin/busybox --install -s /bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-fail() { echo "initramfs: $*"; ls -l /dev/vd* 2>&1; sleep 1; poweroff -f; }
-for m in $(cat /modules.order); do insmod "/lib/modules/$m" 2>/dev/null; done
-root=/dev/vda
-for arg in $(cat /proc/cmdline); do case "$arg" in root=*) root="${arg#root=}";; esac; done
-dev=""
-i=0
-while [ -z "$dev" ] && [ $i -lt 300 ]; do
-  case "$root" in
-    LABEL=*|UUID=*) dev=$(findfs "$root" 2>/dev/null) ;;
-    *) [ -b "$root" ] && dev="$root" ;;
-  esac
-  [ -n "$dev" ] || { sleep 0.05; i=$((i+1)); }
-done
-[ -n "$dev" ] || fail "root device $root not found"
-mount -t ext4 -o rw,noatime "$dev" /newroot || fail "cannot mount $dev"
-if data=$(findfs LABEL=edgedata 2>/dev/null); then
-  mkdir -p /newroot/opt/edgeagent
-  mount -t ext4 -o rw,relatime "$data" /newroot/opt/edgeagent || echo "cannot mount $data"
-fi
-umount /sys /proc
-mount --move /dev /newroot/dev
-exec switch_root /newroot /sbin/init
-"""
+__all__ = [
+    "DEVICE_USER", "HOSTNAME", "PACKAGES", "RECIPE_VERSION", "ROOTFS_MB", "SSH_TIMEOUT", "Vm",
+    "VmImage", "apt_sources", "boot", "default_cache_dir", "ensure_image", "free_port",
+    "make_initramfs", "module_closure", "qemu_available", "recipe", "recipe_key",
+]  # fmt: skip
 
 SSH_TIMEOUT = 180.0
 
@@ -126,406 +60,19 @@ def _log(msg: str) -> None:
     print(f"[armvm] {msg}", file=sys.stderr, flush=True)
 
 
-# --------------------------------------------------------------------------------------------
-# Availability
-
-
-def _binfmt_ready() -> bool:
-    entry = Path("/proc/sys/fs/binfmt_misc/qemu-aarch64")
-    try:
-        return entry.read_text().splitlines()[0].strip() == "enabled"
-    except (OSError, IndexError):
-        return False
-
-
-def _qemu_user_static() -> bool:
-    return any(
-        Path(p).exists()
-        for p in ("/usr/bin/qemu-aarch64-static", "/usr/libexec/qemu-binfmt/aarch64-binfmt-P")
-    )
-
-
 def qemu_available() -> str | None:
     """None when an emulated device can be built (or is cached) and booted here, else why not."""
     for tool in ("qemu-system-aarch64", "qemu-img", "ssh"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed (Debian: qemu-system-arm qemu-utils openssh-client)"
-    if (default_cache_dir() / recipe_key() / "complete").is_file():
+    if rootfs.is_cached():
         return None  # built already: booting needs no more
-    for tool in ("mmdebstrap", "mkfs.ext4", "ssh-keygen"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (Debian: mmdebstrap e2fsprogs openssh-client)"
-    if not _qemu_user_static():
-        return "qemu-user-static is not installed (needed to build an arm64 root filesystem)"
-    if os.getuid() != 0:
-        return "building the emulated device's root filesystem needs root (mmdebstrap)"
-    if not _binfmt_ready() and shutil.which("update-binfmts") is None:
-        return "binfmt for aarch64 is not enabled and update-binfmts is missing (binfmt-support)"
-    return None
-
-
-def _enable_binfmt() -> None:
-    if _binfmt_ready():
-        return
-    _log("enabling binfmt_misc for aarch64")
-    if not Path("/proc/sys/fs/binfmt_misc/register").exists():
-        subprocess.run(
-            ["mount", "-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"],
-            check=False,
-            capture_output=True,
-        )
-    subprocess.run(["update-binfmts", "--enable", "qemu-aarch64"], check=False, capture_output=True)
-    if not _binfmt_ready():
-        raise RuntimeError(
-            "binfmt_misc has no enabled qemu-aarch64 entry: mount binfmt_misc on "
-            "/proc/sys/fs/binfmt_misc and run `update-binfmts --enable qemu-aarch64` as root"
-        )
-
-
-# --------------------------------------------------------------------------------------------
-# The image
-
-
-@dataclass(frozen=True, slots=True)
-class VmImage:
-    kernel: Path
-    initrd: Path
-    rootfs: Path
-    """Raw ext4 image labelled ``rootfs``; never written by boot() (a qcow2 overlay is)."""
-    ssh_key: Path
-    """Private ed25519 key authorized for root on the device (``ssh_key.pub`` next to it)."""
-    host_key: str
-    """The device's ed25519 host key, ``ssh-ed25519 AAAA...``: the same on every boot."""
-    folder: Path
-
-    def known_hosts_line(self, port: int, host: str = "127.0.0.1") -> str:
-        """A known_hosts line for the device's SSH forwarded to ``host:port``."""
-        name = host if port == 22 else f"[{host}]:{port}"
-        return f"{name} {self.host_key}"
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("EDGEAGENT_VM_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "edgeagent" / "vm"
-
-
-def _sources_entries() -> list[tuple[list[str], list[str]]]:
-    """(URIs, suites) of each ``deb`` entry configured for apt on this machine."""
-    apt = Path("/etc/apt")
-    entries: list[tuple[list[str], list[str]]] = []
-    one_line = [apt / "sources.list", *sorted((apt / "sources.list.d").glob("*.list"))]
-    for f in one_line:
-        with contextlib.suppress(OSError):
-            for raw in f.read_text().splitlines():
-                line = re.sub(r"\[[^]]*\]", " ", raw.split("#", 1)[0]).split()
-                if len(line) >= 3 and line[0] == "deb":
-                    entries.append(([line[1]], [line[2]]))
-    for f in sorted((apt / "sources.list.d").glob("*.sources")):
-        with contextlib.suppress(OSError):
-            for para in re.split(r"\n\s*\n", f.read_text()):
-                fields: dict[str, str] = {}
-                for raw in para.splitlines():
-                    if raw.startswith("#") or ":" not in raw or raw[:1].isspace():
-                        continue
-                    key, _, value = raw.partition(":")
-                    fields[key.strip().lower()] = value.strip()
-                if "deb" not in fields.get("types", "").split():
-                    continue
-                if fields.get("enabled", "yes").lower() == "no":
-                    continue
-                entries.append((fields.get("uris", "").split(), fields.get("suites", "").split()))
-    return entries
-
-
-def apt_sources() -> list[str]:
-    """The Debian mirror lines for the image: the mirror apt is configured with on this machine
-    (or ``EDGEAGENT_VM_MIRROR``), with the bookworm, -updates and -security suites."""
-    env = os.environ.get("EDGEAGENT_VM_MIRROR")
-    archive = security = None
-    if env:
-        archive = env
-    else:
-        for uris, suites in _sources_entries():
-            debian = [u for u in uris if "debian" in u and u.startswith(("http", "file:"))]
-            if not debian or not suites or "backports" in suites[0]:
-                continue
-            if suites[0].endswith("-security"):
-                security = security or debian[0]
-            elif "/" not in suites[0]:
-                archive = archive or debian[0]
-    archive = (archive or "http://deb.debian.org/debian").rstrip("/")
-    lines = [f"deb {archive} {SUITE} main", f"deb {archive} {SUITE}-updates main"]
-    if security:
-        lines.append(f"deb {security.rstrip('/')} {SUITE}-security main")
-    return lines
-
-
-def recipe() -> dict[str, object]:
-    return {
-        "version": RECIPE_VERSION,
-        "suite": SUITE,
-        "packages": sorted(PACKAGES),
-        "excludes": list(PATH_EXCLUDES),
-        "masked": sorted(MASKED_UNITS),
-        "user": DEVICE_USER,
-        "sources": apt_sources(),
-        "rootfs_mb": ROOTFS_MB,
-        "files": FILES,
-        "init": _INIT,
-        "initramfs_modules": list(INITRAMFS_MODULES),
-    }
-
-
-def recipe_key() -> str:
-    blob = json.dumps(recipe(), sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def _image(folder: Path) -> VmImage:
-    return VmImage(
-        kernel=folder / "vmlinuz",
-        initrd=folder / "initrd.gz",
-        rootfs=folder / "rootfs.ext4",
-        ssh_key=folder / "id_ed25519",
-        host_key=(folder / "ssh_host_ed25519_key.pub").read_text().strip(),
-        folder=folder,
-    )
+    return rootfs.build_unavailable()
 
 
 def ensure_image(cache_dir: Path | None = None) -> VmImage:
-    """The cached image for the current recipe, built first if needed (minutes). A lock file
-    keeps concurrent callers (several pytest processes) to one build; the others wait for it."""
-    cache = cache_dir or default_cache_dir()
-    folder = cache / recipe_key()
-    if (folder / "complete").is_file():
-        return _image(folder)
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / ".lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            _log(f"another process is building the image in {cache}; waiting for it")
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (folder / "complete").is_file():
-            _remove_stale_builds(cache)
-            _build(folder)
-    return _image(folder)
-
-
-def _mounts_under(path: Path) -> list[str]:
-    prefix = str(path.resolve()) + "/"
-    with open("/proc/self/mounts") as f:
-        points = [line.split()[1].replace("\\040", " ") for line in f]
-    return sorted((p for p in points if p.startswith(prefix)), reverse=True)
-
-
-def _safe_rmtree(path: Path) -> None:
-    """Remove a build folder, never descending into something still mounted in it (an
-    interrupted mmdebstrap can leave its chroot's /proc or /sys mounted)."""
-    for point in _mounts_under(path):
-        subprocess.run(["umount", "-l", point], check=False, capture_output=True)
-    if _mounts_under(path):
-        _log(f"leaving {path}: something is still mounted in it")
-        return
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _remove_stale_builds(cache: Path) -> None:
-    for stale in cache.glob(".build-*"):
-        _log(f"removing an interrupted build: {stale}")
-        _safe_rmtree(stale)
-
-
-def _run(cmd: Sequence[str], what: str) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(list(cmd), capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        out = (proc.stdout or "")[-2000:] + (proc.stderr or "")[-4000:]
-        raise RuntimeError(f"{what} failed (exit {proc.returncode}):\n{out}")
-    return proc
-
-
-def _mmdebstrap(root: Path, log: Path) -> None:
-    q = '"$1"'
-    cmd = [
-        "mmdebstrap", "--mode=root", "--arch=arm64", "--variant=minbase",
-        f"--include={','.join(PACKAGES)}",
-        '--aptopt=Apt::Install-Recommends "false"',
-        '--aptopt=Apt::Install-Suggests "false"',
-        *(f"--dpkgopt=path-exclude={p}" for p in PATH_EXCLUDES),
-        # Under emulation update-initramfs takes minutes: divert it to a no-op (the host makes a
-        # small initramfs). Host keys made natively here: openssh-server keeps existing ones.
-        f"--essential-hook=chroot {q} dpkg-divert --quiet --local --rename --add "
-        f"/usr/sbin/update-initramfs && ln -sf /bin/true {q}/usr/sbin/update-initramfs",
-        f"--essential-hook=mkdir -p {q}/etc/ssh && ssh-keygen -q -A -f {q}",
-        f"--customize-hook=chroot {q} systemctl enable --quiet systemd-networkd ssh",
-        f"--customize-hook=chroot {q} systemctl mask --quiet {' '.join(MASKED_UNITS)}",
-        f"--customize-hook=chroot {q} useradd --create-home --shell /bin/bash --uid 1000 "
-        f"--groups sudo {DEVICE_USER} && chroot {q} usermod --password '*' {DEVICE_USER}",
-        SUITE, str(root), *apt_sources(),
-    ]  # fmt: skip
-    with open(log, "w") as out:
-        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False)
-    if proc.returncode != 0:
-        tail = log.read_text(errors="replace")[-4000:]
-        raise RuntimeError(f"mmdebstrap failed (exit {proc.returncode}); log {log}:\n{tail}")
-
-
-def _configure(root: Path, client_pub: str, key: str) -> None:
-    for rel, text in FILES.items():
-        target = root / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.is_symlink():
-            target.unlink()
-        target.write_text(text)
-    (root / "opt/edgeagent").mkdir(parents=True, exist_ok=True)
-    (root / "var/log/journal").mkdir(parents=True, exist_ok=True)
-    # A fixed machine id: no first-boot logic, the same DHCP client id, journal folder every boot.
-    (root / "etc/machine-id").write_text(hashlib.sha256(key.encode()).hexdigest()[:32] + "\n")
-    ssh_dir = root / "root/.ssh"
-    ssh_dir.mkdir(mode=0o700, exist_ok=True)
-    ssh_dir.chmod(0o700)
-    auth = ssh_dir / "authorized_keys"
-    auth.write_text(client_pub)
-    auth.chmod(0o600)
-    (root / f"etc/sudoers.d/010_{DEVICE_USER}-nopasswd").chmod(0o440)
-    home = root / "home" / DEVICE_USER
-    user_ssh = home / ".ssh"
-    user_ssh.mkdir(mode=0o700, exist_ok=True)
-    (user_ssh / "authorized_keys").write_text(client_pub)
-    (user_ssh / "authorized_keys").chmod(0o600)
-    uid, gid = home.stat().st_uid, home.stat().st_gid
-    for p in (user_ssh, user_ssh / "authorized_keys"):
-        os.chown(p, uid, gid)
-
-
-def _build(folder: Path) -> None:
-    t0 = time.monotonic()
-    _enable_binfmt()
-    work = Path(tempfile.mkdtemp(prefix=f".build-{folder.name}-", dir=folder.parent))
-    try:
-        root, out = work / "root", work / "out"
-        out.mkdir()
-        log = folder.parent / f"{folder.name}.mmdebstrap.log"
-        _log(f"building a Debian {SUITE} arm64 root filesystem with mmdebstrap (a few minutes; "
-             f"log: {log})")  # fmt: skip
-        _mmdebstrap(root, log)
-        t1 = time.monotonic()
-        _log(f"mmdebstrap done in {t1 - t0:.0f} s; configuring")
-        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "edgeagent-armvm",
-              "-f", str(out / "id_ed25519")], "ssh-keygen")  # fmt: skip
-        client_pub = (out / "id_ed25519.pub").read_text()
-        _configure(root, client_pub, folder.name)
-        host_pub = (root / "etc/ssh/ssh_host_ed25519_key.pub").read_text().split()
-        (out / "ssh_host_ed25519_key.pub").write_text(f"{host_pub[0]} {host_pub[1]}\n")
-        versions = sorted(p.name for p in (root / "lib/modules").iterdir())
-        if not versions:
-            raise RuntimeError("the root filesystem has no kernel modules")
-        kver = versions[-1]
-        shutil.copyfile(root / f"boot/vmlinuz-{kver}", out / "vmlinuz")
-        _log(f"kernel {kver}; making the initramfs")
-        (out / "initrd.gz").write_bytes(make_initramfs(root, kver))
-        _log(f"making the {ROOTFS_MB} MiB ext4 image")
-        _run(["mkfs.ext4", "-q", "-F", "-L", "rootfs", "-d", str(root),
-              str(out / "rootfs.ext4"), f"{ROOTFS_MB}M"], "mkfs.ext4")  # fmt: skip
-        meta = {
-            "recipe": recipe(),
-            "kernel_version": kver,
-            "mmdebstrap_s": round(t1 - t0, 1),
-            "build_s": round(time.monotonic() - t0, 1),
-        }
-        (out / "recipe.json").write_text(json.dumps(meta, indent=2) + "\n")
-        _safe_rmtree(root)
-        if folder.exists():
-            shutil.rmtree(folder)
-        (out / "complete").write_text(f"built in {time.monotonic() - t0:.0f} s\n")
-        os.replace(out, folder)
-        _log(f"image ready in {time.monotonic() - t0:.0f} s: {folder}")
-    finally:
-        _safe_rmtree(work)
-
-
-# --------------------------------------------------------------------------------------------
-# The initramfs
-
-
-def module_closure(root: Path, kver: str, wanted: Sequence[str]) -> list[str]:
-    """The modules to load for ``wanted`` (names; built-in ones are skipped), dependencies
-    first, as paths relative to ``lib/modules/KVER`` from the root filesystem's modules.dep."""
-    deps: dict[str, list[str]] = {}
-    by_name: dict[str, str] = {}
-    for line in (root / "lib/modules" / kver / "modules.dep").read_text().splitlines():
-        name, _, rest = line.partition(":")
-        deps[name] = rest.split()
-        stem = name.rsplit("/", 1)[-1].split(".ko")[0]
-        by_name[stem.replace("-", "_")] = name
-    order: list[str] = []
-    seen: set[str] = set()
-
-    def add(mod: str) -> None:
-        if mod in seen:
-            return
-        seen.add(mod)
-        for dep in deps.get(mod, []):
-            add(dep)
-        order.append(mod)
-
-    for want in wanted:
-        path = by_name.get(want.replace("-", "_"))
-        if path is not None:
-            add(path)
-    return order
-
-
-def _cpio_newc(entries: Sequence[tuple[str, int, bytes, int, int]]) -> bytes:
-    """A newc cpio archive of (path, mode, data, rdev major, rdev minor) entries."""
-    out = bytearray()
-
-    def pad() -> None:
-        out.extend(b"\0" * (-len(out) % 4))
-
-    for ino, (name, mode, data, major, minor) in enumerate(
-        [*entries, ("TRAILER!!!", 0, b"", 0, 0)], 1
-    ):
-        nb = name.encode() + b"\0"
-        fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, major, minor, len(nb), 0]
-        out.extend(b"070701" + b"".join(b"%08X" % f for f in fields))
-        out.extend(nb)
-        pad()
-        out.extend(data)
-        pad()
-    return bytes(out)
-
-
-def make_initramfs(root: Path, kver: str) -> bytes:
-    """A gzipped newc initramfs: the root filesystem's static busybox, the modules to mount the
-    root on virtio (dependencies from its modules.dep) and an /init that switch_roots to it."""
-    mods = module_closure(root, kver, INITRAMFS_MODULES)
-    entries: list[tuple[str, int, bytes, int, int]] = [
-        (d, 0o40755, b"", 0, 0)
-        for d in ("bin", "dev", "proc", "sys", "newroot", "lib", "lib/modules")
-    ]
-    entries.append(("dev/console", 0o20600, b"", 5, 1))
-    entries.append(("bin/busybox", 0o100755, (root / "bin/busybox").read_bytes(), 0, 0))
-    entries.append(("init", 0o100755, _INIT.encode(), 0, 0))
-    made = {"lib/modules"}
-    names: list[str] = []
-    for mod in mods:
-        data = (root / "lib/modules" / kver / mod).read_bytes()
-        name = mod
-        if mod.endswith(".ko.xz"):
-            data, name = lzma.decompress(data), mod[: -len(".xz")]
-        elif mod.endswith(".ko.gz"):
-            data, name = gzip.decompress(data), mod[: -len(".gz")]
-        parts = name.split("/")[:-1]
-        for i in range(1, len(parts) + 1):
-            d = "lib/modules/" + "/".join(parts[:i])
-            if d not in made:
-                entries.append((d, 0o40755, b"", 0, 0))
-                made.add(d)
-        entries.append((f"lib/modules/{name}", 0o100644, data, 0, 0))
-        names.append(name)
-    entries.append(("modules.order", 0o100644, "".join(f"{n}\n" for n in names).encode(), 0, 0))
-    return gzip.compress(_cpio_newc(entries), compresslevel=9, mtime=0)
+    """The cached image for the current recipe, built first if needed (minutes)."""
+    return rootfs.ensure(cache_dir, _log)
 
 
 # --------------------------------------------------------------------------------------------
@@ -622,6 +169,7 @@ def boot(
     forward: Sequence[int | tuple[int, int]] | None = None,
     timeout: float = SSH_TIMEOUT,
     kernel_args: str = "",
+    user: str = "root",
 ) -> Iterator[Vm]:
     """Boot a clean device (a fresh qcow2 overlay over the cached image); stopped on exit.
 
@@ -630,8 +178,8 @@ def boot(
     ``forward``: more guest TCP ports to forward from 127.0.0.1, each a guest port (a free host
     port is chosen) or ``(host_port, guest_port)``; ``vm.forwards`` maps guest to host ports.
     ``kernel_args`` are added to the kernel command line (``root=LABEL=rootfs console=ttyAMA0
-    panic=-1``). Raises RuntimeError with the serial console's tail when SSH does not answer
-    within ``timeout`` seconds.
+    panic=-1``). ``user``: who ``vm.run()`` logs in as (with ``image.ssh_key``). Raises
+    RuntimeError with the serial console's tail when SSH does not answer within ``timeout`` s.
     """
     work = Path(tempfile.mkdtemp(prefix="armvm-boot-"))
     proc: subprocess.Popen[bytes] | None = None
@@ -672,7 +220,7 @@ def boot(
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
         vm = Vm(
             ssh_port=port, key=key, known_hosts=known, serial_log=serial, forwards=forwards,
-            _proc=proc,
+            user=user, _proc=proc,
         )  # fmt: skip
         while True:
             if proc.poll() is not None:

@@ -166,7 +166,13 @@ class Router:
                     f"{_fmt(self.threshold)}"
                 )
         question = self._question_back(request, candidates, bool(negation))
-        return Unsure(_best(candidates), "; ".join(reasons) or "no reading", question)
+        # A candidate names a skill some selected device has, never one no device could run.
+        possible = [
+            c
+            for c in candidates
+            if self.catalog.devices_with(c.interpretation.skill, c.interpretation.where)
+        ]
+        return Unsure(_best(possible), "; ".join(reasons) or "no reading", question)
 
     # The request -----------------------------------------------------------------------------
 
