@@ -161,19 +161,20 @@ def test_a_hung_device_that_stays_connected_is_failed_over_in_time(
                     await fleet.call_skill("echo", {"data": str(i)}, where={"kind": "echo"})
                 cands, _ = coord.registry.candidates("echo")
                 assert {c.device for c in cands} == {"e1", "e2"}
-                nxt = min(
-                    cands,
-                    key=lambda c: (
-                        round(score(c, DEFAULT_LATENCY_S) * 1000, 4),
-                        c.outstanding,
-                        c.device,
-                    ),
-                ).device
-                procs[nxt].send_signal(signal.SIGSTOP)  # hung, but its TCP connection stays
-                t0 = time.monotonic()
-                out, route = await fleet.call_skill("echo", {"data": "x"}, timeout=10, explain=True)
-                assert out == "x"
-                return route, time.monotonic() - t0, nxt
+                # Hang the device with the better score: it is the one sequential calls go to
+                # (when the two score within the tie band, a random one of them each call).
+                hung = min(cands, key=lambda c: score(c, DEFAULT_LATENCY_S)).device
+                procs[hung].send_signal(signal.SIGSTOP)  # hung, but its TCP connection stays
+                # Call until one call goes to the hung device first.
+                for _ in range(30):
+                    t0 = time.monotonic()
+                    out, route = await fleet.call_skill(
+                        "echo", {"data": "x"}, timeout=10, explain=True
+                    )
+                    assert out == "x"
+                    if route["attempts"][0]["device"] == hung:
+                        return route, time.monotonic() - t0, hung
+                raise AssertionError("the hung device was never chosen in 30 calls")
 
         try:
             route, took, hung = asyncio.run(main())

@@ -488,7 +488,7 @@ def test_a_new_device_gets_calls_and_silent_impostors_do_not(
         @skill(side_effect="read")
         async def work(n: int) -> str:
             served[name] = served.get(name, 0) + 1
-            await asyncio.sleep(0.02)  # the same work on both: equal within timing noise
+            await asyncio.sleep(0.05)  # the same work on both: equal within timing noise
             return name
 
         return [build_skill(work)]
