@@ -165,27 +165,34 @@ def root_python(image: Path, fmt: str) -> tuple[str | None, str]:
     return guess, why + " (no readable root filesystem)"
 
 
-def build(req: BuildRequest) -> BuildResult:
-    """Customise ``req.base`` into ``req.out`` (see the module docstring)."""
+def read_inputs(config: Path, key: Path) -> tuple[str, str]:
+    """The signing key's public key (text) and the config's device id; ImageBuildError naming
+    the option that is wrong."""
     from ..config import load_config
     from ..deploy import minisign
     from ..errors import ConfigError
 
-    log = req.log
-    if not req.config.is_file():
-        raise ImageBuildError(f"--config {req.config}: no such file")
+    if not config.is_file():
+        raise ImageBuildError(f"--config {config}: no such file")
     try:
-        public = minisign.SecretKey.from_file(req.key).public_key().to_text()
+        public = minisign.SecretKey.from_file(key).public_key().to_text()
     except FileNotFoundError as exc:
         raise ImageBuildError(
-            f"--key {req.key}: no such signing key (make one with `edgeagent keys generate`)"
+            f"--key {key}: no such signing key (make one with `edgeagent keys generate`)"
         ) from exc
     except minisign.SignatureError as exc:
-        raise ImageBuildError(f"--key {req.key}: {exc}") from exc
+        raise ImageBuildError(f"--key {key}: {exc}") from exc
     try:
-        device = load_config(req.config).device
+        return public, load_config(config).device
     except ConfigError as exc:
         raise ImageBuildError(str(exc)) from exc
+
+
+def build(req: BuildRequest) -> BuildResult:
+    """Customise ``req.base`` into ``req.out`` (see the module docstring)."""
+
+    log = req.log
+    public, device = read_inputs(req.config, req.key)
     settings = settings_for(req, device)
     enrolment = prepare(req.config, [public], fleet_dir=req.fleet_dir, reenrol=req.reenrol)
 

@@ -45,7 +45,7 @@ from typing import Any
 
 from . import installer, rootfs
 from .bootpart import ImageBuildError, ToolMissing
-from .customize import BuildRequest, settings_for
+from .customize import BuildRequest, read_inputs, settings_for
 from .enrol import Enrolment, bundle_config_path, issue, prepare
 from .firstboot import INSTALLER, Settings
 
@@ -150,24 +150,12 @@ def unavailable() -> str | None:
 def build(req: BuildRequest) -> DebianResult:
     """Build a complete image for ``req`` into ``req.out`` (``req.base`` is ignored; see the
     module docstring). The output is created 0600: it holds the device's credential."""
-    from ..config import load_config
-    from ..deploy import minisign
     from ..devices import load_profile
     from ..errors import ConfigError
 
     log = req.log
-    if not req.config.is_file():
-        raise ImageBuildError(f"--config {req.config}: no such file")
+    public, device = read_inputs(req.config, req.key)
     try:
-        public = minisign.SecretKey.from_file(req.key).public_key().to_text()
-    except FileNotFoundError as exc:
-        raise ImageBuildError(
-            f"--key {req.key}: no such signing key (make one with `edgeagent keys generate`)"
-        ) from exc
-    except minisign.SignatureError as exc:
-        raise ImageBuildError(f"--key {req.key}: {exc}") from exc
-    try:
-        device = load_config(req.config).device
         profile = load_profile(req.profile)
     except ConfigError as exc:
         raise ImageBuildError(str(exc)) from exc
