@@ -1,22 +1,21 @@
 """``edgeagent image build --base FILE.img[.xz]``: a thin click layer over
-``edgeagent.images.customize`` (the ``image`` group in ``cli.py`` registers :data:`build`)."""
+``edgeagent.images.customize`` and, for ``--count``/``--name``, ``edgeagent.images.batch`` (the
+``image`` group in ``cli.py`` registers :data:`build`)."""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
 from .cli_deploy import default_key
+from .cli_sim import Bar
 from .errors import EdgeAgentError
-
-
-def _out_for(base: Path, device: str) -> Path:
-    name = base.name.removesuffix(".xz").removesuffix(".img")
-    return base.with_name(f"{name}-{device}.img")
 
 
 @click.command("build")
@@ -82,9 +81,35 @@ def _out_for(base: Path, device: str) -> Path:
     "--out",
     type=click.Path(path_type=Path),
     default=None,
-    help="Output image (default: BASE-DEVICE.img beside the base).",
+    help="Output image (default: BASE-DEVICE.img beside the base). With --count: may hold "
+    "{device} or {n}; without them, a folder for DEVICE.img files.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option(
+    "--count",
+    type=click.IntRange(1, 1000),
+    default=None,
+    help="Build this many images, each a device of its own (id from --name).",
+)
+@click.option(
+    "--name",
+    "name",
+    default=None,
+    metavar="PATTERN",
+    help="Device ids for --count, with {n}: 'lamp-{n}', 'lamp-{n:02d}' (replaces the config's "
+    "device:).",
+)
+@click.option(
+    "--start",
+    type=click.IntRange(min=0),
+    default=None,
+    help="The first {n} of --name (default 1).",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the summary as JSON (a list, one per image, with --count or --name).",
+)
 def build(
     base: Path,
     profile: str,
@@ -101,18 +126,34 @@ def build(
     reenrol: bool,
     python: str | None,
     out: Path | None,
+    count: int | None,
+    name: str | None,
+    start: int | None,
     as_json: bool,
 ) -> None:
     """Customise a Raspberry Pi OS image (first-boot settings, the agent's bundle, enrolment),
-    or build a complete one from Debian with the bundle installed (`--base debian`)."""
+    or build a complete one from Debian with the bundle installed (`--base debian`).
+
+    With --count N --name 'lamp-{n}': N images, each a device of its own (id, credential,
+    bundle), built one after the other; everything is checked before the first."""
+    from .images import batch
     from .images.customize import BuildRequest
     from .images.customize import build as run_build
 
+    bar = Bar(enabled=sys.stderr.isatty() and not as_json)
+
     def log(message: str) -> None:
         if not as_json:
+            bar.close()
             click.echo(message, err=True)
 
+    def progress(phase: str, done: int, total: int) -> None:
+        bar.update(phase, done / total if total else 1.0)
+
+    many = count is not None or name is not None
     try:
+        if start is not None and name is None:
+            raise click.UsageError("--start numbers the ids of --name: give --name too")
         psk = None
         if wifi_psk_env is not None:
             psk = os.environ.get(wifi_psk_env)
@@ -126,10 +167,19 @@ def build(
                 raise click.UsageError(f"--ssh-key {path}: {exc.strerror or exc}") from exc
         from .config import load_config
 
-        device = load_config(config).device if out is None else ""
+        device = load_config(config).device if out is None or many else ""
+        images = batch.plan(
+            config_device=device,
+            base=base,
+            out=out,
+            count=count or 1,
+            name=name,
+            start=1 if start is None else start,
+            hostname=hostname,
+        ) if many else []  # fmt: skip
         req = BuildRequest(
             base=base,
-            out=out or _out_for(base, device),
+            out=out or batch.default_output(base, device),
             profile=profile,
             config=config,
             key=key or default_key(),
@@ -144,13 +194,31 @@ def build(
             reenrol=reenrol,
             python=python,
             log=log,
+            progress=progress,
         )
+        if many:
+            batch.check_not_enrolled(fleet_dir, [p.device for p in images], reenrol)
+            build_one: Callable[[BuildRequest], Any] = run_build
+            if str(base) == "debian":
+                from .images import debian
+
+                build_one = debian.build
+            done = batch.build_many(req, images, build_one, config_device=device)
+            bar.close()
+            _many_summary([r.summary() for r in done], as_json)
+            return
         if str(base) == "debian":
             from .images import debian
 
             _debian_summary(debian.build(req).summary(), as_json)
             return
         result = run_build(req)
+    except batch.BatchBuildError as exc:
+        bar.close()
+        if as_json:
+            click.echo(json.dumps([r.summary() for r in exc.built], indent=1))
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
     except ModuleNotFoundError as exc:
         if exc.name == "cryptography":
             click.echo("error: image build needs the `deploy` extra: pip install "
@@ -158,8 +226,10 @@ def build(
             sys.exit(1)
         raise
     except (EdgeAgentError, OSError) as exc:
+        bar.close()
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+    bar.close()
     summary = result.summary()
     if as_json:
         click.echo(json.dumps(summary, indent=1))
@@ -190,3 +260,19 @@ def _debian_summary(summary: dict[str, object], as_json: bool) -> None:
     click.echo(f"  credential: {s['auth']}, from {s['credential']}")
     click.echo(f"  SSH host key (for known_hosts): {s['host_key']}")
     click.echo("  the image holds the device's credential: keep it private")
+
+
+def _many_summary(summaries: list[dict[str, Any]], as_json: bool) -> None:
+    """One line per image (device, file, release), then what to keep private."""
+    if as_json:
+        click.echo(json.dumps(summaries, indent=1))
+        return
+    width = max(len(str(s["device"])) for s in summaries)
+    click.echo(f"{len(summaries)} image{'s' if len(summaries) > 1 else ''}:")
+    for s in summaries:
+        how = f"first boot {s['format']}" if "format" in s else "Debian, installed"
+        click.echo(f"  {s['device']:<{width}}  {s['image']}  release {s['release']} ({how}, "
+                   f"credential {s['auth']} from {s['credential']})")  # fmt: skip
+        if s.get("host_key"):
+            click.echo(f"  {'':<{width}}  SSH host key: {s['host_key']}")
+    click.echo("  each image holds its device's credential until its first boot: keep them private")

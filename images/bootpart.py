@@ -23,8 +23,10 @@ import re
 import shutil
 import struct
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import EdgeAgentError
 
@@ -142,28 +144,55 @@ def find_boot_partition(path: Path) -> Partition:
     )
 
 
-def copy_base(base: Path, out: Path) -> None:
-    """``base`` (``.img`` or ``.img.xz``) to ``out``, created 0600 (it will hold a credential)."""
+#: ``progress(phase, done, total)``: bytes of the base read so far (``copying``: of the image;
+#: ``decompressing``: of the ``.xz`` file), increasing, ending at ``total``.
+Progress = Callable[[str, int, int], None]
+_CHUNK = 1 << 20
+
+
+def copy_base(base: Path, out: Path, progress: Progress | None = None) -> None:
+    """``base`` (``.img`` or ``.img.xz``) to ``out``, created 0600 (it will hold a credential).
+    ``progress`` is called as the base is read, last with ``done == total`` (:data:`Progress`)."""
     if base.resolve() == out.resolve():
         raise ImageBuildError(f"{out}: the output must not be the base image itself")
     tmp = out.with_name(f".{out.name}.partial")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        with os.fdopen(fd, "wb") as dst:
+        with os.fdopen(fd, "wb") as dst, base.open("rb") as raw:
+            total = os.fstat(raw.fileno()).st_size
             if base.suffix == ".xz":
                 try:
-                    with lzma.open(base, "rb") as src:
-                        shutil.copyfileobj(src, dst, 1 << 20)
+                    with lzma.LZMAFile(raw, "rb") as src:
+                        _copy(src, dst, raw, total, "decompressing", progress)
                 except lzma.LZMAError as exc:
                     raise NotAnImage(f"{base}: not a valid .xz file: {exc}") from exc
             else:
-                with base.open("rb") as src:
-                    shutil.copyfileobj(src, dst, 1 << 20)
+                _copy(raw, dst, raw, total, "copying", progress)
         os.replace(tmp, out)
     except FileNotFoundError as exc:
         raise NotAnImage(f"{base}: no such file") from exc
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _copy(
+    src: BinaryIO | lzma.LZMAFile,
+    dst: BinaryIO,
+    raw: BinaryIO,
+    total: int,
+    phase: str,
+    progress: Progress | None,
+) -> None:
+    """Copy ``src`` to ``dst``, reporting how far ``raw`` (the base file ``src`` reads) is read."""
+    done = 0
+    while chunk := src.read(_CHUNK):
+        dst.write(chunk)
+        now = min(raw.tell(), total)
+        if progress is not None and now > done:
+            done = now
+            progress(phase, done, total)
+    if progress is not None and done < total:
+        progress(phase, total, total)
 
 
 _FREE = re.compile(r"([\d\s.,']+)\s+bytes free")

@@ -32,6 +32,7 @@ from .bootpart import (
     BootPartitionFull,
     ImageBuildError,
     Partition,
+    Progress,
     copy_base,
     parse_mbr,
 )
@@ -65,6 +66,8 @@ class BuildRequest:
     python: str | None = None
     cache: Path | None = None
     log: Callable[[str], None] = lambda _: None
+    #: Told how far the long steps are (copying or decompressing the base): see ``Progress``.
+    progress: Progress | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +200,7 @@ def build(req: BuildRequest) -> BuildResult:
     enrolment = prepare(req.config, [public], fleet_dir=req.fleet_dir, reenrol=req.reenrol)
 
     log(f"copying {req.base} to {req.out}")
-    copy_base(req.base, req.out)
+    copy_base(req.base, req.out, req.progress)
     try:
         return _customize(req, settings, enrolment)
     except BaseException:

@@ -16,6 +16,9 @@ certificate and key issued by the fleet CA), else from the agent config's ``brok
 signed bundle: the bundle's ``agent.yaml`` points at the files the first boot writes
 (``/etc/edgeagent/DEVICE/``, mode 0600, owned by the agent's service user) and reads a password
 from ``$EDGEAGENT_BROKER_PASSWORD``, which a systemd drop-in loads from ``broker.env`` there.
+The same drop-in points ``$EDGEAGENT_BROKER_CONFIG`` at ``broker.yaml`` there (the device's broker
+settings), which takes the place of the ``broker:`` section of whatever config the device runs:
+a release deployed later from the user's own config keeps this device's broker and credential.
 """
 
 from __future__ import annotations
@@ -38,6 +41,10 @@ ENROLMENT_FORMAT = 1
 CREDENTIALS_ROOT = "/etc/edgeagent"
 PASSWORD_ENV = "EDGEAGENT_BROKER_PASSWORD"
 SERVICE_USER = "edgeagent"
+#: The broker settings file in the credentials folder (read by the agent through
+#: ``EDGEAGENT_BROKER_CONFIG``, which the unit's drop-in sets).
+BROKER_FILE = "broker.yaml"
+BROKER_CONFIG_ENV = "EDGEAGENT_BROKER_CONFIG"
 _TLS_FILES = {"ca_file": "ca.crt", "cert_file": "client.crt", "key_file": "client.key"}
 
 
@@ -142,6 +149,13 @@ def prepare(
         if isinstance(raw.get("broker"), dict) and key in raw["broker"]:
             broker[key] = raw["broker"][key]
     raw["broker"] = broker
+    # The device's own broker settings, beside its credential: the agent's unit reads them
+    # (EDGEAGENT_BROKER_CONFIG), so a release deployed later with another broker section (the
+    # user's own config) still connects with this device's credential.
+    files[BROKER_FILE] = (
+        "# Written by `edgeagent image build`: this device's broker settings (no secret here).\n"
+        + yaml.safe_dump({"broker": broker}, sort_keys=False)
+    )
     text = "# Written by `edgeagent image build`: credentials are on the device, not here.\n"
     config_text = text + yaml.safe_dump(raw, sort_keys=False)
     data = {

@@ -8,6 +8,8 @@ It installs the bundle beside it offline into ``/opt/edgeagent`` with the device
 commands, exactly as ``edgeagent deploy`` does (setup, trust, ingest, install --activate, then
 commit: a first release has nothing to roll back to), writes the credential files (0600, owned by
 the agent's service user) and the systemd drop-in that hands the agent its broker password,
+points the agent at its own broker settings (``broker.yaml`` beside the credential, through
+``$EDGEAGENT_BROKER_CONFIG``: a release deployed later keeps this device's broker and credential),
 enables and starts the unit, and then removes the secrets from the boot partition (the enrolment
 file, a ``network-config`` holding the Wi-Fi PSK) and the bundle (installed now). It prints one
 line per step, never a secret.
@@ -38,10 +40,13 @@ VERIFY = "remote_verify.py"
 FOLDER = "edgeagent"
 ENROLMENT = "enrolment.json"
 BUNDLE = "bundle"
+PROFILES = "profiles"
 DONE = "installed.json"
 PASSWORD_ENV = "EDGEAGENT_BROKER_PASSWORD"
 ROOT_ENV = "EDGEAGENT_FIRSTBOOT_ROOT"
 DROP_IN = "edgeagent-credentials.conf"
+BROKER_FILE = "broker.yaml"
+BROKER_CONFIG_ENV = "EDGEAGENT_BROKER_CONFIG"
 
 
 class Failed(Exception):
@@ -129,27 +134,54 @@ class Installer:
         finally:
             self.remove_secrets(done)
 
+    def board(self) -> str:
+        """The board's model, as the kernel has it from the device tree ('' when none)."""
+        for name in ("proc/device-tree/model", "sys/firmware/devicetree/base/model"):
+            with contextlib.suppress(OSError):
+                return (self.prefix / name).read_bytes().rstrip(b"\0").decode(errors="replace")
+        return ""
+
+    def choose(self, enrol: dict[str, Any]) -> tuple[str, str, Path]:
+        """The profile, release and bundle manifest folder for this board. An image for one
+        profile names it; an image for a family (``--device pi``) carries a bundle per profile
+        and the board's model picks one, by the profiles' ``match`` substrings."""
+        choices = enrol.get("profiles")
+        if not choices:
+            return str(enrol["profile"]), str(enrol["release"]), self.folder / BUNDLE
+        model = self.board()
+        for profile, choice in sorted(choices.items()):
+            if any(m and m in model for m in choice["match"]):
+                say(f"board {model!r}: profile {profile}")
+                folder = self.folder / BUNDLE / PROFILES / profile
+                return profile, str(choice["release"]), folder
+        known = "; ".join(f"{p}: {', '.join(c['match'])}" for p, c in sorted(choices.items()))
+        raise Failed(
+            f"this board ({model or 'no device-tree model'}) is none of the image's profiles "
+            f"({known}): build an image for it with --device"
+        )
+
     def _install(self, enrol: dict[str, Any]) -> dict[str, Any]:
         device, user = str(enrol["device"]), str(enrol["service_user"])
-        say(f"installing {enrol['release']} for {device} into {self.root} ({self.service})")
+        profile, release, manifests = self.choose(enrol)
+        say(f"installing {release} for {device} into {self.root} ({self.service})")
         bin_dir = self.root / "bin"
         bin_dir.mkdir(parents=True, exist_ok=True)
         for name in (TOOL, VERIFY):
             shutil.copyfile(self.folder / name, bin_dir / name)
             os.chmod(bin_dir / name, 0o644)
-        self.tool("setup", "--device", device, "--profile", str(enrol["profile"]),
+        self.tool("setup", "--device", device, "--profile", profile,
                   "--service", self.service, "--user", user)  # fmt: skip
         self.credentials(enrol, user)
         self.unit(device, enrol)
         keys = [str(k) for k in enrol["trusted_keys"]]
         self.tool("trust", stdin="%%".join(keys))
-        version = self.stage(str(enrol["release"]))
+        version = self.stage(release, manifests)
         say("verifying the bundle's signature and files; building the environment")
         self.tool("install", version, "--activate", "--confirm-within", "600")
         # The first release has nothing to roll back to: confirmed at once.
         self.tool("commit", version)
         say(f"{device} runs {version}")
-        return {"installed": True, "device": device, "version": version}
+        return {"installed": True, "device": device, "version": version, "profile": profile}
 
     def credentials(self, enrol: dict[str, Any], user: str) -> None:
         creds = enrol["credentials"]
@@ -191,20 +223,26 @@ class Installer:
             with contextlib.suppress(FileNotFoundError):
                 wants.unlink()
             wants.symlink_to("../edgeagent@.service")
-        if "broker.env" in enrol["credentials"]["files"]:
-            env_file = f"{enrol['credentials']['dir']}/broker.env"
-            self.write(
-                systemd / f"edgeagent@{device}.service.d" / DROP_IN,
-                f"# edgeagent image build: the broker password\n[Service]\n"
-                f"EnvironmentFile={env_file}\n",
-                0o644,
-                None,
-            )
+        creds_dir, files = str(enrol["credentials"]["dir"]), enrol["credentials"]["files"]
+        lines = [
+            "# edgeagent image build: this device's broker settings and credential",
+            "[Service]",
+        ]
+        if BROKER_FILE in files:
+            # The agent takes its broker from here, whatever config a later deploy ships.
+            lines.append(f"Environment={BROKER_CONFIG_ENV}={creds_dir}/{BROKER_FILE}")
+            self.env[BROKER_CONFIG_ENV] = str(self.prefix / creds_dir.lstrip("/") / BROKER_FILE)
+        if "broker.env" in files:
+            lines.append(f"EnvironmentFile={creds_dir}/broker.env")
+        if len(lines) > 2:
+            drop_in = systemd / f"edgeagent@{device}.service.d" / DROP_IN
+            self.write(drop_in, "\n".join(lines) + "\n", 0o644, None)
         if self.service == "systemd" and not self.fake:
             subprocess.run(["systemctl", "daemon-reload"], check=False)
 
-    def stage(self, version: str) -> str:
-        """The bundle in the layout the tool's ``ingest`` takes (as a deploy uploads it)."""
+    def stage(self, version: str, manifests: Path) -> str:
+        """The bundle in the layout the tool's ``ingest`` takes (as a deploy uploads it): its
+        manifest and signature from ``manifests``, the content files from the shared store."""
         bundle = self.folder / BUNDLE
         staging = self.root / ".firstboot-staging"
         shutil.rmtree(staging, ignore_errors=True)
@@ -215,7 +253,7 @@ class Installer:
         incoming = staging / "incoming" / version
         incoming.mkdir(parents=True)
         for name in ("bundle.json", "bundle.json.minisig"):
-            shutil.copyfile(bundle / name, incoming / name)
+            shutil.copyfile(manifests / name, incoming / name)
         try:
             self.tool("ingest", "--from", str(staging))
         finally:
