@@ -27,7 +27,13 @@ from .errors import EdgeAgentError
     help="Raspberry Pi OS image to customise (FILE.img or FILE.img.xz), or `debian`: a "
     "complete image from Debian's arm64 packages (needs root).",
 )
-@click.option("--device", "profile", required=True, help="Device profile (pi4, pi5, …).")
+@click.option(
+    "--device",
+    "profile",
+    required=True,
+    help="Device profile (pi4, pi5, pi3b-plus, pi-zero-2w, …), or a family: `pi` makes one image "
+    "for every 64-bit Pi the base boots (a bundle for each; the board picks at first boot).",
+)
 @click.option(
     "--config",
     "config",
@@ -239,6 +245,11 @@ def build(
     click.echo(f"  first boot: {result.format} ({result.format_reason})")
     click.echo(f"  bundle: {result.profile}, Python {result.python} ({result.python_reason}), "
                f"{result.bundle_bytes:,} bytes")  # fmt: skip
+    if len(result.releases) > 1:
+        click.echo("  a bundle per board, picked at first boot by the board's model: "
+                   + ", ".join(f"{p} {v}" for p, v in result.releases.items()))  # fmt: skip
+    for note in result.notes:
+        click.echo(f"  note: {note}")
     click.echo(f"  credential: {result.auth}, from {result.credential_source}")
     click.echo(f"  boot partition {boot['index']} (offset {boot['offset']}): wrote "
                f"{', '.join(result.written)}; {boot['free_after'] // 1024} KiB left")  # fmt: skip

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import firstboot, installer
+from . import boards, bundles, firstboot, installer
 from .bootpart import (
     SPARE_BYTES,
     BootPartition,
@@ -82,6 +82,9 @@ class BuildResult:
     fleet: str
     profile: str
     version: str
+    releases: dict[str, str]
+    """Per profile, its release (one entry unless --device named a family)."""
+    notes: list[str]
     bundle_bytes: int
     auth: str
     credential_source: str
@@ -105,6 +108,8 @@ class BuildResult:
             "fleet": self.fleet,
             "profile": self.profile,
             "release": self.version,
+            "releases": self.releases,
+            "notes": self.notes,
             "bundle_bytes": self.bundle_bytes,
             "auth": self.auth,
             "credential": self.credential_source,
@@ -209,10 +214,8 @@ def build(req: BuildRequest) -> BuildResult:
 
 
 def _customize(req: BuildRequest, settings: Settings, enrolment: Enrolment) -> BuildResult:
-    from ..deploy import bundle as bundles
     from ..deploy import devicetool, remote_verify
-    from ..deploy.bundle import BuildOptions
-    from ..deploy.errors import DeployError
+    from ..devices import list_profiles
 
     log = req.log
     device = str(enrolment.data["device"])
@@ -223,26 +226,24 @@ def _customize(req: BuildRequest, settings: Settings, enrolment: Enrolment) -> B
     fmt, reason = firstboot.detect_format(names, cmdline)
     log(f"boot partition {boot.partition.index}: first boot by {fmt}: {reason}")
     python, py_reason = (req.python, "--python") if req.python else root_python(req.out, fmt)
+    target = boards.targets(req.profile, list_profiles(include_user=True), names)
+    for note in target.notes:
+        log(f"--device {req.profile}: {note}")
 
-    log(f"credential from {enrolment.source} ({enrolment.auth})")
+    log(f"credential from {enrolment.source} ({enrolment.auth}); Python {python} ({py_reason})")
     derived = bundle_config_path(req.config)
     with tempfile.TemporaryDirectory(prefix="edgeagent-image-") as tmp:
         work = Path(tmp)
         stage = work / firstboot.FOLDER
         try:
             derived.write_text(enrolment.config_text)
-            log(f"building the {req.profile} bundle for Python {python} ({py_reason})")
-            built = bundles.build_bundle(
-                derived,
-                req.profile,
-                stage / installer.BUNDLE,
-                key=req.key,
-                options=BuildOptions(python=python, cache=req.cache, log=log),
-            )
-        except DeployError as exc:
-            raise ImageBuildError(f"bundle: {exc}") from exc
+            staged = bundles.stage(
+                derived, target.profiles, target.family, stage / installer.BUNDLE, work,
+                key=req.key, python=python, cache=req.cache, log=log,
+            )  # fmt: skip
         finally:
             derived.unlink(missing_ok=True)
+        manifest = staged.manifests[staged.first]
         shutil.copyfile(devicetool.__file__, stage / installer.TOOL)
         shutil.copyfile(remote_verify.__file__, stage / installer.VERIFY)
         shutil.copyfile(installer.__file__, stage / firstboot.INSTALLER)
@@ -252,7 +253,7 @@ def _customize(req: BuildRequest, settings: Settings, enrolment: Enrolment) -> B
         if fmt == "cloudinit":
             files["user-data"] = firstboot.user_data(settings).encode()
             files["network-config"] = firstboot.network_config(settings).encode()
-            instance = f"edgeagent-{device}-{built.manifest['content_sha256'][:12]}"
+            instance = f"edgeagent-{device}-{manifest['content_sha256'][:12]}"
             files["meta-data"] = firstboot.meta_data(settings, instance).encode()
             if cmdline is not None:
                 files["cmdline.txt"] = firstboot.with_nocloud(cmdline).encode()
@@ -273,12 +274,15 @@ def _customize(req: BuildRequest, settings: Settings, enrolment: Enrolment) -> B
             raise BootPartitionFull(
                 f"{req.out}: boot partition {boot.partition.index} has {free // 1024} KiB free, "
                 f"the bundle and first-boot files need {needed // 1024} KiB (bundle "
-                f"{built.total_bytes // 1024} KiB): use a smaller bundle or a larger boot partition"
+                f"{staged.store_bytes // 1024} KiB): use a smaller bundle or a larger boot "
+                "partition"
             )
         if req.fleet_dir is not None:
             issue(enrolment, req.config, req.fleet_dir, req.reenrol)
             log(f"enrolled: {enrolment.source}")
-        enrol_json = enrolment.to_json(built.version, built.manifest["profile"])
+        profile = target.family or str(manifest["profile"])
+        choices = staged.enrolment_profiles(target.profiles)
+        enrol_json = enrolment.to_json(staged.releases[staged.first], profile, choices)
         _write_private(stage / installer.ENROLMENT, enrol_json)
         log(f"writing {firstboot.FOLDER}/ and {', '.join(sorted(files))} to the boot partition")
         boot.put_tree(stage, firstboot.FOLDER)
@@ -294,9 +298,11 @@ def _customize(req: BuildRequest, settings: Settings, enrolment: Enrolment) -> B
         python_reason=py_reason,
         device=device,
         fleet=str(enrolment.data["fleet"]),
-        profile=str(built.manifest["profile"]),
-        version=built.version,
-        bundle_bytes=built.total_bytes,
+        profile=profile,
+        version=staged.releases[staged.first],
+        releases=staged.releases,
+        notes=list(target.notes),
+        bundle_bytes=staged.store_bytes,
         auth=enrolment.auth,
         credential_source=enrolment.source,
         written=written,

@@ -58,9 +58,13 @@ class Enrolment:
     auth: str
     source: str
 
-    def to_json(self, release: str, profile: str) -> bytes:
-        return (json.dumps({**self.data, "release": release, "profile": profile}, indent=1)
-                + "\n").encode()  # fmt: skip
+    def to_json(self, release: str, profile: str, profiles: dict[str, Any] | None = None) -> bytes:
+        """The enrolment file; ``profiles`` (an image for a family): per profile its release and
+        board-model substrings, for the installer to pick from at first boot."""
+        data = {**self.data, "release": release, "profile": profile}
+        if profiles:
+            data["profiles"] = profiles
+        return (json.dumps(data, indent=1) + "\n").encode()
 
     @property
     def secrets(self) -> list[str]:
