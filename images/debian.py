@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import installer, rootfs
+from . import boards, installer, rootfs
 from .bootpart import ImageBuildError, ToolMissing
 from .customize import BuildRequest, read_inputs, settings_for
 from .enrol import Enrolment, bundle_config_path, issue, prepare
@@ -58,12 +58,8 @@ ROOT_SPARE_MB = 1024
 DEFAULT_EPOCH = 1735689600
 BOOT_LABEL = "BOOTFS"
 #: The device tree each Raspberry Pi profile boots with (upstream names, as ``upstream_kernel=1``).
-PI_DTBS = {
-    "pi-zero-2w": "bcm2837-rpi-zero-2-w.dtb",
-    "pi3b-plus": "bcm2837-rpi-3-b-plus.dtb",
-    "pi4": "bcm2711-rpi-4-b.dtb",
-    "pi5": "bcm2712-rpi-5-b.dtb",
-}
+#: Debian's kernel names the device trees the upstream way (the last name of each entry).
+PI_DTBS = {profile: names[-1] for profile, names in boards.DEVICE_TREES.items()}
 #: The initramfs mounts the root on virtio (emulator) or the SD card (Pi 3/4: sdhci-iproc and
 #: bcm2835; Pi 5: sdhci-brcmstb).
 INITRAMFS_MODULES = (
@@ -155,6 +151,15 @@ def build(req: BuildRequest) -> DebianResult:
 
     log = req.log
     public, device = read_inputs(req.config, req.key)
+    from ..devices import list_profiles
+
+    family = sorted(p.name for p in list_profiles() if p.family == req.profile)
+    if family:
+        raise ImageBuildError(
+            f"--device {req.profile}: --base debian installs the bundle at build time, for one "
+            f"profile: give one of {', '.join(family)} (an image for the whole family is made "
+            "from a Raspberry Pi OS image: --base FILE.img)"
+        )
     try:
         profile = load_profile(req.profile)
     except ConfigError as exc:
@@ -381,9 +386,18 @@ def _personalise(root: Path, s: Settings, log: Callable[[str], None]) -> str:
         _write(root / "etc/timezone", f"{s.timezone}\n")
     fstab = root / "etc/fstab"
     lines = [ln for ln in fstab.read_text().splitlines() if "/boot/firmware" not in ln]
-    lines.append(f"LABEL={BOOT_LABEL} /boot/firmware vfat defaults,nofail 0 2")
+    # Required (not nofail), so it is mounted before anything runs from it (the first-boot hook).
+    lines.append(f"LABEL={BOOT_LABEL} /boot/firmware vfat defaults 0 2")
     _write(fstab, "\n".join(lines) + "\n")
+    # The boot partition is mounted there: what raspi-firmware put in the root's copy is hidden
+    # (and on the boot partition already, from the same files).
+    shutil.rmtree(root / "boot/firmware", ignore_errors=True)
     (root / "boot/firmware").mkdir(parents=True, exist_ok=True)
+    # Raspberry Pi Imager's first-boot hook names /boot/firstrun.sh (as on Raspberry Pi OS):
+    # this image can be customised with `--base FILE.img` like theirs.
+    hook = root / "boot/firstrun.sh"
+    hook.unlink(missing_ok=True)
+    hook.symlink_to("firmware/firstrun.sh")
     return f"{pub[0]} {pub[1]}"
 
 

@@ -295,9 +295,11 @@ def firstrun_sh(s: Settings) -> str:
     lines += [
         f"{installer} >>/var/log/edgeagent-firstboot.log 2>&1",
         "chmod 600 /var/log/edgeagent-firstboot.log",
-        'rm -f "$BOOT/firstrun.sh"',
         f"sed -i 's| {CMDLINE_HOOK}||g' \"$BOOT/cmdline.txt\"",
-        "exit 0",
+        # This script holds the Wi-Fi PSK: overwritten before it is removed (FAT keeps freed
+        # clusters). Last, and on one line: bash reads a script as it runs, and a whole line
+        # before running it, so nothing is read from the file once shred has overwritten it.
+        'shred -u "$BOOT/firstrun.sh" 2>/dev/null || rm -f "$BOOT/firstrun.sh"; exit 0',
     ]
     return "\n".join(lines) + "\n"
 

@@ -270,13 +270,27 @@ class Installer:
                     if "password" not in path.read_text():
                         continue
             with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+                wipe(path)
                 removed.append(path.name)
         shutil.rmtree(self.folder / BUNDLE, ignore_errors=True)
         if done:
             with contextlib.suppress(OSError):
                 (self.folder / DONE).write_text(json.dumps({"ts": round(time.time())}) + "\n")
         say(f"removed from the boot partition: {', '.join(removed) or 'nothing'}, the bundle")
+
+
+def wipe(path: Path) -> None:
+    """Overwrite a secret file with zeros, flushed, then remove it: deleting a file from a FAT
+    partition only marks its clusters free, and the card would still hold the secret (the
+    emulated first boot found the broker password there). FAT rewrites a file in place, in the
+    same clusters. (An SD card's flash translation may keep old copies of a block; only the
+    card's own erase removes those.)"""
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.write(bytes(size))
+        f.flush()
+        os.fsync(f.fileno())
+    path.unlink()
 
 
 def main(argv: list[str] | None = None) -> int:

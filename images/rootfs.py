@@ -46,7 +46,7 @@ SUITE = "bookworm"
 PACKAGES = (
     "systemd", "systemd-sysv", "udev", "dbus", "python3", "python3-venv", "openssh-server",
     "openssl", "rsync", "iproute2", "ca-certificates", "procps", "linux-image-arm64",
-    "busybox-static", "sudo",
+    "busybox-static", "sudo", "raspi-firmware",
 )  # fmt: skip
 # Left out of the image (dpkg path-exclude): documentation, translations, and kernel modules a
 # virtio machine never loads (sound, graphics, media, wireless, Bluetooth, staging, InfiniBand).
@@ -265,9 +265,11 @@ def apt_sources() -> list[str]:
             elif "/" not in suites[0]:
                 archive = archive or debian[0]
     archive = (archive or "http://deb.debian.org/debian").rstrip("/")
-    lines = [f"deb {archive} {SUITE} main", f"deb {archive} {SUITE}-updates main"]
+    # non-free-firmware: raspi-firmware (the Raspberry Pi's boot firmware) is there.
+    parts = "main non-free-firmware"
+    lines = [f"deb {archive} {SUITE} {parts}", f"deb {archive} {SUITE}-updates {parts}"]
     if security:
-        lines.append(f"deb {security.rstrip('/')} {SUITE}-security main")
+        lines.append(f"deb {security.rstrip('/')} {SUITE}-security {parts}")
     return lines
 
 

@@ -50,7 +50,7 @@ from edgeagent.images.rootfs import run as _run
 __all__ = [
     "DEVICE_USER", "HOSTNAME", "PACKAGES", "RECIPE_VERSION", "ROOTFS_MB", "SSH_TIMEOUT", "Vm",
     "VmImage", "apt_sources", "boot", "default_cache_dir", "ensure_image", "free_port",
-    "make_initramfs", "module_closure", "qemu_available", "recipe", "recipe_key",
+    "make_initramfs", "module_closure", "qemu_available", "recipe", "recipe_key", "run_once",
 ]  # fmt: skip
 
 SSH_TIMEOUT = 180.0
@@ -258,4 +258,42 @@ def boot(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run_once(image: VmImage, append: str, *, timeout: float, cpus: int = 2) -> str:
+    """Boot ``image.rootfs`` itself (no overlay: what the boot writes stays) with the kernel
+    command line ``append`` until the guest reboots or powers off (qemu runs with
+    ``-no-reboot``); returns the serial console's text. A first boot that reboots when done
+    (Raspberry Pi Imager's ``systemd.run_success_action=reboot`` hook) runs this way. Raises
+    RuntimeError with the console's tail when it is still running after ``timeout`` s."""
+    work = Path(tempfile.mkdtemp(prefix="armvm-once-"))
+    try:
+        serial = work / "serial.log"
+        cmd = [
+            "qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-smp", str(cpus),
+            "-m", "1024", "-nographic", "-monitor", "none", "-serial", f"file:{serial}",
+            "-no-reboot", "-kernel", str(image.kernel), "-initrd", str(image.initrd),
+            "-append", append,
+            "-drive", f"file={image.rootfs},if=virtio,format=raw,cache=writeback",
+            "-nic", "user,model=virtio-net-pci", "-device", "virtio-rng-pci",
+        ]  # fmt: skip
+        t0 = time.monotonic()
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=timeout, check=False)  # fmt: skip
+        _log(
+            f"ran once to reboot/poweroff in {time.monotonic() - t0:.1f} s (exit {proc.returncode})"
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"qemu exited {proc.returncode}: {proc.stderr.decode(errors='replace')[-2000:]}"
+                f"\n--- serial console ---\n{_tail(serial)}"
+            )
+        return serial.read_text(errors="replace")
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(
+            f"the device was still running after {timeout:g} s; serial console:\n"
+            f"{_tail(work / 'serial.log')}"
+        ) from exc
+    finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -277,7 +277,10 @@ def test_bookworm_image_from_xz_through_the_cli(tmp_path: Path, keys: tuple[Path
     assert f"set_wlan 'Home Net' {psk} FR" in script
     assert passphrase not in script
     assert '"$BOOT/edgeagent/edgeagent-firstboot.py" --boot "$BOOT"' in script
-    assert 'rm -f "$BOOT/firstrun.sh"' in script
+    # Removing itself is the last line, whole (bash reads a line before running it).
+    assert script.endswith(
+        '\nshred -u "$BOOT/firstrun.sh" 2>/dev/null || rm -f "$BOOT/firstrun.sh"; exit 0\n'
+    )
     assert f"sed -i 's| {CMDLINE_HOOK}||g'" in script
     assert subprocess.run(["bash", "-n"], input=script, text=True, check=False).returncode == 0
     assert not {"user-data", "meta-data", "network-config"} & boot_names(out)

@@ -33,10 +33,13 @@ from edgeagent import Fleet
 from edgeagent.cli import main as cli_main
 from edgeagent.cli_image_build import build as build_cmd
 from edgeagent.deploy import minisign
+from edgeagent.deploy.bundle import BuildOptions, build_bundle
+from edgeagent.deploy.deployer import DeployOptions, deploy
+from edgeagent.deploy.ssh import SshOptions, SshTarget
 from edgeagent.images import debian
 from edgeagent.images.bootpart import ImageBuildError, parse_mbr
 from edgeagent.images.customize import BuildRequest
-from tests.armvm import VmImage, boot, qemu_available
+from tests.armvm import Vm, VmImage, boot, qemu_available, run_once
 from tests.broker.mosquitto import Mosquitto
 from tests.deployapp import EXAMPLES, announced_release, call
 
@@ -49,6 +52,9 @@ pytestmark = [
 ]
 
 PROFILE = "pi4"
+#: The emulator is no Pi 4 (its device-tree model is linux,dummy-virt): deploy checks the board,
+#: so the later deploy is of a generic-arm64 release (setup switches the device's profile).
+DEPLOY_PROFILE = "generic-arm64"
 DEVICE = "lamp-kitchen"
 ONLINE_TIMEOUT = 150.0
 MT = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
@@ -137,6 +143,11 @@ def test_image_layout_and_what_it_holds(built: Built) -> None:
     assert "kernel=vmlinuz" in config_txt
     assert "root=LABEL=rootfs" in _mtype(image, boot_p.start, "cmdline.txt")
     assert {"vmlinuz", "initrd.img", "bcm2711-rpi-4-b.dtb"} <= set(s["boot_files"])
+    # The Pi's own boot firmware, from Debian's raspi-firmware (non-free-firmware).
+    assert s["firmware"] is True
+    assert {"bootcode.bin", "start4.elf", "fixup4.dat", "start.elf"} <= set(s["boot_files"])
+    assert "start4.elf" in _debugfs(image, s["partitions"]["root"]["offset"],
+                                    "ls /usr/lib/raspi-firmware")  # fmt: skip
     listing = subprocess.run(["mdir", "-b", "-i", f"{image}@@{boot_p.start}", "::/"], env=MT,
                              capture_output=True, text=True, check=True).stdout  # fmt: skip
     assert "enrolment" not in listing
@@ -240,3 +251,111 @@ def test_booted_image_comes_online_and_answers(built: Built, mosquitto: Mosquitt
         assert rows[DEVICE]["status"] == "online"
         answer = call(mosquitto.url, built.fleet, DEVICE, "set_brightness", {"level": 30}, 10)
         assert answer == {"on": True, "brightness": 30}
+        _deploy_keeps_the_devices_broker(built, mosquitto, vm)
+
+
+def _deploy_keeps_the_devices_broker(built: Built, mosquitto: Mosquitto, vm: Vm) -> None:
+    """A later `edgeagent deploy` of a release built from a config with another broker section
+    (here one that reaches nothing) still connects with the image's broker and credential: the
+    unit's drop-in points the agent at /etc/edgeagent/DEVICE/broker.yaml."""
+    config = built.work / "app" / "lamp-kitchen.yaml"
+    raw = yaml.safe_load(config.read_text())
+    raw["broker"] = "mqtt://127.0.0.1:9"
+    other = config.with_name("lamp-other-broker.yaml")
+    other.write_text(yaml.safe_dump(raw, sort_keys=False))
+    key = built.work / "fleet.key"
+    bundle = build_bundle(other, DEPLOY_PROFILE, built.work / "bundle-2", key=key,
+                          options=BuildOptions(python="3.11"))  # fmt: skip
+    assert bundle.version != built.summary["release"]
+    target = SshTarget(vm.host, vm.ssh_port, vm.user)
+    ssh = SshOptions(identity_files=[vm.key], known_hosts=vm.known_hosts, use_agent=False)
+    opts = DeployOptions(device=DEPLOY_PROFILE, broker=mosquitto.url, health_timeout=150.0)
+    result = asyncio.run(deploy(bundle.folder, target, ssh, opts))
+    assert result.version == bundle.version
+    assert announced_release(mosquitto.url, built.fleet, DEVICE) == bundle.version
+    drop_in = vm.run(f"cat /etc/systemd/system/edgeagent@{DEVICE}.service.d/*.conf").stdout
+    assert f"EDGEAGENT_BROKER_CONFIG=/etc/edgeagent/{DEVICE}/broker.yaml" in drop_in
+
+
+def _append_for_virt(cmdline_txt: str) -> str:
+    """cmdline.txt as qemu's -append: the Pi's consoles replaced by the virt board's."""
+    tokens = [t for t in cmdline_txt.split() if not t.startswith("console=")]
+    return " ".join([*tokens, "console=ttyAMA0", "panic=-1"])
+
+
+def _first_boot_story(image: Path, s: dict[str, Any], console: str) -> str:
+    """What the first boot did, for a failing assertion: its console lines about the hook and
+    the installer's log, read from the root partition."""
+    story = re.compile(r"firstrun|edgeagent|Kernel Command Line|kernel-command")
+    lines = [ln for ln in console.splitlines() if story.search(ln)]
+    root_at = s["boot_partition"]["offset"] + s["boot_partition"]["bytes"]
+    log = _debugfs(image, root_at, "cat /var/log/edgeagent-firstboot.log")
+    return "\n".join(lines[-40:]) + "\n--- /var/log/edgeagent-firstboot.log ---\n" + log[-3000:]
+
+
+def test_customised_image_first_boot_by_firstrun(built: Built, mosquitto: Mosquitto) -> None:
+    """`image build --base` on that image (as on a Raspberry Pi OS Bookworm image: firstrun.sh
+    and the cmdline.txt hook), booted the same way: the hook's first boot installs the new
+    release with the new credential and reboots; the next boot runs it in the new fleet."""
+    fleet, password = f"t{uuid.uuid4().hex[:10]}", uuid.uuid4().hex
+    config = _lamp_config(built.work / "app-2", mosquitto, fleet, password)
+    out = built.work / "lamp-custom.img"
+    result = CliRunner().invoke(
+        build_cmd,
+        ["--base", str(built.image), "--device", PROFILE, "--config", str(config),
+         "--key", str(built.work / "fleet.key"), "--hostname", "lamp-hall",
+         "--ssh-key", f"{built.ssh_key}.pub", "--timezone", "Europe/Berlin",
+         "-o", str(out), "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    s = json.loads(result.stdout)
+    assert s["format"] == "firstrun"
+    assert (s["python"], s["python_reason"]) == ("3.11", "/usr/lib/python3.11 on partition 2")
+    boot_at = s["boot_partition"]["offset"]
+    cmdline = _mtype(out, boot_at, "cmdline.txt")
+    assert "systemd.run=/boot/firstrun.sh" in cmdline
+    kernel, initrd = built.work / "vmlinuz-2", built.work / "initrd-2.img"
+    for name, dest in (("vmlinuz", kernel), ("initrd.img", initrd)):
+        subprocess.run(["mcopy", "-n", "-i", f"{out}@@{boot_at}", f"::/{name}", str(dest)],
+                       env=MT, check=True)  # fmt: skip
+    device = VmImage(kernel=kernel, initrd=initrd, rootfs=out, ssh_key=built.ssh_key,
+                     host_key=built.summary["host_key"], folder=built.work)  # fmt: skip
+    try:
+        t0 = time.monotonic()
+        console = run_once(device, _append_for_virt(cmdline), timeout=600)
+        first_s = time.monotonic() - t0
+        # The hook ran once, removed itself and the secrets; the installer left its mark.
+        after = _mtype(out, boot_at, "cmdline.txt")
+        assert "systemd.run" not in after, _first_boot_story(out, s, console)
+        assert after.split() == [t for t in cmdline.split() if not t.startswith("systemd.")]
+        listing = subprocess.run(["mdir", "-b", "-i", f"{out}@@{boot_at}", "::/edgeagent"],
+                                 env=MT, capture_output=True, text=True).stdout  # fmt: skip
+        assert "installed.json" in listing, console[-3000:]
+        assert "enrolment.json" not in listing
+        root_at = s["boot_partition"]["offset"] + s["boot_partition"]["bytes"]
+        assert password.encode() not in out.read_bytes()[boot_at:root_at]
+        t1 = time.monotonic()
+        with boot(device, user="pi") as vm:
+            release = None
+            while time.monotonic() - t1 < ONLINE_TIMEOUT:
+                release = announced_release(mosquitto.url, fleet, DEVICE)
+                if release is not None:
+                    break
+                time.sleep(1)
+            online_s = time.monotonic() - t1
+            assert release == s["release"], vm.run(
+                f"sudo journalctl -b -u edgeagent@{DEVICE} --no-pager | tail -30; "
+                "sudo cat /var/log/edgeagent-firstboot.log"
+            ).stdout
+            took = f"first boot (install, reboot) {first_s:.1f} s, online {online_s:.1f} s"
+            print(f"[customised image] {took} after the second boot started", file=sys.stderr)
+            assert vm.run("hostname").stdout.strip() == "lamp-hall"
+            assert vm.run("readlink -f /etc/localtime").stdout.strip().endswith("Europe/Berlin")
+            log = vm.run("sudo stat -c %a /var/log/edgeagent-firstboot.log; "
+                         "sudo cat /var/log/edgeagent-firstboot.log").stdout  # fmt: skip
+            assert log.startswith("600\n"), log
+            assert password not in log
+            answer = call(mosquitto.url, fleet, DEVICE, "set_brightness", {"level": 55}, 10)
+            assert answer == {"on": True, "brightness": 55}
+    finally:
+        out.unlink(missing_ok=True)
