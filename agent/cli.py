@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -21,6 +21,10 @@ from .client import DeviceInfo, Fleet
 from .config import load_config
 from .errors import CallError, EdgeAgentError
 from .protocol import DEFAULT_FLEET, DEFAULT_ROOT, Health, Manifest, StateMessage
+
+if TYPE_CHECKING:
+    from .config import AgentConfig
+    from .device import DeviceAgent
 
 T = TypeVar("T")
 
@@ -187,6 +191,23 @@ def agent() -> None:
     """Run a device agent."""
 
 
+def _device_agent(cfg: AgentConfig) -> DeviceAgent:
+    """The agent for ``agent run``: on a deployed device (``edgeagent deploy``'s layout), with
+    the system skills (docs/rollouts.md) beside the config's."""
+    from .config import load_skills
+    from .device import DeviceAgent
+    from .skills import collect_skills
+    from .system import SystemSkills, device_root
+
+    root = device_root() if cfg.system_skills else None
+    if root is None:
+        return DeviceAgent(cfg)
+    skills, sets, events = load_skills(cfg)
+    system = SystemSkills(root, cfg.release)
+    return DeviceAgent(cfg, skills=[*skills, *collect_skills(system)], skill_sets=[*sets, system],
+                       events=events)  # fmt: skip
+
+
 @agent.command("run")
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 @click.pass_obj
@@ -196,7 +217,6 @@ def agent_run(obj: Ctx, config: Path) -> None:
     --broker and --fleet, when given, override the config file. On SIGTERM the agent stops
     taking calls, lets in-flight calls finish within grace_s, publishes offline and disconnects.
     """
-    from .device import DeviceAgent
 
     try:
         cfg = load_config(config)
@@ -213,7 +233,7 @@ def agent_run(obj: Ctx, config: Path) -> None:
         if os.environ.get("EDGEAGENT_RELEASE"):
             updates["release"] = os.environ["EDGEAGENT_RELEASE"]
         cfg = cfg.model_copy(update=updates)
-        device = DeviceAgent(cfg)
+        device = _device_agent(cfg)
     except (EdgeAgentError, ValueError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)

@@ -77,6 +77,11 @@ class AgentConfig(BaseModel):
         description="Release (bundle) version, announced in the manifest; set by `agent run` from "
         "EDGEAGENT_RELEASE, which a deployed device's service sets.",
     )
+    system_skills: bool = Field(
+        default=True,
+        description="On a deployed device, serve the system skills (system.info, system.update, "
+        "system.rollback, system.restart: docs/rollouts.md).",
+    )
     base_dir: Path | None = Field(
         default=None, exclude=True, description="Set by the loader: the config file's folder."
     )

@@ -36,6 +36,7 @@ import platform
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -498,6 +499,30 @@ WantedBy=multi-user.target
 """
 
 
+_APPLY_PATH = """\
+# Installed by `edgeagent deploy`: apply what agent %i asks for (system.update and friends)
+[Unit]
+Description=edgeagent: requests of agent %i
+
+[Path]
+PathExists=/var/lib/edgeagent/%i/spool/request.json
+
+[Install]
+WantedBy=paths.target
+"""
+
+_APPLY_SERVICE = """\
+# Installed by `edgeagent deploy`: checks and applies agent %i's request (root: it installs)
+[Unit]
+Description=edgeagent: apply a request of agent %i
+
+[Service]
+Type=oneshot
+ExecStart={python} -S {root}/bin/edgeagent-device.py --root {root} \\
+    apply --spool /var/lib/edgeagent/%i/spool
+"""
+
+
 # The unit's pre-start check, in shell (no interpreter start unless a switch is pending from an
 # earlier boot: then the tool's boot-check rolls it back).
 _PRECHECK = (
@@ -526,8 +551,15 @@ def cmd_setup(dev: Device, args: argparse.Namespace) -> dict[str, Any]:
         unit_path.write_text(
             _UNIT.format(user=user, root=dev.root, precheck=_PRECHECK.format(root=dev.root))
         )
+        # The agent's own update requests (system.update, issue 12): it cannot write here, so
+        # it writes request.json into its state folder and this path unit applies it as root.
+        Path("/etc/systemd/system/edgeagent-apply@.path").write_text(_APPLY_PATH)
+        Path("/etc/systemd/system/edgeagent-apply@.service").write_text(
+            _APPLY_SERVICE.format(python=sys.executable, root=dev.root)
+        )
         _run(["systemctl", "daemon-reload"])
         _run(["systemctl", "enable", f"edgeagent@{args.device}.service"], check=False)
+        _run(["systemctl", "enable", "--now", f"edgeagent-apply@{args.device}.path"], check=False)
     info = {"device": args.device, "profile": args.profile, "service": service, "user": user}
     old = dev.info()
     if old and old.get("device") != args.device:
@@ -954,6 +986,64 @@ def cmd_prune(dev: Device, args: argparse.Namespace) -> dict[str, Any]:
         return {"removed": removed, "envs_removed": envs_removed, "files_removed": files_removed}
 
 
+def cmd_apply(dev: Device, args: argparse.Namespace) -> dict[str, Any]:
+    """Carry out what the agent asked for in its spool folder (``system.update`` and friends,
+    issue 12): the agent runs unprivileged and sandboxed, so it stages a bundle and writes
+    ``request.json``; this, as root (a systemd path unit) or as the agent's own user (process
+    mode), checks and applies it and leaves ``result.json``. Actions: ``update`` (ingest the
+    staged files, verify, install, activate with the deadline to confirm), ``commit``,
+    ``rollback``, ``restart``. The spool is the agent's to write: nothing in it is followed
+    (symbolic links and other non-regular files are refused) and the result replaces its file
+    without following a link."""
+    spool = Path(args.spool)
+    request_path = spool / "request.json"
+    try:
+        raw = request_path.read_bytes()
+    except FileNotFoundError:
+        return {"applied": False}
+    request_path.unlink()
+    action = "?"
+    try:
+        req = json.loads(raw) if len(raw) < 4096 else None
+        if not isinstance(req, dict):
+            raise Refused("request.json: not a JSON object (under 4 KiB)")
+        action = str(req.get("action"))
+        version = str(req.get("version", ""))
+        if action in ("update", "commit") and not _VERSION.fullmatch(version):
+            raise Refused(f"request.json: bad version {version!r}")
+        if action == "update":
+            stage = spool / "stage"
+            for folder, dirs, files in os.walk(stage):
+                for name in (*dirs, *files):
+                    mode = os.lstat(os.path.join(folder, name)).st_mode
+                    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                        raise Refused(f"staged {name!r} is not a plain file")
+            cmd_ingest(dev, argparse.Namespace(source=str(stage)))
+            within = min(max(float(req.get("confirm_within", 120.0)), 10.0), 3600.0)
+            ns = argparse.Namespace(version=version, activate=True, confirm_within=within)
+            result = cmd_install(dev, ns)
+        elif action == "commit":
+            result = cmd_commit(dev, argparse.Namespace(version=version, prune=None))
+        elif action == "rollback":
+            reason = str(req.get("reason", "asked for"))[:200]
+            result = cmd_rollback(dev, argparse.Namespace(to=None, reason=reason))
+        elif action == "restart":
+            dev.restart()
+            result = {"restarted": True}
+        else:
+            raise Refused(f"request.json: unknown action {action!r}")
+        out: dict[str, Any] = {"action": action, "ok": True, **result}
+    except (Refused, OSError, ValueError) as exc:
+        out = {"action": action, "ok": False, "error": str(exc)}
+    dev.record("applied", **{k: v for k, v in out.items() if isinstance(v, (str, bool))})
+    tmp = spool / f".result-{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps({**out, "ts": round(time.time(), 3)}) + "\n")
+    os.replace(tmp, spool / "result.json")
+    return out
+
+
 COMMANDS = {
     "probe": cmd_probe,
     "have": cmd_have,
@@ -970,6 +1060,7 @@ COMMANDS = {
     "history": cmd_history,
     "logs": cmd_logs,
     "prune": cmd_prune,
+    "apply": cmd_apply,
 }
 
 
@@ -1007,6 +1098,7 @@ def parser() -> argparse.ArgumentParser:
     lg.add_argument("--lines", type=int, default=40)
     pr = sub.add_parser("prune")
     pr.add_argument("--keep", type=int, default=3)
+    sub.add_parser("apply").add_argument("--spool", required=True)
     return p
 
 

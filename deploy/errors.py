@@ -11,6 +11,7 @@
         ├── HostUnsuitable           the device cannot run the release (OS, arch, Python, space)
         ├── ProfileMismatch          the profile given does not match the device's hardware
         ├── RemoteError              the device-side tool failed (its message is kept)
+        ├── TransferError            a content file could not be fetched or did not verify
         └── HealthCheckFailed        the new release did not become healthy (rolled back)
 """
 
@@ -45,6 +46,11 @@ class ProfileMismatch(DeployError):
 
 class RemoteError(DeployError):
     """The device-side tool reported an error."""
+
+
+class TransferError(DeployError):
+    """A content file could not be fetched (no reply, server error) or did not verify; the message
+    names the file (its SHA-256) and, where it matters, the offset."""
 
 
 class HealthCheckFailed(DeployError):

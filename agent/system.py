@@ -1,0 +1,412 @@
+"""The system skills a deployed agent serves (issue 12): ``system.info``, ``system.update``,
+``system.rollback``, ``system.restart``; callable by any MQTT 5 client (restricted to operators by
+the broker's ACL once the fleet is secured).
+
+The agent runs unprivileged (and, under systemd, sandboxed: it cannot write its own install), so
+an update is split: the agent fetches the content files its release lacks over its own MQTT
+connection (or HTTP) into its spool folder, stages the signed manifest and writes
+``request.json``; the device tool (``deploy/devicetool.py apply``), as root through a systemd path
+unit or as the agent's own user in process mode, verifies the signature and every file, installs
+and switches with a deadline to confirm. The new release's agent checks itself (its skills
+loaded, a call to itself answered through the broker) and asks for the commit; a release that
+never does is rolled back by the tool's timer, also after a crash loop or a power cut.
+
+Progress and outcome are published retained on ``…/dev/{device}/update``: a restarted operator
+tool sees where every device stands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from .skills import SkillSet, skill
+from .transport.base import Props
+
+log = logging.getLogger("edgeagent.system")
+
+UpdateState = Literal[
+    "downloading", "applying", "verifying", "healthy", "failed", "rolled_back", "current"
+]
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+\-]{0,127}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+MAX_MANIFEST = 4 * 1024 * 1024
+SELF_TEST_TIMEOUT = 10.0
+APPLY_WAIT = 60.0
+
+
+class SystemInfo(BaseModel):
+    device: str
+    release: str | None
+    previous: str | None = Field(description="The release a rollback returns to.")
+    pending: str | None = Field(description="A switched release not yet confirmed healthy.")
+    uptime_s: float
+    python: str
+    platform: str
+    machine: str
+    free_bytes: int | None = Field(description="Free space where releases are installed.")
+    service: str | None = Field(description="systemd or process; None when not deployed.")
+    update: dict[str, Any] | None = Field(description="The last update's state, as published.")
+
+
+class UpdateRequest(BaseModel):
+    manifest: str = Field(max_length=MAX_MANIFEST, description="bundle.json, as signed.")
+    signature: str = Field(max_length=4096, description="bundle.json.minisig.")
+    server: str | None = Field(
+        default=None, description="File server id serving the content files over MQTT."
+    )
+    url: str | None = Field(default=None, description="Or an HTTP base URL serving them.")
+    rollout: str | None = Field(default=None, max_length=128)
+    confirm_within_s: float = Field(default=120.0, ge=10, le=3600)
+
+
+class UpdateAccepted(BaseModel):
+    version: str
+    state: UpdateState
+    missing_files: int
+    missing_bytes: int
+
+
+class Done(BaseModel):
+    ok: bool
+    detail: str
+
+
+def device_root() -> Path | None:
+    """The deployed install this agent runs from (``$EDGEAGENT_ROOT``, or the working folder
+    ``ROOT/releases/VERSION/app`` the unit starts it in); None when not deployed."""
+    env = os.environ.get("EDGEAGENT_ROOT")
+    candidates = [Path(env)] if env else []
+    cwd = Path.cwd().resolve()
+    if cwd.name == "app" and cwd.parent.parent.name == "releases":
+        candidates.append(cwd.parent.parent.parent)
+    for root in candidates:
+        if (root / "device.json").is_file():
+            return root
+    return None
+
+
+class SystemSkills(SkillSet):
+    """One per agent; needs the device layout of ``edgeagent deploy`` (``device_root``)."""
+
+    def __init__(self, root: Path, release: str | None, spool: Path | None = None) -> None:
+        self.root = root
+        self.release = release
+        state_dir = os.environ.get("STATE_DIRECTORY")  # systemd's StateDirectory=
+        self.spool = spool or (Path(state_dir) / "spool" if state_dir else root / "spool")
+        self._agent: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._started = time.monotonic()
+        self._last: dict[str, Any] | None = None
+        self._reported = 0.0  # when download progress was last published (monotonic)
+
+    # facts ---------------------------------------------------------------------------------
+
+    def _info(self) -> dict[str, Any]:
+        try:
+            data = json.loads((self.root / "device.json").read_text())
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _link(self, name: str) -> str | None:
+        try:
+            return Path(os.readlink(self.root / name)).name
+        except OSError:
+            return None
+
+    def _pending(self) -> str | None:
+        try:
+            data = json.loads((self.root / "pending.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return str(data.get("version")) if isinstance(data, dict) else None
+
+    @skill(name="system.info", side_effect="read", description="Release, uptime, space, Python.")
+    async def info(self) -> SystemInfo:
+        try:
+            free: int | None = shutil.disk_usage(self.root).free
+        except OSError:
+            free = None
+        return SystemInfo(
+            device=self._device_id(),
+            release=self.release,
+            previous=self._link("previous"),
+            pending=self._pending(),
+            uptime_s=round(time.monotonic() - self._started, 3),
+            python=platform.python_version(),
+            platform=sys.platform,
+            machine=platform.machine(),
+            free_bytes=free,
+            service=self._info().get("service"),
+            update=self._last,
+        )
+
+    # update --------------------------------------------------------------------------------
+
+    @skill(
+        name="system.update",
+        side_effect="actuate",
+        description="Update to a signed bundle: fetch what is missing, verify, switch, self-check.",
+    )
+    async def update(self, req: UpdateRequest) -> UpdateAccepted:
+        manifest = _parse_manifest(req.manifest)
+        version = str(manifest["version"])
+        info = self._info()
+        if info.get("profile") and manifest.get("profile") != info["profile"]:
+            raise ValueError(
+                f"bundle is for profile {manifest.get('profile')}, this device is {info['profile']}"
+            )
+        if version == self.release:
+            self._publish("current", version, rollout=req.rollout)
+            return UpdateAccepted(version=version, state="current", missing_files=0,
+                                  missing_bytes=0)  # fmt: skip
+        if self._task is not None and not self._task.done():
+            raise RuntimeError("an update is already running on this device")
+        if req.server is None and req.url is None:
+            raise ValueError("give `server` (MQTT file server) or `url` (HTTP) for the files")
+        wanted = self._missing(manifest)
+        self._task = asyncio.get_running_loop().create_task(
+            self._run_update(req, manifest, wanted), name=f"update-{version}"
+        )
+        return UpdateAccepted(
+            version=version,
+            state="downloading",
+            missing_files=len(wanted),
+            missing_bytes=sum(size for _, size in wanted),
+        )
+
+    def _missing(self, manifest: dict[str, Any]) -> list[tuple[str, int]]:
+        seen: set[str] = set()
+        out = []
+        for f in manifest["files"]:
+            sha = str(f["sha256"])
+            if sha in seen or (self.root / "store" / sha).is_file():
+                continue
+            seen.add(sha)
+            out.append((sha, int(f["size"])))
+        return out
+
+    async def _run_update(
+        self, req: UpdateRequest, manifest: dict[str, Any], wanted: list[tuple[str, int]]
+    ) -> None:
+        version = str(manifest["version"])
+        total = sum(size for _, size in wanted)
+        stage = self.spool / "stage"
+        store = stage / "store"
+        try:
+            store.mkdir(parents=True, exist_ok=True)
+            self._publish("downloading", version, rollout=req.rollout, total=total, done=0)
+
+            def progress(done: int, _total: int) -> None:
+                now = time.monotonic()
+                if now - self._reported >= 1.0:  # at most once a second
+                    self._reported = now
+                    self._publish("downloading", version, rollout=req.rollout, total=total,
+                                  done=done)  # fmt: skip
+
+            if req.server is not None:
+                from .deploy.transfer_mqtt import fetch_files
+
+                await fetch_files(
+                    self._agent.transport,
+                    root=self._agent.topics.root,
+                    fleet=self._agent.topics.fleet,
+                    device=self._device_id(),
+                    server=req.server,
+                    files=wanted,
+                    store=store,
+                    partial_dir=self.spool / "partial",  # not in the staged store: ingested
+                    progress=progress,
+                )
+            else:
+                from .deploy.transfer_http import fetch_files_http
+
+                assert req.url is not None
+                await asyncio.to_thread(
+                    fetch_files_http, req.url, wanted, store,
+                    partial_dir=self.spool / "partial", progress=progress,
+                )  # fmt: skip
+            incoming = stage / "incoming" / version
+            incoming.mkdir(parents=True, exist_ok=True)
+            (incoming / "bundle.json").write_text(req.manifest)
+            (incoming / "bundle.json.minisig").write_text(req.signature)
+            self._publish("applying", version, rollout=req.rollout, total=total, done=total)
+            result = await self._apply(
+                {"action": "update", "version": version, "confirm_within": req.confirm_within_s}
+            )
+            if result is not None and not result.get("ok"):
+                self._publish("failed", version, rollout=req.rollout, error=result.get("error"))
+            # On success the tool restarts the agent into the new release, which self-checks.
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # reported, never raised: the agent keeps serving
+            log.warning("update to %s failed: %s", version, exc)
+            self._publish("failed", version, rollout=req.rollout, error=str(exc)[:500])
+
+    async def _apply(
+        self, request: dict[str, Any], wait: float = APPLY_WAIT
+    ) -> dict[str, Any] | None:
+        """Hand ``request`` to the device tool and wait for its result (None: this process was
+        replaced first, or no result in time)."""
+        self.spool.mkdir(parents=True, exist_ok=True)
+        result_path = self.spool / "result.json"
+        result_path.unlink(missing_ok=True)
+        tmp = self.spool / ".request.tmp"
+        tmp.write_text(json.dumps(request))
+        os.replace(tmp, self.spool / "request.json")
+        if self._info().get("service") != "systemd":
+            # Process mode: run the tool ourselves, in its own session so that it outlives
+            # this process when it restarts the agent. (systemd: a path unit runs it as root.)
+            tool = self.root / "bin" / "edgeagent-device.py"
+            log_file = self.root / "log" / "apply.log"
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            with log_file.open("ab") as out:
+                await asyncio.create_subprocess_exec(
+                    sys.executable, "-S", str(tool), "--root", str(self.root), "apply",
+                    "--spool", str(self.spool),
+                    stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
+                )  # fmt: skip
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ValueError):
+                data = json.loads(result_path.read_text())
+                if isinstance(data, dict):
+                    return data
+            await asyncio.sleep(0.2)
+        return None
+
+    @skill(
+        name="system.rollback", side_effect="actuate", description="Back to the previous release."
+    )
+    async def rollback(self) -> Done:
+        result = await self._apply({"action": "rollback", "reason": "system.rollback"})
+        if result is None:
+            return Done(ok=True, detail="rolling back (this agent is being replaced)")
+        return Done(ok=bool(result.get("ok")), detail=str(result.get("error") or result))
+
+    @skill(name="system.restart", side_effect="actuate", description="Restart the agent.")
+    async def restart(self) -> Done:
+        result = await self._apply({"action": "restart"}, wait=2.0)
+        return Done(ok=result is None or bool(result.get("ok")), detail="restarting")
+
+    # lifecycle -----------------------------------------------------------------------------
+
+    async def run(self, device: Any) -> None:
+        """At start: a release switched to and not yet confirmed is this one? Check and commit.
+        A failed or rolled-back update is reported."""
+        self._agent = device
+        pending = self._pending()
+        if pending is not None and pending == self.release:
+            await self._confirm(pending)
+            return
+        last = _last_rollback(self.root)
+        if last is not None and last.get("version") == self.release and last.get("failed"):
+            self._publish("rolled_back", str(last["failed"]), error=str(last.get("reason")))
+
+    async def _confirm(self, version: str) -> None:
+        self._publish("verifying", version)
+        # The transport's one connect callback is the agent's: poll (briefly, once per start).
+        while not self._agent.transport.connected:  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+        try:
+            await self._self_test()
+        except Exception as exc:
+            log.warning("self-test of %s failed: %s (the tool's timer rolls back)", version, exc)
+            self._publish("failed", version, error=f"self-test: {exc}")
+            return
+        result = await self._apply({"action": "commit", "version": version})
+        if result is not None and result.get("ok"):
+            self._publish("healthy", version)
+        else:
+            error = (result or {}).get("error", "no answer from the device tool")
+            self._publish("failed", version, error=f"commit: {error}")
+
+    async def _self_test(self) -> None:
+        """A call to this agent's own ``_ping`` through the broker: subscriptions, skill
+        dispatch and the connection all work."""
+        agent = self._agent
+        me = self._device_id()
+        reply_topic = f"{agent.topics.device(me)}/update/self-test"
+        got: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+        def on_reply(msg: Any) -> None:
+            if not got.done():
+                got.set_result(bytes(msg.payload))
+
+        await agent.transport.subscribe(reply_topic, on_reply, qos=1)
+        try:
+            corr = os.urandom(8)
+            props = Props(response_topic=reply_topic, correlation_data=corr, message_expiry=10)
+            await agent.transport.publish(agent.topics.call(me, "_ping"), b"{}", props=props)
+            async with asyncio.timeout(SELF_TEST_TIMEOUT):
+                payload = await got
+        finally:
+            with contextlib.suppress(Exception):
+                await agent.transport.unsubscribe(reply_topic)
+        data = json.loads(payload)
+        if not data.get("ok", True) or data.get("output", {}).get("release") != self.release:
+            raise RuntimeError(f"unexpected self-test reply {payload[:200]!r}")
+
+    # reporting -----------------------------------------------------------------------------
+
+    def _device_id(self) -> str:
+        agent = self._agent
+        return str(agent.device_id) if agent is not None else str(self._info().get("device"))
+
+    def _publish(self, state: UpdateState, version: str, **fields: Any) -> None:
+        status = {"device": self._device_id(), "state": state, "version": version,
+                  "release": self.release, "ts": round(time.time(), 3)}  # fmt: skip
+        status.update({k: v for k, v in fields.items() if v is not None})
+        self._last = status
+        agent = self._agent
+        if agent is None or not agent.transport.connected:
+            return
+        topic = f"{agent.topics.device(self._device_id())}/update"
+        agent.transport.publish_nowait(topic, json.dumps(status).encode(), qos=1, retain=True)
+
+
+def _parse_manifest(text: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"manifest: not JSON: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("files"), list):
+        raise ValueError("manifest: not a bundle.json (no files list)")
+    if not _VERSION.fullmatch(str(data.get("version", ""))):
+        raise ValueError(f"manifest: bad version {data.get('version')!r}")
+    for f in data["files"]:
+        if not isinstance(f, dict) or not _HEX64.fullmatch(str(f.get("sha256", ""))):
+            raise ValueError("manifest: a file without a sha256")
+        if not isinstance(f.get("size"), int) or f["size"] < 0:
+            raise ValueError(f"manifest: file {f.get('sha256')}: bad size")
+    return data
+
+
+def _last_rollback(root: Path) -> dict[str, Any] | None:
+    """The device tool's latest switch event (history.jsonl), when it is a rollback."""
+    try:
+        lines = (root / "history.jsonl").read_text().splitlines()[-20:]
+    except OSError:
+        return None
+    for line in reversed(lines):
+        with contextlib.suppress(ValueError):
+            event = json.loads(line)
+            if isinstance(event, dict) and event.get("event") in ("activated", "healthy"):
+                return None
+            if isinstance(event, dict) and event.get("event") == "rolled_back":
+                return event
+    return None

@@ -1,0 +1,137 @@
+"""The system skills of a deployed agent (issue 12), on a real device layout in process mode: a
+release installed by the device tool under a folder of the test's, its agent a real process on
+the test's mosquitto. ``system.update`` pulls a new release's missing files over MQTT from a
+file server, the device tool verifies and switches, the new agent checks itself and commits; a
+broken release is rolled back by the tool's timer and the old one reports it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.broker.mosquitto import Mosquitto
+from tests.deployapp import add_skill, announced_release, break_module
+from tests.updatelab import (
+    SERVER,
+    Device,
+    call,
+    install_first,
+    new_device,
+    serve_and_update,
+    update_state,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.broker, pytest.mark.timeout(600)]
+
+
+@pytest.fixture
+def device(tmp_path: Path, mosquitto: Mosquitto) -> Iterator[Device]:
+    dev = new_device(tmp_path, mosquitto.url)
+    try:
+        yield dev
+    finally:
+        dev.stop()
+
+
+def test_system_update_pulls_switches_and_commits(device: Device) -> None:
+    dev = device
+    first = dev.bundle("a")
+    install_first(dev, first)
+    wait_for("release A online", lambda: announced_release(dev.broker, dev.fleet, dev.device)
+          == first.version)  # fmt: skip
+    info = asyncio.run(call(dev, "system.info", {}))
+    assert info["release"] == first.version
+    assert info["service"] == "process"
+    assert info["pending"] is None
+    assert info["free_bytes"] > 0
+
+    add_skill(dev.app)  # a one-file change: a new skill in smarthome/echo.py
+    second = dev.bundle("b")
+
+    def healthy() -> Any:
+        s = update_state(dev)
+        return s if s and s["state"] == "healthy" and s["version"] == second.version else None
+
+    accepted, status, stats = asyncio.run(serve_and_update(dev, second, lambda: wait_for(
+        "B healthy", healthy)))  # fmt: skip
+    assert accepted["version"] == second.version
+    assert accepted["state"] == "downloading"
+    # Only what changed travelled: the config and echo.py, not the wheels.
+    changed = {f["sha256"] for f in json.loads((second.folder / "bundle.json").read_text())[
+        "files"]} - {f["sha256"] for f in json.loads((first.folder / "bundle.json").read_text())[
+        "files"]}  # fmt: skip
+    assert accepted["missing_files"] == len(changed)
+    assert stats.bytes_served == accepted["missing_bytes"]
+    assert announced_release(dev.broker, dev.fleet, dev.device) == second.version
+    assert asyncio.run(call(dev, "version_marker", {"data": "x"})) == "v2:x"
+    assert os.readlink(dev.root / "current") == f"releases/{second.version}"
+    assert not (dev.root / "pending.json").exists()  # committed by the new agent itself
+    assert status["release"] == second.version
+
+    # Already on it: nothing to do.
+    again = asyncio.run(call(dev, "system.update", {
+        "manifest": (second.folder / "bundle.json").read_text(),
+        "signature": (second.folder / "bundle.json.minisig").read_text(), "server": SERVER,
+    }))  # fmt: skip
+    assert again["state"] == "current"
+
+    # A release that cannot start (a skill module raises on import): never confirmed, the
+    # tool's timer rolls back, and the old release says so.
+    break_module(dev.app)
+    broken = dev.bundle("c", check_import=False)
+
+    def rolled_back() -> Any:
+        s = update_state(dev)
+        return s if s and s["state"] == "rolled_back" and s["version"] == broken.version else None
+
+    _, status, _ = asyncio.run(serve_and_update(dev, broken, lambda: wait_for(
+        "C rolled back", rolled_back, 120)))  # fmt: skip
+    assert status["release"] == second.version
+    assert os.readlink(dev.root / "current") == f"releases/{second.version}"
+    assert announced_release(dev.broker, dev.fleet, dev.device) == second.version
+
+
+def test_bad_update_requests_are_refused(device: Device) -> None:
+    dev = device
+    first = dev.bundle("a")
+    install_first(dev, first)
+    wait_for("release A online", lambda: announced_release(dev.broker, dev.fleet, dev.device)
+          == first.version)  # fmt: skip
+    manifest = json.loads((first.folder / "bundle.json").read_text())
+    cases = [
+        ({"manifest": "not json", "signature": "x", "server": SERVER}, "not JSON"),
+        ({"manifest": json.dumps({"version": "v1"}), "signature": "x", "server": SERVER},
+         "no files list"),
+        ({"manifest": json.dumps({**manifest, "version": "../etc"}), "signature": "x",
+          "server": SERVER}, "bad version"),
+        ({"manifest": json.dumps({**manifest, "profile": "pi5", "version": "v9"}),
+          "signature": "x", "server": SERVER}, "this device is x86-64"),
+        ({"manifest": json.dumps({**manifest, "version": "v9"}), "signature": "x"},
+         "give `server`"),
+    ]  # fmt: skip
+    for data, message in cases:
+        with pytest.raises(Exception, match=message):
+            asyncio.run(call(dev, "system.update", data))
+    # A forged manifest (not signed by a trusted key) is fetched but never installed.
+    forged = {**manifest, "version": "v-forged"}
+    body = json.dumps(forged)
+    asyncio.run(call(dev, "system.update", {
+        "manifest": body, "signature": (first.folder / "bundle.json.minisig").read_text(),
+        "url": "http://127.0.0.1:9/",
+    }))  # fmt: skip
+
+    def failed() -> Any:
+        s = update_state(dev)
+        return s if s and s["state"] == "failed" and s["version"] == "v-forged" else None
+
+    status = wait_for("forged update failed", failed, 60)
+    assert "signature" in status["error"] or "verif" in status["error"], status
+    assert os.readlink(dev.root / "current") == f"releases/{first.version}"
+    assert announced_release(dev.broker, dev.fleet, dev.device) == first.version
