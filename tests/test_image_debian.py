@@ -7,11 +7,15 @@ no second mmdebstrap. At boot the agent, installed at build time, comes online o
 private mosquitto (10.0.2.2 from the guest: qemu's user networking connects from the host's
 loopback), is listed by `fleet ls` with its release, and answers a call. SSH (the user's key
 from --ssh-key, the host key printed by the build) only looks at the device from inside.
+
+Then the image is customised again with `--base` and booted through Raspberry Pi Imager's
+first-boot hook, and last it is booted as the SD card of an emulated Raspberry Pi 3 (-M raspi3b).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -359,3 +363,135 @@ def test_customised_image_first_boot_by_firstrun(built: Built, mosquitto: Mosqui
             assert answer == {"on": True, "brightness": 55}
     finally:
         out.unlink(missing_ok=True)
+
+
+def raspi3b_missing() -> str | None:
+    """None when qemu-system-aarch64 here has the raspi3b machine, else why not."""
+    exe = shutil.which("qemu-system-aarch64")
+    if exe is None:
+        return "qemu-system-aarch64 is not installed (Debian: qemu-system-arm)"
+    machines = subprocess.run([exe, "-M", "help"], capture_output=True, text=True).stdout
+    if not re.search(r"^raspi3b\s", machines, re.M):
+        return f"{exe} has no raspi3b machine"
+    return None
+
+
+DTB = "bcm2837-rpi-3-b.dtb"
+#: From qemu's start to the agent online: about 110-150 s on a 2-core x86-64 host.
+RASPI_ONLINE_TIMEOUT = 420.0
+#: The kernel halting (the initramfs's `poweroff -f` when it finds no root: the emulated Pi 3
+#: then just stops) or a panic. The initramfs's own message goes to /dev/console, which is tty1
+#: (the last console= of cmdline.txt), not this serial console.
+BOOT_FAILED = re.compile(r"reboot: (System halted|Power down).*|Kernel panic.*")
+LOGIN_PROMPT = f"{DEVICE} login:"
+
+
+def _pad_to_power_of_two(image: Path) -> int:
+    """qemu's SD card must be a power of two in size: grow the file (sparse) to the next one."""
+    size = image.stat().st_size
+    padded = 1 << (size - 1).bit_length()
+    os.truncate(image, padded)
+    return padded
+
+
+@contextlib.contextmanager
+def _raspi3b(
+    image: Path, folder: Path, append: str, console: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """The image as the SD card of an emulated Pi 3 B, with the kernel, initramfs and device tree
+    in ``folder``; the PL011 (Bluetooth's UART on a Pi 3) goes nowhere, the mini UART (ttyS1)
+    to ``console``, the USB network adapter to qemu's user network (the host is 10.0.2.2)."""
+    cmd = [
+        "qemu-system-aarch64", "-M", "raspi3b", "-m", "1G", "-smp", "4",
+        "-kernel", str(folder / "vmlinuz"), "-initrd", str(folder / "initrd.img"),
+        "-dtb", str(folder / DTB), "-append", append,
+        "-drive", f"if=sd,format=raw,file={image}",
+        "-display", "none", "-monitor", "none", "-serial", "null", "-serial", f"file:{console}",
+        "-no-reboot", "-device", "usb-net,netdev=n0", "-netdev", "user,id=n0",
+    ]  # fmt: skip
+    with open(folder / "qemu.stderr", "wb") as err:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace").replace("\r", "")
+    except OSError:
+        return ""
+
+
+def _kernel_time(console: str, pattern: str) -> float | None:
+    found = re.search(r"^\[\s*(\d+\.\d+)\] " + pattern, console, re.M)
+    return float(found.group(1)) if found else None
+
+
+@pytest.mark.skipif(raspi3b_missing() is not None, reason=str(raspi3b_missing()))
+def test_raspi3b_boots_the_image_from_its_sd_card(built: Built, mosquitto: Mosquitto) -> None:
+    """Last: it boots the built image itself (padded, not an overlay), as an emulated Raspberry
+    Pi 3 Model B reads its SD card: the busybox initramfs finds the card (bcm2835 sdhost) and
+    mounts the root from mmcblk0p2, systemd runs its first boot on it, and the agent comes online
+    over the board's USB (qemu's usb-net on the dwc2 controller) and answers. qemu loads the
+    kernel, initramfs and device tree itself (copied from the image, with the image's own
+    cmdline.txt plus ``ip=usb0:dhcp``: the emulated adapter is usb0, which the image's network
+    file, ``en*``/``eth*`` as a real Pi's Ethernet, does not match): the GPU firmware,
+    config.txt and the Pi 4 board are not exercised. The console read is the image's own
+    ``console=ttyS1`` (the mini UART: qemu's second serial port)."""
+    image, s = built.image, built.summary
+    boot_at, root_at = s["partitions"]["boot"]["offset"], s["partitions"]["root"]["offset"]
+    assert _debugfs(image, root_at, "cat /etc/machine-id") == ""  # made by the first boot
+    folder = built.work / "raspi3b"
+    folder.mkdir()
+    for name in ("vmlinuz", "initrd.img", DTB, "cmdline.txt"):
+        subprocess.run(["mcopy", "-n", "-i", f"{image}@@{boot_at}", f"::/{name}",
+                        str(folder / name)], env=MT, check=True)  # fmt: skip
+    cmdline = (folder / "cmdline.txt").read_text().strip()
+    assert "console=ttyS1" in cmdline  # the console read below is the image's own
+    _pad_to_power_of_two(image)
+    console_log = folder / "console.log"
+    release = None
+    t0 = time.monotonic()
+    with _raspi3b(image, folder, f"{cmdline} ip=usb0:dhcp", console_log) as qemu:
+        while time.monotonic() - t0 < RASPI_ONLINE_TIMEOUT and qemu.poll() is None:
+            if BOOT_FAILED.search(_text(console_log)):
+                break
+            release = announced_release(mosquitto.url, built.fleet, DEVICE)
+            if release is not None:
+                break
+            time.sleep(2)
+        online_s = time.monotonic() - t0
+        console = _text(console_log)
+        assert release == s["release"], (
+            f"not online after {online_s:.0f} s (qemu "
+            f"{'running' if qemu.poll() is None else f'exited {qemu.returncode}'}): "
+            f"{_text(folder / 'qemu.stderr')[-1000:]}\n--- console (ttyS1; the initramfs's and "
+            f"systemd's own messages go to tty1) ---\n{console[-4000:]}"
+        )
+        answer = call(mosquitto.url, built.fleet, DEVICE, "set_brightness", {"level": 30}, 30)
+        assert answer == {"on": True, "brightness": 30}
+        # A login on the Pi's serial port (serial-getty@ttyS1, from the console= setting).
+        deadline = time.monotonic() + 60
+        while LOGIN_PROMPT not in console and time.monotonic() < deadline:
+            time.sleep(2)
+            console = _text(console_log)
+    # The board, the card found by the initramfs and the root mounted from its second partition.
+    assert "Machine model: Raspberry Pi 3 Model B" in console, console[:3000]
+    assert re.search(r"mmcblk0: p1 p2", console), console[-4000:]
+    mounted = _kernel_time(console, r"EXT4-fs \(mmcblk0p2\): mounted filesystem")
+    assert mounted is not None, console[-4000:]
+    assert not BOOT_FAILED.search(console)
+    assert LOGIN_PROMPT in console, console[-2000:]
+    # systemd's first boot ran on the card: it made the machine id the build left empty.
+    machine_id = _debugfs(image, root_at, "cat /etc/machine-id").strip()
+    assert re.fullmatch(r"[0-9a-f]{32}", machine_id), machine_id
+    print(f"[raspi3b] root mounted from mmcblk0p2 at {mounted:.1f} s (kernel time), agent "
+          f"online {online_s:.1f} s after qemu started", file=sys.stderr)  # fmt: skip
