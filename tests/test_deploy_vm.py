@@ -19,10 +19,12 @@ from typing import Any
 
 import pytest
 
+from edgeagent import Fleet
 from edgeagent.deploy import minisign
 from edgeagent.deploy.deployer import DeployOptions, DeployResult, deploy, remote_command
 from edgeagent.deploy.errors import HealthCheckFailed, HostUnsuitable, ProfileMismatch, RemoteError
 from edgeagent.deploy.ssh import SshOptions, SshTarget
+from edgeagent.deploy.transfer_mqtt import FileServer
 from tests.armvm import Vm, boot, ensure_image, qemu_available
 from tests.broker.mosquitto import Mosquitto
 from tests.deployapp import (
@@ -194,3 +196,67 @@ def test_vm_full_disk_is_refused_and_device_untouched(vmlab: VmLab, tmp_path: Pa
             asyncio.run(deploy(b.folder, target, ssh, opts))
         left = small.run("ls /opt/edgeagent/releases 2>/dev/null | wc -l").stdout.strip()
         assert left == "0"
+
+
+def test_vm_system_update_over_mqtt_under_systemd(vmlab: VmLab) -> None:
+    """`system.update` on the systemd-managed, sandboxed agent (issue 12): it fetches the new
+    release's files over its own MQTT connection into its StateDirectory, the path unit runs the
+    device tool as root to verify, install and switch, and the new agent checks itself and asks
+    (through the path unit again) for the commit."""
+    lab = vmlab
+    url = lab.broker.url
+    before = lab.tool("status")["current"]
+    lamp_py = lab.app / "smarthome" / "lamp.py"
+    lamp_py.write_text(lamp_py.read_text() + f"\n# {uuid.uuid4().hex}\n")
+    echo_py = lab.app / "smarthome" / "echo.py"
+    echo_py.write_text(echo_py.read_text().replace(BROKEN, ""))
+    new = build(lab.config, PROFILE, lab.work / "b-mqtt", lab.key, lab.cache)
+    assert new.version != before
+    unit = lab.vm.run("systemctl is-enabled edgeagent-apply@" + lab.device + ".path")
+    assert unit.stdout.strip() == "enabled", unit.stdout + unit.stderr
+
+    async def update() -> dict[str, Any]:
+        async with Fleet(url, fleet=lab.fleet, timeout=30) as fleet:
+            server = FileServer(fleet.transport, [new.folder / "files"], fleet=lab.fleet,
+                                server="vm-files")  # fmt: skip
+            await server.start()
+            try:
+                accepted = await fleet.call(lab.device, "system.update", {
+                    "manifest": (new.folder / "bundle.json").read_text(),
+                    "signature": (new.folder / "bundle.json.minisig").read_text(),
+                    "server": "vm-files", "confirm_within_s": 120,
+                }, timeout=30)  # fmt: skip
+                assert accepted["state"] == "downloading", accepted
+                # Only what the device lacks travels (lamp.py changed), not the wheels.
+                assert accepted["missing_files"] >= 1
+                assert accepted["missing_bytes"] < new.total_bytes / 20
+                deadline = asyncio.get_running_loop().time() + 240
+                while asyncio.get_running_loop().time() < deadline:
+                    info = await fleet.device(lab.device)
+                    release = info.manifest.release if info and info.manifest else None
+                    if release == new.version and info is not None and info.online:
+                        got = await fleet.call(lab.device, "system.info", {}, timeout=30)
+                        if got["pending"] is None:
+                            return dict(got)
+                    await asyncio.sleep(1)
+                raise AssertionError("the update did not finish in 240 s")
+            finally:
+                await server.stop()
+
+    try:
+        info = asyncio.run(update())
+    except AssertionError:
+        print(lab.vm.run("sudo journalctl -b --no-pager -u 'edgeagent*' | tail -60").stdout)
+        raise
+    assert info["release"] == new.version
+    assert info["service"] == "systemd"
+    assert info["previous"] == before
+    status = lab.tool("status")
+    assert status["current"] == new.version
+    history = [e["event"] for e in lab.tool("history")["history"]]
+    assert history[-1] == "applied"
+    assert "healthy" in history[-3:]
+    # The agent stayed unprivileged: the root work was the path unit's.
+    owner = lab.vm.run(f"ps -o user= -C edgeagent || systemctl show -p User edgeagent@{lab.device}")
+    assert "root" not in owner.stdout.split()
+    assert call(url, lab.fleet, lab.device, "version_marker", {"data": "m"}, timeout=10) == "v2:m"
