@@ -712,6 +712,7 @@ from .cli_devices import devices  # noqa: E402 - subcommand groups live in their
 from .cli_fleet import broker, fleet_commands  # noqa: E402
 from .cli_image import image  # noqa: E402
 from .cli_models import models  # noqa: E402
+from .cli_rollout import rollout  # noqa: E402
 from .cli_sim import sim  # noqa: E402
 
 main.add_command(bundle)
@@ -722,6 +723,7 @@ main.add_command(models)
 main.add_command(sim)
 main.add_command(broker)
 main.add_command(image)
+main.add_command(rollout)
 for _command in fleet_commands:
     fleet.add_command(_command)
 

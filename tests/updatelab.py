@@ -176,8 +176,9 @@ def pinned_edgeagent_wheel() -> Iterator[None]:
     change under a long test (others edit it), and a new wheel is a new environment for every
     device (a venv built per update)."""
     from edgeagent.deploy import bundle as bundle_mod
+    from edgeagent.deploy import wheelhouse
 
-    real = bundle_mod.edgeagent_wheel
+    real = wheelhouse.edgeagent_wheel
     cached: dict[str, Path] = {}
 
     def pinned(cache: Path, log: Any = lambda _: None) -> Path:

@@ -1,0 +1,580 @@
+"""``edgeagent rollout``: roll a release out to the fleet over MQTT (issue 12; docs/rollouts.md).
+
+Registered on the main command in ``cli.py``. The work is in ``deploy/rollout_run.py`` (the MQTT
+runtime) around ``deploy/rollout_plan.py`` (the decisions); this module parses options, prints
+progress and maps outcomes to exit codes: 0 done with no failure, 1 halted, aborted, failures or
+an error, 2 bad input, 130 stopped driving (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import click
+
+from .errors import EdgeAgentError
+
+if TYPE_CHECKING:
+    from .cli import Ctx
+    from .deploy.rollout_io import Known
+    from .deploy.rollout_plan import Rollout
+    from .deploy.rollout_run import Conn, Outcome
+    from .deploy.rollout_state import WaveStarted
+
+T = TypeVar("T")
+SHOWN = 20  # device names listed per state in text output
+
+
+def _fail(message: object, code: int = 1) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _conn(obj: Ctx) -> Conn:
+    from .deploy.rollout_run import Conn
+
+    try:
+        return Conn(obj.broker_config(), obj.root, obj.fleet)
+    except (EdgeAgentError, ValueError) as exc:
+        _fail(exc, 2)
+
+
+def _run(coro: Coroutine[Any, Any, T], bad_input: int = 1) -> T:
+    """Run ``coro``; a refused input (RolloutError, BundleInvalid) exits ``bad_input``, any
+    other edgeagent error 1."""
+    from .deploy.errors import BundleInvalid
+    from .deploy.rollout_state import RolloutError
+
+    try:
+        return asyncio.run(coro)
+    except (RolloutError, BundleInvalid) as exc:
+        _fail(exc, bad_input)
+    except (EdgeAgentError, ValueError) as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+async def _with_stop(
+    body: Callable[[asyncio.Event], Coroutine[Any, Any, T]],
+) -> T:
+    """Run ``body(stop)``: the first SIGINT/SIGTERM sets ``stop`` (stop driving, cleanly), a
+    second one cancels."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+
+    def on_signal() -> None:
+        if stop.is_set() and task is not None:
+            task.cancel()
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        return await body(stop)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+# Output -------------------------------------------------------------------------------------
+
+
+def _names(devices: list[str]) -> str:
+    more = f" … and {len(devices) - SHOWN} more" if len(devices) > SHOWN else ""
+    return " ".join(devices[:SHOWN]) + more
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def _counts(status: Mapping[str, Any]) -> str:
+    counts = status.get("counts", {})
+    return " · ".join(f"{k} {v}" for k, v in counts.items() if v) or "no device"
+
+
+def format_status(status: Mapping[str, Any], driver: str | None = None) -> str:
+    lines = [
+        f"rollout {status['id']}  {status['phase']}  wave {status['wave']}/{status['waves']}  "
+        f"target {status['version']}" + (f"  (driven by {driver})" if driver else ""),
+        f"  started {_when(status.get('started_at'))}; {status['selected']} devices held "
+        f"(canary {status['canary']}), {status['unmatched']} not matching",
+        f"  {_counts(status)}",
+        f"  failures {status['failures']} of {status['attempted']} attempted "
+        f"(allowed {status['allowed_failures']} by --max-failures {status['max_failures']})",
+    ]
+    if status.get("halted"):
+        lines.append(f"  halted: {status['halted']}")
+    for state, devices in status.get("devices", {}).items():
+        lines.append(f"  {state:<12}{_names(devices)}")
+    reasons = status.get("reasons") or {}
+    if reasons:
+        lines.append("  why:")
+        shown = list(reasons.items())[:SHOWN]
+        lines += [f"    {d}: {why}" for d, why in shown]
+        if len(reasons) > SHOWN:
+            lines.append(f"    … and {len(reasons) - SHOWN} more")
+    return "\n".join(lines)
+
+
+class TextReporter:
+    """Progress of ``rollout start``/``resume``: plain lines, or on a terminal one progress line
+    per wave (failures printed above it)."""
+
+    def __init__(self, *, tty: bool, err: bool) -> None:
+        self.tty = tty
+        self.err = err
+        self._line = False
+        self._wave = ""
+        self._drawn = ""
+
+    def _echo(self, text: str) -> None:
+        if self._line:
+            click.echo("", err=self.err)
+            self._line = False
+        stamp = time.strftime("%H:%M:%S")
+        click.echo(f"{stamp} {text}", err=self.err)
+
+    def selected(self, rollout: Rollout, excluded: Mapping[str, str]) -> None:
+        st = rollout.status(devices=False)
+        counts = st["counts"]
+        self._echo(
+            f"rollout {st['id']}: target {st['version']}; {st['selected']} devices held "
+            f"(canary {st['canary']}, waves ending at {rollout.ends}), "
+            f"{counts['skipped']} already on it, {counts['conflict']} claimed by another "
+            f"rollout, {st['unmatched']} not matching"
+        )
+        if excluded:
+            by_reason: dict[str, list[str]] = {}
+            for d, why in excluded.items():
+                by_reason.setdefault(why, []).append(d)
+            for why, devices in by_reason.items():
+                self._echo(f"not selected ({why}): {_names(sorted(devices))}")
+
+    def wave(self, wave: WaveStarted) -> None:
+        kind = " (canary)" if wave.canary else ""
+        self._wave = f"wave {wave.number}/{wave.of}{kind}"
+        self._echo(f"{self._wave}: {wave.size} device" + ("s" if wave.size != 1 else ""))
+
+    def device(self, device: str, state: str, detail: str) -> None:
+        if self.tty and state in ("updating", "healthy"):
+            return  # the progress line shows them
+        self._echo(f"{device} {state}" + (f": {detail}" if detail else ""))
+
+    def note(self, text: str) -> None:
+        self._echo(text)
+
+    def progress(self, rollout: Rollout) -> None:
+        if not self.tty:
+            return
+        st = rollout.status(devices=False)
+        c = st["counts"]
+        end = rollout.ends[rollout.wave - 1] if rollout.wave else 0
+        done = c["healthy"] + c["failed"] + c["rolled_back"] + c["skipped"]
+        width = 24
+        filled = int(width * min(done, end) / end) if end else 0
+        bar = "#" * filled + "-" * (width - filled)
+        text = (
+            f"\r{self._wave or 'starting'} [{bar}] {min(done, end)}/{end}  updating "
+            f"{c['updating']}  healthy {c['healthy']}  failed {c['failed'] + c['rolled_back']}"
+            f"  offline {c['offline']}  {st['phase']}"
+        )
+        if text != self._drawn or not self._line:
+            click.echo(text + "\x1b[K", nl=False, err=self.err)  # (erase the rest of the line)
+            self._drawn = text
+        self._line = True
+
+    def close(self) -> None:
+        if self._line:
+            click.echo("", err=self.err)
+            self._line = False
+
+
+def _finish(outcome: Outcome, as_json: bool, ctx_fleet: str, bundle: Path) -> NoReturn:
+    if as_json:
+        click.echo(json.dumps(outcome.status, indent=1))
+    else:
+        click.echo(format_status(outcome.status))
+    if outcome.interrupted:
+        rid = outcome.status["id"]
+        click.echo(
+            f"stopped driving rollout {rid} (it stays {outcome.status['phase']}; devices "
+            f"mid-update finish by themselves). Carry on, from any machine, with:\n"
+            f"  edgeagent --fleet {ctx_fleet} rollout resume {rid} --bundle {bundle}",
+            err=True,
+        )
+    sys.exit(outcome.code)
+
+
+# Commands -------------------------------------------------------------------------------------
+
+
+@click.group()
+def rollout() -> None:
+    """Roll a release out to the fleet over MQTT: canary first, waves gated on health, automatic
+    halt and roll-back on failures; the state is kept on the broker (docs/rollouts.md)."""
+
+
+@rollout.command("start")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--where",
+    "where",
+    multiple=True,
+    metavar="TAG=VALUE[,…]",
+    help="Only devices whose tags match (repeatable), e.g. kind=lamp.",
+)
+@click.option("--canary", default=1, show_default=True, help="Devices updated first, alone.")
+@click.option(
+    "--waves",
+    default="10%,50%,100%",
+    show_default=True,
+    help="Cumulative shares of the devices; each wave waits for the one before.",
+)
+@click.option(
+    "--max-failures",
+    default="5%",
+    show_default=True,
+    help="Failures tolerated: a count (3) or a share of the attempted (5%).",
+)
+@click.option("--parallel", default=10, show_default=True, help="Devices updating at once.")
+@click.option(
+    "--only-changed",
+    is_flag=True,
+    help="Recorded in the rollout; devices always fetch only the files they lack.",
+)
+@click.option(
+    "--confirm-within",
+    default=120.0,
+    show_default=True,
+    help="Seconds a device's new release has to pass its own health check (10-3600).",
+)
+@click.option(
+    "--deadline",
+    default=600.0,
+    show_default=True,
+    help="Seconds without a report after which an update counts as failed.",
+)
+@click.option(
+    "--wait-offline",
+    default=0.0,
+    show_default=True,
+    help="Seconds to wait at the end for offline devices to return (then pending).",
+)
+@click.option("--id", "rollout_id", default=None, help="Rollout id (default r-DATE-TIME-XXXX).")
+@click.option("--json", "as_json", is_flag=True, help="Print the final status as JSON.")
+@click.option(
+    "--detach",
+    is_flag=True,
+    help="Drive it from a background process; follow with `rollout status --watch`.",
+)
+@click.pass_context
+def rollout_start(
+    ctx: click.Context,
+    bundle: Path,
+    where: tuple[str, ...],
+    canary: int,
+    waves: str,
+    max_failures: str,
+    parallel: int,
+    only_changed: bool,
+    confirm_within: float,
+    deadline: float,
+    wait_offline: float,
+    rollout_id: str | None,
+    as_json: bool,
+    detach: bool,
+) -> None:
+    """Update the fleet's devices to BUNDLE: a bundle folder, or a folder of bundles, one per
+    device (a bundle runs one device's agent config). Devices get it by `system.update`, the
+    content files from this process over MQTT; devices already on it are skipped, devices
+    claimed by another active rollout are left alone (conflict)."""
+    from .deploy.rollout_io import load_release
+    from .deploy.rollout_run import start_rollout
+    from .deploy.rollout_state import RolloutError, RolloutSpec, parse_max_failures, parse_waves
+    from .protocol import check_name
+    from .routing import parse_where
+
+    obj: Ctx = ctx.obj
+    rid = rollout_id or f"r-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+    try:
+        check_name(rid, "rollout id")
+        if len(rid) > 100:
+            raise RolloutError(f"--id: {len(rid)} characters, at most 100")
+        selector: dict[str, str] = {}
+        for w in where:
+            selector.update(parse_where(w))
+        if not 10 <= confirm_within <= 3600:
+            raise RolloutError(f"--confirm-within: {confirm_within:g} s is not within 10-3600")
+        if deadline <= confirm_within:
+            raise RolloutError(
+                f"--deadline {deadline:g} s must be longer than --confirm-within "
+                f"{confirm_within:g} s (a new release may be silent until it is confirmed)"
+            )
+        wave_shares = parse_waves(waves)
+        parse_max_failures(max_failures)
+        release = load_release(bundle)  # the options first: they are cheaper to check
+        spec = RolloutSpec(
+            id=rid, version=release.label, bundle_hash=release.content_hash, where=selector,
+            canary=canary, waves=wave_shares, max_failures=max_failures,
+            parallel=parallel, only_changed=only_changed, confirm_within=confirm_within,
+            deadline=deadline, wait_offline=wait_offline,
+        )  # fmt: skip
+    except (EdgeAgentError, ValueError) as exc:
+        _fail(exc, 2)
+    conn = _conn(obj)
+    if detach:
+        _detach(ctx, rid)
+    tty = sys.stdout.isatty() and not as_json
+    reporter = TextReporter(tty=tty, err=as_json)
+    try:
+        outcome = _run(_with_stop(lambda stop: start_rollout(conn, release, spec, reporter, stop)),
+                       bad_input=2)  # fmt: skip
+    finally:
+        reporter.close()
+    _finish(outcome, as_json, obj.fleet, bundle)
+
+
+def _detach(ctx: click.Context, rid: str) -> NoReturn:
+    """Start this same command in a background process (without --detach, with --id) and
+    return once its rollout is on the broker."""
+    from .deploy.rollout_io import read_rollouts
+    from .deploy.rollout_run import open_fleet
+
+    root = ctx.find_root()
+    argv = [sys.executable, "-m", "edgeagent.cli"]
+    for name, flag in (
+        ("broker", "--broker"),
+        ("broker_file", "--broker-config"),
+        ("fleet", "--fleet"),
+        ("root", "--root"),
+        ("log_level", "--log-level"),
+    ):
+        value = root.params.get(name)
+        if value is not None:
+            argv += [flag, str(value)]
+    argv += ["rollout", "start", str(Path(ctx.params["bundle"]).resolve())]
+    for param in ctx.command.params:
+        name = param.name or ""
+        value = ctx.params.get(name)
+        if name in ("bundle", "detach", "rollout_id", "as_json") or not isinstance(
+            param, click.Option
+        ):
+            continue
+        flag = param.opts[0]
+        if param.is_flag:
+            argv += [flag] if value else []
+        elif param.multiple:
+            for v in value or ():
+                argv += [flag, str(v)]
+        else:
+            argv += [flag, str(value)]
+    argv += ["--id", rid]
+    logs = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
+    log_file = logs / "edgeagent" / "rollouts" / f"{rid}.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("ab") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                start_new_session=True)  # fmt: skip
+    obj: Ctx = ctx.obj
+    conn = _conn(obj)
+
+    async def wait_started() -> bool:
+        deadline = time.monotonic() + 60
+        async with open_fleet(conn) as fleet:
+            while time.monotonic() < deadline and proc.poll() is None:
+                if rid in await read_rollouts(fleet.transport, fleet.topics, rid):
+                    return True
+                await asyncio.sleep(0.5)
+        return False
+
+    if not _run(wait_started()):
+        tail = log_file.read_text(errors="replace").strip().splitlines()[-5:]
+        _fail(f"the background rollout did not start (log {log_file}):\n" + "\n".join(tail),
+              proc.returncode if proc.returncode in (1, 2) else 1)  # fmt: skip
+    click.echo(
+        f"rollout {rid} driven in the background (pid {proc.pid}, log {log_file}); follow it "
+        f"with `edgeagent --fleet {obj.fleet} rollout status {rid} --watch`"
+    )
+    sys.exit(0)
+
+
+def _pick(known: Mapping[str, Known], rollout_id: str | None) -> list[str]:
+    """The rollouts ``status`` shows: the one named, else the active ones, else the latest."""
+    if rollout_id is not None:
+        if rollout_id not in known:
+            _fail(f"no rollout {rollout_id} in this fleet")
+        return [rollout_id]
+    active = sorted((rid for rid, k in known.items() if not k.finished),
+                    key=lambda rid: known[rid].started_at)  # fmt: skip
+    return active or ([max(known, key=lambda rid: known[rid].started_at)] if known else [])
+
+
+def _record(k: Known, devices: bool = True) -> dict[str, Any]:
+    if k.rollout is None:
+        return {"error": k.error, "driver": k.driver}
+    return {**k.rollout.status(devices=devices), "driver": k.driver}
+
+
+@rollout.command("status")
+@click.argument("rollout_id", required=False)
+@click.option(
+    "--watch", is_flag=True, help="Keep printing as it changes (waiting for it), until it ends."
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON (one line per change with --watch)."
+)
+@click.pass_obj
+def rollout_status(obj: Ctx, rollout_id: str | None, watch: bool, as_json: bool) -> None:
+    """Phase, wave, counts per state, failures against the threshold and the devices per state
+    of rollout ROLLOUT_ID (default: the active ones, else the latest), from the broker."""
+    from .deploy.rollout_io import describe_driver, read_rollouts
+    from .deploy.rollout_run import open_fleet
+
+    conn = _conn(obj)
+
+    async def once(fleet: Any) -> tuple[list[dict[str, Any]], bool] | None:
+        known = await read_rollouts(fleet.transport, fleet.topics, rollout_id)
+        if watch and rollout_id is not None and rollout_id not in known:
+            return None  # not started yet: wait for it
+        picked = _pick(known, rollout_id)
+        records = [{"id": rid, **_record(known[rid])} for rid in picked]
+        over = all(known[rid].finished for rid in picked)
+        return records, over
+
+    def show(records: list[dict[str, Any]], single: bool) -> None:
+        if as_json:
+            body: Any = records[0] if single and records else records
+            click.echo(json.dumps(body, indent=None if watch else 1))
+            return
+        if not records:
+            click.echo("no rollout in this fleet")
+        for rec in records:
+            if "error" in rec:
+                click.echo(f"rollout {rec['id']}: unreadable state: {rec['error']}")
+            else:
+                driver = describe_driver(rec.get("driver"))
+                click.echo(format_status(rec, None if driver == "none" else driver))
+
+    async def main() -> None:
+        async with open_fleet(conn) as fleet:
+            last = None
+            while True:
+                got = await once(fleet)
+                if got is None:
+                    await asyncio.sleep(1.0)
+                    continue
+                records, over = got
+                key = json.dumps(records, sort_keys=True, default=str)
+                if key != last:
+                    if watch and not as_json and sys.stdout.isatty():
+                        click.clear()
+                    show(records, rollout_id is not None)
+                    last = key
+                if not watch or over:
+                    return
+                await asyncio.sleep(1.0)
+
+    _run(main())
+
+
+@rollout.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@click.pass_obj
+def rollout_ls(obj: Ctx, as_json: bool) -> None:
+    """Every rollout kept on the broker, oldest first: phase, wave, counts, driver."""
+    from .deploy.rollout_io import describe_driver, read_rollouts
+    from .deploy.rollout_run import open_fleet
+
+    async def main() -> dict[str, Known]:
+        async with open_fleet(_conn(obj)) as fleet:
+            return await read_rollouts(fleet.transport, fleet.topics)
+
+    known = _run(main())
+    order = sorted(known, key=lambda rid: (known[rid].started_at, rid))
+    records = [{"id": rid, **_record(known[rid], devices=False)} for rid in order]
+    if as_json:
+        click.echo(json.dumps(records, indent=1))
+        return
+    if not records:
+        click.echo("no rollout in this fleet")
+    for rec in records:
+        if "error" in rec:
+            click.echo(f"{rec['id']:<28} unreadable: {rec['error']}")
+            continue
+        click.echo(
+            f"{rec['id']:<28} {rec['phase']:<8} wave {rec['wave']}/{rec['waves']}  "
+            f"{rec['version']:<20} {_counts(rec)}  started {_when(rec['started_at'])}  "
+            f"driver {describe_driver(rec.get('driver'))}"
+        )
+
+
+def _command(obj: Ctx, rollout_id: str, what: str) -> None:
+    from .deploy.rollout_run import command
+
+    click.echo(_run(command(_conn(obj), rollout_id, what)))
+
+
+@rollout.command("pause")
+@click.argument("rollout_id")
+@click.pass_obj
+def rollout_pause(obj: Ctx, rollout_id: str) -> None:
+    """No new device starts; updates under way go on."""
+    _command(obj, rollout_id, "pause")
+
+
+@rollout.command("abort")
+@click.argument("rollout_id")
+@click.pass_obj
+def rollout_abort(obj: Ctx, rollout_id: str) -> None:
+    """Stop for good: no new start, no roll-back; the devices it held are free again."""
+    _command(obj, rollout_id, "abort")
+
+
+@rollout.command("resume")
+@click.argument("rollout_id")
+@click.option(
+    "--bundle",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Drive it from this process (when none does): the rollout's release.",
+)
+@click.option("--json", "as_json", is_flag=True, help="With --bundle: the final status as JSON.")
+@click.pass_obj
+def rollout_resume(obj: Ctx, rollout_id: str, bundle: Path | None, as_json: bool) -> None:
+    """Resume a paused rollout. With --bundle and no process driving it (stopped, killed, or on
+    another machine), drive it from here from its state on the broker, to its end."""
+    from .deploy.rollout_io import load_release, read_rollouts
+    from .deploy.rollout_run import open_fleet, resume_rollout
+
+    conn = _conn(obj)
+
+    async def driven() -> bool:
+        async with open_fleet(conn) as fleet:
+            k = (await read_rollouts(fleet.transport, fleet.topics, rollout_id)).get(rollout_id)
+            return k is not None and k.driven
+
+    if bundle is None or _run(driven()):
+        _command(obj, rollout_id, "resume")
+        return
+    release = _run(asyncio.to_thread(load_release, bundle), bad_input=2)
+    reporter = TextReporter(tty=sys.stdout.isatty() and not as_json, err=as_json)
+    try:
+        outcome = _run(
+            _with_stop(lambda stop: resume_rollout(conn, rollout_id, release, reporter, stop)),
+            bad_input=2,
+        )
+    finally:
+        reporter.close()
+    _finish(outcome, as_json, obj.fleet, bundle)
