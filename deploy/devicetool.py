@@ -766,13 +766,15 @@ def _install(dev: Device, version: str) -> dict[str, Any]:
     return {"version": data["version"], "installed": True, "env_built": env_built}
 
 
-def _arm_rollback(dev: Device, seconds: float) -> None:
+def _arm_rollback(dev: Device, switch: str, seconds: float) -> None:
+    """Arm the timer that undoes switch ``switch`` unless it is confirmed within ``seconds``.
+    The timer acts on that switch only: a timer of an earlier switch that fires late finds
+    another switch id pending (or none) and does nothing."""
     tool = str(Path(__file__).resolve())
+    which = ["--switch", switch]
     if dev.service_kind() == "systemd":
-        # A unit name of its own per switch: no stop/reset of an earlier timer needed (an
-        # earlier one that fires finds nothing pending for it, or the same pending switch).
-        stamp = time.strftime("%Y%m%d%H%M%S") + f"{time.time() % 1:.3f}"[2:]
-        name = f"edgeagent-rollback-{dev.info().get('device', 'agent')}-{stamp}"
+        # A unit name of its own per switch: no stop/reset of an earlier timer needed.
+        name = f"edgeagent-rollback-{dev.info().get('device', 'agent')}-{switch}"
         _run(
             [
                 "systemd-run",
@@ -784,6 +786,7 @@ def _arm_rollback(dev: Device, seconds: float) -> None:
                 "--root",
                 str(dev.root),
                 "auto-rollback",
+                *which,
             ]
         )
     else:
@@ -794,6 +797,7 @@ def _arm_rollback(dev: Device, seconds: float) -> None:
                 "--root",
                 str(dev.root),
                 "auto-rollback",
+                *which,
                 "--after",
                 str(seconds),
             ],
@@ -824,8 +828,10 @@ def _activate(dev: Device, version: str, confirm_within: float) -> dict[str, Any
     if cur == version and not dev.pending():
         dev.restart()
         return {"current": version, "previous": dev.link("previous"), "switched": False}
+    switch = time.strftime("%Y%m%d%H%M%S") + "-" + os.urandom(3).hex()
     pending = {
         "version": version,
+        "switch": switch,
         "previous": cur,
         "boot_id": _boot_id(),
         "deadline": time.time() + confirm_within,
@@ -839,7 +845,7 @@ def _activate(dev: Device, version: str, confirm_within: float) -> dict[str, Any
         dev.set_link("previous", cur)
     dev.set_link("current", version)
     dev.record("activated", version=version, previous=cur)
-    _arm_rollback(dev, confirm_within)
+    _arm_rollback(dev, switch, confirm_within)
     dev.restart()
     return {"current": version, "previous": cur, "switched": True}
 
@@ -892,13 +898,28 @@ def cmd_rollback(dev: Device, args: argparse.Namespace) -> dict[str, Any]:
         return _rollback(dev, args.to, args.reason)
 
 
+def _still_pending(dev: Device, switch: str | None) -> dict[str, Any] | None:
+    """The pending switch this timer was armed for (any pending one for a timer armed by an
+    older device tool, which passed no id), or None once it is confirmed, undone or replaced."""
+    pending = dev.pending()
+    if pending is None or pending.get("version") != dev.link("current"):
+        return None
+    if switch is not None and pending.get("switch") != switch:
+        return None
+    return pending
+
+
 def cmd_auto_rollback(dev: Device, args: argparse.Namespace) -> dict[str, Any]:
-    """Run by the timer armed at activation: roll back if the switch was never confirmed."""
-    if args.after:
-        time.sleep(args.after)
+    """Run by the timer armed at activation: roll back if the switch was never confirmed. In
+    process mode (``--after``) it waits here, looking once a second whether the switch was
+    confirmed (then it exits at once rather than sleeping on)."""
+    end = time.monotonic() + args.after
+    while (left := end - time.monotonic()) > 0:
+        time.sleep(min(1.0, left))
+        if _still_pending(dev, args.switch) is None:
+            return {"rolled_back": False}
     with dev.locked():
-        pending = dev.pending()
-        if pending is None or pending.get("version") != dev.link("current"):
+        if _still_pending(dev, args.switch) is None:
             return {"rolled_back": False}
         result = _rollback(dev, None, "not confirmed healthy in time")
         return {"rolled_back": True, **result}
@@ -1092,6 +1113,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--reason", default="asked for")
     ar = sub.add_parser("auto-rollback")
     ar.add_argument("--after", type=float, default=0.0)
+    ar.add_argument("--switch", help="the switch this timer is for (pending.json's 'switch')")
     h = sub.add_parser("history")
     h.add_argument("--limit", type=int, default=50)
     lg = sub.add_parser("logs")

@@ -252,6 +252,30 @@ def test_unconfirmed_switch_is_undone_by_the_device(lab: Lab) -> None:
     assert "not confirmed" in events[-1]["reason"]
 
 
+def test_an_earlier_switchs_timer_leaves_a_later_switch_alone(lab: Lab) -> None:
+    """Switch to B (timer 3 s) and confirm it; a later switch is pending when B's timer fires
+    (written here as the device tool writes it, so no agent can confirm it first): the timer
+    finds another switch id pending and leaves it; before the fix it rolled that switch back."""
+    status = lab.tool("status")
+    cur = status["current"]
+    releases = status["releases"]
+    assert isinstance(releases, list)
+    other = str(next(v for v in reversed(releases) if v != cur))
+    lab.tool("activate", other, "--confirm-within", "3")
+    lab.tool("commit", other)
+    later = {"version": other, "switch": "later-switch", "previous": cur, "boot_id": "",
+             "deadline": time.time() + 600}  # fmt: skip
+    (lab.root / "pending.json").write_text(json.dumps(later))
+    time.sleep(5)  # B's timer has fired by now (its process looks once a second)
+    assert lab.current() == other
+    assert lab.tool("status")["pending"] == later
+    events = [e["event"] for e in lab.tool("history")["history"]]  # type: ignore[union-attr]
+    last_switch = len(events) - 1 - events[::-1].index("activated")
+    assert "rolled_back" not in events[last_switch:], events[last_switch:]
+    lab.tool("commit", other)
+    assert lab.tool("status")["pending"] is None
+
+
 def test_device_tool_refuses_hostile_manifests() -> None:
     ok = {
         "kind": "edgeagent-bundle",

@@ -58,10 +58,7 @@ from tests.updatelab import (
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(300)]
 
 N = 6
-#: --confirm-within of the rollouts here. The device tool's rollback timer of a switch rolls back
-#: whatever switch is pending when it fires, even a later one (deploy/devicetool.py
-#: cmd_auto_rollback), so a device is not switched again before the last timer has fired:
-#: :meth:`Lab.settle`.
+#: --confirm-within of the rollouts here: a switch not confirmed by then is undone by the device.
 CONFIRM = "15"
 
 
@@ -80,7 +77,6 @@ class Lab:
     def release(self, marker: str, *, broken: bool = False) -> Path:
         """Build the next release, one bundle per device, with ``version_marker`` answering
         ``MARKER:…`` (and raising on import when ``broken``)."""
-        self.settle()
         stop_drivers(self, abort=True)  # what a failed test left running would hold devices
         name = marker + ("-broken" if broken else "")
         for d in self.devices:
@@ -88,17 +84,6 @@ class Lab:
         build_set(self.devices, self.work / "rel" / name, self.cache, check_import=not broken)
         self.releases[name] = self.work / "rel" / name
         return self.releases[name]
-
-    def settle(self) -> None:
-        """Wait until the rollback timers of the devices' last switches have fired."""
-        last = 0.0
-        for d in self.devices:
-            with contextlib.suppress(OSError):
-                for line in (d.root / "history.jsonl").read_text().splitlines():
-                    event = json.loads(line)
-                    if event.get("event") == "activated":
-                        last = max(last, float(event["ts"]))
-        time.sleep(max(0.0, last + float(CONFIRM) + 1 - time.time()))
 
     def argv(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "edgeagent.cli", "--broker", self.broker,
@@ -450,7 +435,6 @@ def test_release_the_devices_refuse_halts_without_a_rollback_call(lab: Lab) -> N
     # Signed by a key the devices do not trust: the canary fetches it, its device tool refuses
     # it (`failed`), and it never switched: the driver records it as back on its release
     # without calling system.rollback.
-    lab.settle()
     stop_drivers(lab, abort=True)
     before = lab.releases_now()
     key, pub = lab.work / "stranger.key", lab.work / "stranger.pub"
