@@ -14,14 +14,23 @@ every enrolled identity (``pattern`` lines: they apply to every authenticated cl
 a device D (``user D``)
     writes ``B/dev/D/state``, ``…/manifest`` (both retained), ``…/health``, ``B/dev/D/event/+``;
     reads ``B/dev/D/call/+``; writes replies to ``B/client/+/reply`` and ``B/client/+/fwd``.
+    For updates (agent/system.py, deploy/transfer_mqtt.py): writes its reports on
+    ``B/dev/D/update`` and file requests on ``B/files/+/get``, reads its file replies on
+    ``B/dev/D/files/in``; its self-test calls its own ``B/dev/D/call/_ping`` and is answered on
+    ``B/dev/D/update/self-test``.
 a coordinator
     reads (and shares) ``B/coord/call/+`` and the events its rules follow; forwards to
-    ``B/dev/+/call/+``; replies to ``B/client/+/reply``.
+    ``B/dev/+/call/+`` except the system skills (a ``deny`` line each: mosquitto applies denials
+    before grants); replies to ``B/client/+/reply``.
 an operator
-    calls anything: ``B/dev/+/call/+`` and ``B/coord/call/+``.
+    calls anything: ``B/dev/+/call/+`` and ``B/coord/call/+``, the system skills too (only
+    operators may). Rollouts (deploy/rollout_io.py): reads and writes ``B/rollout/#`` (states,
+    driver records, control); reads the devices' ``B/dev/+/update`` reports; serves files: reads
+    ``B/files/+/get``, writes ``B/dev/+/files/in``.
 grants (devices and clients)
     ``SKILL``: ``B/dev/+/call/SKILL`` and ``B/coord/call/SKILL``; ``DEVICE/SKILL``:
-    ``B/dev/DEVICE/call/SKILL``.
+    ``B/dev/DEVICE/call/SKILL``. A grant of a system skill (``system.*``) gives nothing but an
+    operator; nor is a system skill ever opened to everyone as a read skill.
 
 A skill no enrolled device declares is treated as ``actuate``: only operators, coordinators and
 grantees may call it. mosquitto's ACL is an allow-list: anything not listed is refused (a refused
@@ -34,6 +43,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .fleetdir import BrokerSettings, FleetRegistry, Identity
+from .protocol import SYSTEM_PREFIX, SYSTEM_SKILLS
 
 #: Shared-subscription groups matched by the coordinator's rules (any group name).
 _ANY_GROUP = "$share/+/"
@@ -64,8 +74,12 @@ class BrokerFiles:
 
 
 def skill_effects(registry: FleetRegistry) -> dict[str, dict[str, str]]:
-    """``{device: {skill: side_effect}}`` over the active devices."""
-    return {d.name: dict(d.skills) for d in registry.active("device")}
+    """``{device: {skill: side_effect}}`` over the active devices; the system skills left out
+    (only operators call them, whatever a device declares)."""
+    return {
+        d.name: {s: e for s, e in d.skills.items() if not s.startswith(SYSTEM_PREFIX)}
+        for d in registry.active("device")
+    }
 
 
 def coord_read_skills(registry: FleetRegistry) -> list[str]:
@@ -86,7 +100,8 @@ def read_calls(registry: FleetRegistry) -> list[str]:
     """
     base = registry.topics.base
     effects = skill_effects(registry)
-    everywhere = set(coord_read_skills(registry)) if all(effects.values()) else set()
+    declared = all(d.skills for d in registry.active("device"))
+    everywhere = set(coord_read_skills(registry)) if declared else set()
     calls = [f"{base}/dev/+/call/{s}" for s in sorted(everywhere)]
     for device, skills in sorted(effects.items()):
         calls += [
@@ -101,7 +116,9 @@ def _grant_lines(base: str, grants: list[str]) -> list[str]:
     lines = []
     for g in grants:
         device, sep, skill = g.rpartition("/")
-        if sep:
+        if skill.startswith(SYSTEM_PREFIX):
+            lines.append(f"# grant {g} ignored: only operators call the system skills")
+        elif sep:
             lines.append(f"topic write {base}/dev/{device}/call/{skill}")
         else:
             lines += [
@@ -123,6 +140,11 @@ def _user_lines(base: str, ident: Identity) -> list[str]:
             f"topic read {dev}/call/+",
             f"topic write {base}/client/+/reply",
             f"topic write {base}/client/+/fwd",
+            f"topic write {dev}/update",
+            f"topic write {dev}/call/_ping",
+            f"topic readwrite {dev}/update/self-test",
+            f"topic write {base}/files/+/get",
+            f"topic read {dev}/files/in",
         ]
     elif ident.role == "coordinator":
         lines = [
@@ -131,9 +153,17 @@ def _user_lines(base: str, ident: Identity) -> list[str]:
             f"topic read {_ANY_GROUP}{base}/dev/+/event/+",
             f"topic write {base}/dev/+/call/+",
             f"topic write {base}/client/+/reply",
+            *[f"topic deny {base}/dev/+/call/{s}" for s in SYSTEM_SKILLS],
         ]
     elif ident.role == "operator":
-        lines = [f"topic write {base}/dev/+/call/+", f"topic write {base}/coord/call/+"]
+        return [  # it calls everything: grants add nothing
+            f"topic write {base}/dev/+/call/+",
+            f"topic write {base}/coord/call/+",
+            f"topic readwrite {base}/rollout/#",
+            f"topic read {base}/dev/+/update",
+            f"topic read {base}/files/+/get",
+            f"topic write {base}/dev/+/files/in",
+        ]
     else:
         lines = []
     return lines + _grant_lines(base, ident.grants)

@@ -187,6 +187,7 @@ class DeviceAgent:
         self._executor: concurrent.futures.Executor | None = executor
         self._own_executor = executor is None
         self._draining = False
+        self._updating: str | None = None  # why, while the state says "updating"
         # Made when needed: an idle agent holds no event (a simulated fleet has 100,000).
         self._stopped: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
@@ -310,8 +311,20 @@ class DeviceAgent:
             release=self.config.release,
         )
 
+    async def set_updating(self, updating: bool, reason: str = "updating") -> None:
+        """Say on the retained state that this device is about to restart into another release
+        (``updating``, with ``reason``: coordinators route nothing to it, calls made to it by
+        name are still served) or, with False, that it serves as before (``online``). Kept
+        across reconnects; a drain's ``draining`` wins."""
+        self._updating = reason if updating else None
+        if self._draining or self._tg is None or not self.transport.connected:
+            return  # the next (re)connect announces it
+        await self._publish_state("updating" if updating else "online", self._updating)
+
     async def _publish_state(
-        self, status: Literal["online", "offline", "draining"], reason: str | None = None
+        self,
+        status: Literal["online", "offline", "draining", "updating"],
+        reason: str | None = None,
     ) -> None:
         msg = StateMessage(
             device=self.device_id,
@@ -327,7 +340,12 @@ class DeviceAgent:
         await self.transport.publish(
             self.topics.manifest(self.device_id), encode(self.manifest()), qos=1, retain=True
         )
-        await self._publish_state("draining" if self._draining else "online")
+        if self._draining:
+            await self._publish_state("draining")
+        elif self._updating is not None:
+            await self._publish_state("updating", self._updating)
+        else:
+            await self._publish_state("online")
 
     def health(self) -> Health:
         slots = self._slots.values()

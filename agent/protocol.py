@@ -67,6 +67,10 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
     "internal",
 )
 SideEffect = Literal["read", "actuate"]
+#: The skills of a deployed agent (agent/system.py); the broker's ACL lets only operators call
+#: them (agent/brokerconf.py). Names starting with this prefix are reserved for them.
+SYSTEM_PREFIX = "system."
+SYSTEM_SKILLS = ("system.info", "system.update", "system.rollback", "system.restart")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 NAME_PATTERN = _NAME_RE.pattern
@@ -181,8 +185,10 @@ class StateMessage(_Message):
 
     type: Literal["state"] = "state"
     device: str = Field(description="Device id.")
-    status: Literal["online", "offline", "draining"] = Field(
-        description="online: serving; draining: finishing in-flight calls; offline: gone."
+    status: Literal["online", "offline", "draining", "updating"] = Field(
+        description="online: serving; draining: finishing in-flight calls; offline: gone; "
+        "updating: about to restart into another release (still answers calls made to it, "
+        "coordinators route none to it)."
     )
     ts: float | None = Field(default=None, description="Unix time of the change, seconds.")
     reason: str | None = Field(default=None, description="Why the state changed, if known.")

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from .errors import EdgeAgentError, Unavailable
 from .skills import SkillSet, skill
 from .transport.base import Props
 
@@ -46,6 +47,9 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 MAX_MANIFEST = 4 * 1024 * 1024
 SELF_TEST_TIMEOUT = 10.0
 APPLY_WAIT = 60.0
+#: What a system skill answers (``unavailable``) before :meth:`SystemSkills.run` has taken hold
+#: of the agent: the agent announces itself online while it connects, a moment before that.
+STARTING = "the system skills are starting (retry in a moment)"
 
 
 class SystemInfo(BaseModel):
@@ -135,8 +139,16 @@ class SystemSkills(SkillSet):
             return None
         return str(data.get("version")) if isinstance(data, dict) else None
 
+    def _ready(self) -> Any:
+        """The agent, once :meth:`run` has it; until then every system skill is
+        ``unavailable``: an update accepted before could never be reported (nor fetch)."""
+        if self._agent is None:
+            raise Unavailable(STARTING)
+        return self._agent
+
     @skill(name="system.info", side_effect="read", description="Release, uptime, space, Python.")
     async def info(self) -> SystemInfo:
+        self._ready()
         try:
             free: int | None = shutil.disk_usage(self.root).free
         except OSError:
@@ -163,6 +175,7 @@ class SystemSkills(SkillSet):
         description="Update to a signed bundle: fetch what is missing, verify, switch, self-check.",
     )
     async def update(self, req: UpdateRequest) -> UpdateAccepted:
+        self._ready()
         manifest = _parse_manifest(req.manifest)
         version = str(manifest["version"])
         info = self._info()
@@ -207,6 +220,7 @@ class SystemSkills(SkillSet):
         total = sum(size for _, size in wanted)
         stage = self.spool / "stage"
         store = stage / "store"
+        switching = False
         try:
             store.mkdir(parents=True, exist_ok=True)
             self._publish("downloading", version, rollout=req.rollout, total=total, done=0)
@@ -245,17 +259,33 @@ class SystemSkills(SkillSet):
             (incoming / "bundle.json").write_text(req.manifest)
             (incoming / "bundle.json.minisig").write_text(req.signature)
             self._publish("applying", version, rollout=req.rollout, total=total, done=total)
+            switching = True  # about to restart: coordinators stop routing to this device
+            await self._set_updating(True, f"updating to {version}")
             result = await self._apply(
                 {"action": "update", "version": version, "confirm_within": req.confirm_within_s}
             )
             if result is not None and not result.get("ok"):
                 self._publish("failed", version, rollout=req.rollout, error=result.get("error"))
+            if result is None or not result.get("ok"):
+                # Not switched (or no word from the tool in time, and this process lives on):
+                # serving as before.
+                await self._set_updating(False)
             # On success the tool restarts the agent into the new release, which self-checks.
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # reported, never raised: the agent keeps serving
             log.warning("update to %s failed: %s", version, exc)
             self._publish("failed", version, rollout=req.rollout, error=str(exc)[:500])
+            if switching:
+                await self._set_updating(False)
+
+    async def _set_updating(self, updating: bool, reason: str = "updating") -> None:
+        """The agent's retained state: ``updating`` while the tool switches releases, else
+        ``online`` (agent/device.py ``DeviceAgent.set_updating``); best effort."""
+        try:
+            await self._ready().set_updating(updating, reason)
+        except EdgeAgentError as exc:
+            log.warning("state %s not published: %s", "updating" if updating else "online", exc)
 
     async def _apply(
         self, request: dict[str, Any], wait: float = APPLY_WAIT
@@ -293,13 +323,22 @@ class SystemSkills(SkillSet):
         name="system.rollback", side_effect="actuate", description="Back to the previous release."
     )
     async def rollback(self) -> Done:
-        result = await self._apply({"action": "rollback", "reason": "system.rollback"})
+        self._ready()
+        await self._set_updating(True, "rolling back")
+        try:
+            result = await self._apply({"action": "rollback", "reason": "system.rollback"})
+        except Exception:
+            await self._set_updating(False)
+            raise
+        if result is None or not result.get("ok"):
+            await self._set_updating(False)  # not replaced (yet): serving as before
         if result is None:
             return Done(ok=True, detail="rolling back (this agent is being replaced)")
         return Done(ok=bool(result.get("ok")), detail=str(result.get("error") or result))
 
     @skill(name="system.restart", side_effect="actuate", description="Restart the agent.")
     async def restart(self) -> Done:
+        self._ready()
         result = await self._apply({"action": "restart"}, wait=2.0)
         return Done(ok=result is None or bool(result.get("ok")), detail="restarting")
 

@@ -5,11 +5,13 @@ Inputs: every device's ``…/dev/{device}/update`` report (agent/system.py) abou
 (``rollout`` is its id) or its target version; a retained one only when it tells what a device
 under way did while nobody listened. State and manifest messages say which devices are online
 and on what release. Control messages (pause, resume, abort) on ``…/rollout/{id}/control``.
-Outputs: ``system.update`` (a refused or unanswered call is a failure) and ``system.rollback``
-calls (only to a device that switched: one still on its old release is rolled back already),
-the planner's state retained on ``…/rollout/{id}`` at most once a second and on every phase or
-wave change, and what happens to the :class:`Reporter`. The content files are served by a
-``FileServer`` named ``rollout-{id}`` while the driver runs.
+Outputs: ``system.update`` (an ``unavailable`` answer is asked again a few times, shortly; a
+refused or unanswered call is a failure) and ``system.rollback`` calls (only to a device that
+switched: one still on its old release is rolled back already), the planner's state retained
+on ``…/rollout/{id}`` at most once a second and on every phase or wave change, and what happens
+to the :class:`Reporter`. The content files are served by a ``FileServer`` named
+``rollout-{id}`` while the driver runs. Time is the fleet's clock
+(``Fleet.clock``): the simulator drives a rollout on virtual time.
 """
 
 from __future__ import annotations
@@ -17,13 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..client import Fleet
-from ..errors import EdgeAgentError, TransportError
+from ..errors import EdgeAgentError, TransportError, Unavailable
 from ..protocol import Manifest, StateMessage
 from ..transport.base import Inbound
 from .rollout_io import (
@@ -66,11 +67,10 @@ CALL_TIMEOUT = 30.0
 ROLLBACK_WAIT = 60.0
 #: A retained report older than the rollout by more than this is history (clock skew allowed).
 SKEW = 60.0
-#: A device that has just come online is given this long before ``system.update``: the agent
-#: announces itself online while it connects, before its system skills have taken hold of the
-#: agent (agent/system.py ``SystemSkills.run``), and an update asked for in between is accepted
-#: but then never reported on.
-SETTLE_ONLINE = 2.0
+#: ``system.update`` answered ``unavailable`` is asked again after these pauses (seconds), then
+#: it is a failure: an agent that has just come online answers so until its system skills have
+#: taken hold of it (agent/system.py ``SystemSkills.run``), a moment; one shutting down, too.
+UNAVAILABLE_RETRIES = (0.25, 0.5, 1.0, 2.0)
 _PROGRESS = {"downloading", "applying", "verifying"}
 
 
@@ -131,7 +131,6 @@ class Driver:
         self._tasks: set[asyncio.Task[None]] = set()
         self._releases: dict[str, str | None] = {}  # as the devices announce them
         self._online: dict[str, bool] = {}
-        self._came_online: dict[str, float] = {}  # monotonic time, while it matters
         # Devices whose next change is printed: those updating (a resumed rollout's too).
         self._shown: dict[str, State] = {
             d: State.UPDATING for d in rollout.ids if rollout.state_of(d) == State.UPDATING
@@ -197,8 +196,6 @@ class Driver:
             elif isinstance(msg, StateMessage):
                 online = msg.status == "online"
                 if online != self._online.get(d):
-                    if online and d in self._online:  # came back (not the first view of it)
-                        self._came_online[d] = time.monotonic()
                     self._online[d] = online
                     event = DeviceOnline(d, norm(d, self._releases.get(d))) if online else None
                     self._push(event or DeviceOffline(d))
@@ -224,12 +221,12 @@ class Driver:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             with contextlib.suppress(TransportError):
-                await self._publish(time.time(), force=True)
+                await self._publish(self.fleet.clock.time(), force=True)
             await server.stop()
             for f in (update_topics(topics), control_topic(topics, rid)):
                 with contextlib.suppress(TransportError):
                     await t.unsubscribe(f)
-        interrupted = stop.is_set() and not self._over(time.time())
+        interrupted = stop.is_set() and not self._over(self.fleet.clock.time())
         status = self.r.status()
         status["server"] = {"bytes_served": server.stats.bytes_served,
                             "chunks_served": server.stats.chunks_served}  # fmt: skip
@@ -241,7 +238,7 @@ class Driver:
                 async with asyncio.timeout(1.0):
                     await self._wake.wait()
             self._wake.clear()
-            now = time.time()
+            now = self.fleet.clock.time()
             self._step(now)
             try:
                 await self._publish(now)
@@ -333,16 +330,21 @@ class Driver:
         task.add_done_callback(done)
 
     async def _update(self, d: str) -> None:
-        back = self._came_online.pop(d, None)
-        if back is not None:
-            await asyncio.sleep(max(0.0, back + SETTLE_ONLINE - time.monotonic()))
         try:
             manifest, signature = self.release.request(d)
-            out = await self.fleet.call(d, "system.update", {
+            request = {
                 "manifest": manifest, "signature": signature,
                 "server": server_name(self.r.spec.id), "rollout": self.r.spec.id,
                 "confirm_within_s": self.r.spec.confirm_within,
-            }, timeout=CALL_TIMEOUT)  # fmt: skip
+            }  # fmt: skip
+            for pause in (*UNAVAILABLE_RETRIES, None):
+                try:
+                    out = await self.fleet.call(d, "system.update", request, timeout=CALL_TIMEOUT)
+                    break
+                except Unavailable:
+                    if pause is None:
+                        raise
+                    await self.fleet.clock.sleep(pause)  # starting (or stopping): ask again
         except EdgeAgentError as exc:
             self._why[d] = f"system.update: {exc}"
             self._push(UpdateFailed(d, self._why[d]))
