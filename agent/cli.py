@@ -205,7 +205,7 @@ def _device_agent(cfg: AgentConfig) -> DeviceAgent:
     skills, sets, events = load_skills(cfg)
     system = SystemSkills(root, cfg.release)
     return DeviceAgent(cfg, skills=[*skills, *collect_skills(system)], skill_sets=[*sets, system],
-                       events=events)  # fmt: skip
+                       events=events, updating=system.verifying())  # fmt: skip
 
 
 @agent.command("run")

@@ -145,9 +145,12 @@ class DeviceAgent:
         events: dict[str, str] | None = None,
         clock: Clock = SYSTEM_CLOCK,
         executor: concurrent.futures.Executor | None = None,
+        updating: str | None = None,
     ) -> None:
         """``executor`` runs synchronous skills (default: ``config.workers`` threads of the
-        agent's own); one handed in is shared, so the agent never shuts it down."""
+        agent's own); one handed in is shared, so the agent never shuts it down. ``updating``:
+        announce ``updating`` (with this reason) rather than ``online`` from the first connect,
+        until :meth:`set_updating` says otherwise (a release that must prove itself first)."""
         self.config = config
         self.device_id = config.device
         self.topics = Topics(config.root, config.fleet)
@@ -187,7 +190,7 @@ class DeviceAgent:
         self._executor: concurrent.futures.Executor | None = executor
         self._own_executor = executor is None
         self._draining = False
-        self._updating: str | None = None  # why, while the state says "updating"
+        self._updating = updating  # why, while the state says "updating"
         # Made when needed: an idle agent holds no event (a simulated fleet has 100,000).
         self._stopped: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None

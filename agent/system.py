@@ -139,6 +139,12 @@ class SystemSkills(SkillSet):
             return None
         return str(data.get("version")) if isinstance(data, dict) else None
 
+    def verifying(self) -> str | None:
+        """The reason to start as ``updating`` when this release is a switch still to be
+        confirmed (its agent proves it first: :meth:`run`), else None."""
+        pending = self._pending()
+        return f"verifying {pending}" if pending is not None and pending == self.release else None
+
     def _ready(self) -> Any:
         """The agent, once :meth:`run` has it; until then every system skill is
         ``unavailable``: an update accepted before could never be reported (nor fetch)."""
@@ -357,6 +363,9 @@ class SystemSkills(SkillSet):
             self._publish("rolled_back", str(last["failed"]), error=str(last.get("reason")))
 
     async def _confirm(self, version: str) -> None:
+        # Not routable until it has proven itself: a release that fails its self-test is never
+        # handed calls by a coordinator before the tool's timer takes it back.
+        await self._set_updating(True, f"verifying {version}")  # (announced so from the start)
         self._publish("verifying", version)
         # The transport's one connect callback is the agent's: poll (briefly, once per start).
         while not self._agent.transport.connected:  # noqa: ASYNC110
@@ -369,6 +378,7 @@ class SystemSkills(SkillSet):
             return
         result = await self._apply({"action": "commit", "version": version})
         if result is not None and result.get("ok"):
+            await self._set_updating(False)
             self._publish("healthy", version)
         else:
             error = (result or {}).get("error", "no answer from the device tool")

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from edgeagent.protocol import Topics
+from tests.agents import Retained
 from tests.broker.mosquitto import Mosquitto
 from tests.deployapp import add_skill, announced_release, break_module
 from tests.updatelab import (
@@ -59,8 +61,24 @@ def test_system_update_pulls_switches_and_commits(device: Device) -> None:
         s = update_state(dev)
         return s if s and s["state"] == "healthy" and s["version"] == second.version else None
 
-    accepted, status, stats = asyncio.run(serve_and_update(dev, second, lambda: wait_for(
-        "B healthy", healthy)))  # fmt: skip
+    topic = Topics(fleet=dev.fleet).state(dev.device)
+    states = Retained(dev.broker, topic)
+    try:
+        accepted, status, stats = asyncio.run(serve_and_update(dev, second, lambda: wait_for(
+            "B healthy", healthy)))  # fmt: skip
+        wait_for("B online", lambda: b'"online"' in states.latest.get(topic, b""))
+    finally:
+        states.close()
+    seen = [
+        (m["status"], m.get("reason") or "") for m in (json.loads(p) for _, p in states.history)
+    ]
+    # Out of the coordinators' candidates from the switch until the new release has proven
+    # itself: the old agent says 'updating' at the switch, the new one until it has committed.
+    switch = seen.index(("updating", f"updating to {second.version}"))
+    verifying = seen.index(("updating", f"verifying {second.version}"))
+    assert switch < verifying
+    assert "online" not in [st for st, _ in seen[switch:verifying]], seen
+    assert seen[-1][0] == "online"
     assert accepted["version"] == second.version
     assert accepted["state"] == "downloading"
     # Only what changed travelled: the config and echo.py, not the wheels.
