@@ -187,8 +187,8 @@ class StateMessage(_Message):
     device: str = Field(description="Device id.")
     status: Literal["online", "offline", "draining", "updating"] = Field(
         description="online: serving; draining: finishing in-flight calls; offline: gone; "
-        "updating: about to restart into another release (still answers calls made to it, "
-        "coordinators route none to it)."
+        "updating: about to restart into another release, or a new release not yet confirmed "
+        "(still answers calls made to it, coordinators route none to it)."
     )
     ts: float | None = Field(default=None, description="Unix time of the change, seconds.")
     reason: str | None = Field(default=None, description="Why the state changed, if known.")
