@@ -216,6 +216,10 @@ def load_skills(
             raise ConfigError(f"{where}: cannot import {mod_name!r}: {exc}") from exc
         except ImportError as exc:
             raise ConfigError(f"{where}: cannot import {mod_name!r}: {exc}") from exc
+        except Exception as exc:  # the module's own code failed while it was imported
+            raise ConfigError(
+                f"{where}: importing {mod_name!r} failed: {type(exc).__name__}: {exc}"
+            ) from exc
         target: object = module
         if attr:
             cls = getattr(module, attr, None)

@@ -522,6 +522,17 @@ def test_unknown_module_is_a_config_error_naming_the_field() -> None:
         load_skills(cfg)
 
 
+def test_module_that_raises_on_import_is_a_config_error_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "raises_on_import_xyz.py").write_text("raise RuntimeError('broken on purpose')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = config({"module": "smarthome.echo"}, {"module": "raises_on_import_xyz"})
+    with pytest.raises(ConfigError, match=r"skills\.1\.module: importing 'raises_on_import_xyz' "
+                       r"failed: RuntimeError: broken on purpose"):  # fmt: skip
+        load_skills(cfg)
+
+
 def test_unknown_class_is_a_config_error_naming_the_field() -> None:
     for target in ("smarthome.lamp:Nope", "smarthome.lamp:LampState"):
         with pytest.raises(ConfigError, match=r"skills\.0\.module: .* is not a SkillSet class"):
