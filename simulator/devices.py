@@ -161,6 +161,8 @@ class SimDevice:
     agent: Any = None
     transport: Any = None
     cpu: asyncio.Semaphore | None = None
+    system: Any = None
+    """Its releases and device tool when the spec has a rollout (``sysskills.DeviceSystem``)."""
 
     def device_seconds(self, cost: SkillCost) -> float:
         jitter = math.exp(self.rng.gauss(0.0, JITTER_SIGMA))

@@ -43,6 +43,8 @@ class Recorder:
     queue: dict[tuple[str, int], int] = field(default_factory=dict)
     """(group, bucket) -> largest queue depth a device of the group reported."""
     notes: list[str] = field(default_factory=list)
+    rollout: dict[str, Any] | None = None
+    """The report's rollout section (``simulator/rollout.py``), when the spec has a rollout."""
 
     def call(self, record: CallRecord) -> None:
         self.calls.append(record)
@@ -123,6 +125,10 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 
 def evaluate(a: Assertion, recorder: Recorder, spec: FleetSpec) -> dict[str, Any]:
     """Check one assertion against the calls in its scope (and in flight during its fault)."""
+    if a.is_rollout:
+        from .rollout import evaluate_rollout
+
+        return evaluate_rollout(a, recorder.rollout)
     records = recorder.calls
     if a.skill is not None:
         records = [r for r in records if r.skill == a.skill]
@@ -219,6 +225,7 @@ def build_report(
         "groups": group_out,
         "fleet_series": fleet_series,
         "timeline": timeline,
+        **({"rollout": recorder.rollout} if recorder.rollout is not None else {}),
         "assertions": [evaluate(a, recorder, spec) for a in spec.assertions],
         "calibration": calibration,
         "memory": memory,

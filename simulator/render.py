@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from edgeagent.simulator import png
+from edgeagent.simulator import png, rollout_render
 
 Series = list[tuple[str, list[float | None]]]
 Band = tuple[float, float, str]
@@ -304,7 +304,10 @@ def render_html(report: dict[str, Any]) -> str:
     values.insert(1, fmt_num(summary.get("ok")))
     for label, text in zip(("calls", "ok", *_STAT_HEADERS[1:]), values, strict=True):
         out.append(f'<div class="card">{_e(label)}<b>{_e(text)}</b></div>')
-    out.append('</div></section><section id="assertions"><h2>Assertions</h2>')
+    out.append("</div></section>")
+    if isinstance(report.get("rollout"), dict):
+        out.append(rollout_render.html(report["rollout"]))
+    out.append('<section id="assertions"><h2>Assertions</h2>')
     rows: list[list[Cell]] = []
     for a in map(_dict, _list(report.get("assertions"))):
         rows.append([_verdict(a.get("passed")), str(a.get("text", "")), fmt_value(a.get("value"))])
@@ -422,7 +425,10 @@ def summary_table(report: dict[str, Any], *, color: bool = False) -> str:
     title = f"{report.get('name') or 'simulation'}  mode {fmt_value(report.get('mode'))}  "
     title += f"seed {fmt_value(report.get('seed'))}  {fmt_s(report.get('duration_s'))}  "
     title += f"{fmt_num(report.get('devices'))} devices"
-    out = [paint(title, "bold"), paint(line(head), "bold"), *map(line, rows), "", "assertions"]
+    out = [paint(title, "bold"), paint(line(head), "bold"), *map(line, rows)]
+    if isinstance(report.get("rollout"), dict):
+        out += rollout_render.text_lines(report["rollout"])
+    out += ["", "assertions"]
     for a in _list(report.get("assertions")):
         mark = paint("PASS", "green") if _dict(a).get("passed") is True else paint("FAIL", "red")
         out.append(f"  {mark}  {a.get('text', '')}  (value {fmt_value(a.get('value'))})")

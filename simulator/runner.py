@@ -38,6 +38,8 @@ from .devices import FleetPlan, SimDevice
 from .faults import FaultScheduler, check_faults
 from .metrics import Recorder, build_report
 from .network import SimBroker
+from .rollout import RolloutOperator, rollout_report
+from .sysskills import attach_systems, system_skills
 from .vclock import InlineExecutor, VirtualClock, VirtualTimeLoop
 from .workload import WorkloadRunner
 
@@ -93,6 +95,7 @@ class Simulation:
         self._t0 = self._loop.time()
         self._bucket = self.spec.bucket()
         self.stats: RunStats | None = None
+        self.rollout: RolloutOperator | None = None
 
     # Lifecycle ----------------------------------------------------------------------------------
 
@@ -101,14 +104,18 @@ class Simulation:
 
     def _agent(self, dev: SimDevice) -> DeviceAgent:
         dev.transport = self.make_transport(f"sim-{dev.id}", dev)
+        skills, sets, updating = dev.skills, dev.sets, None
+        if dev.system is not None:  # a rollout: the system skills, on the release on its disk
+            skills, sets, updating = system_skills(dev)
         dev.agent = DeviceAgent(
             dev.config,
             transport=dev.transport,
-            skills=dev.skills,
-            skill_sets=dev.sets,
+            skills=skills,
+            skill_sets=sets,
             events=dev.events,
             clock=self.clock,
             executor=self.executor,
+            updating=updating,
         )
         return dev.agent  # type: ignore[no-any-return]
 
@@ -118,6 +125,7 @@ class Simulation:
         everyone = self.plan.all_devices()
         devices = [d for i, d in enumerate(everyone) if i % n == k]
         check_faults(self.spec.faults, self.mode, broker_restartable=self._restartable)
+        catalog = attach_systems(self.plan, self) if self.spec.rollout is not None else None
         monitor = self.make_transport(f"sim-monitor-{k}", None)
         if k > 0:
             return await self._follow(monitor, devices, wall0)
@@ -162,6 +170,13 @@ class Simulation:
         faults = FaultScheduler(self.plan, self, self.recorder, local)
         fault_tasks = faults.tasks(self._t0, self.spec.duration_s)
         ticker = self._loop.create_task(self._tick())
+        operator = None
+        if catalog is not None:
+            operator = RolloutOperator(
+                self.spec, catalog, self.make_transport, self.clock, self._now
+            )
+            self.rollout = operator
+            fault_tasks.append(self._loop.create_task(operator.run()))
         try:
             await workload.run(self.spec.duration_s)
             await asyncio.sleep(max(0.0, self.spec.duration_s - self._now()))
@@ -169,6 +184,10 @@ class Simulation:
             end_s = self._now()
             self.progress("draining", 0.0)
             await workload.drain()
+            if operator is not None:
+                operator.stop.set()
+                await asyncio.sleep(2.0)  # the driver's loop wakes once a second
+                self.recorder.rollout = rollout_report(operator, self.plan.all_devices())
         finally:
             ticker.cancel()
             for task in fault_tasks:
@@ -199,6 +218,9 @@ class Simulation:
             end_s=end_s,
         )
         report["coordinators"] = [c.statistics() for c in self.coordinators]
+        for dev in devices:  # the device tools' work ends with the run
+            if dev.system is not None:
+                dev.system.crashed()
         await fleet.close()
         for coord in self.coordinators:
             await coord.stop()
@@ -339,6 +361,8 @@ class Simulation:
 
     async def crash(self, device: SimDevice) -> None:
         transport, agent = device.transport, device.agent
+        if device.system is not None:
+            device.system.crashed()
         if agent is None:
             return
         device.agent = None
@@ -346,6 +370,19 @@ class Simulation:
         await agent.abort()
 
     async def restart(self, device: SimDevice) -> None:
+        if device.system is not None:
+            device.system.booting()
+        if device.agent is None:
+            await self._agent(device).start()
+
+    # The device tool's agent restarts (sysskills.Control) -----------------------------------
+
+    async def stop_agent(self, device: SimDevice) -> None:
+        agent, device.agent = device.agent, None
+        if agent is not None:  # a crash cancelling the tool meanwhile does not cut the stop short
+            await asyncio.shield(agent.stop(grace_s=0))
+
+    async def start_agent(self, device: SimDevice) -> None:
         if device.agent is None:
             await self._agent(device).start()
 

@@ -42,6 +42,7 @@ from ..config import SkillSource
 from ..errors import ConfigError
 from ..protocol import check_name
 from ..yamlconf import node_at, parse_yaml_model
+from .spec_rollout import NO_BROKEN, BadRelease, RolloutScenario, rollout_check
 
 _CHECK = re.compile(
     r"^\s*(calls|ok|success_rate|p50_ms|p95_ms|p99_ms|failovers|errors)\s*"
@@ -60,6 +61,11 @@ class Link(_Strict):
     latency_ms: float = Field(default=1.0, ge=0, description="One-way latency, milliseconds.")
     jitter_ms: float = Field(default=0.0, ge=0, description="Uniform extra latency, ms (0..j).")
     loss: float = Field(default=0.0, ge=0, lt=1, description="Probability a message is lost.")
+    bandwidth_mbps: float = Field(
+        default=10.0, gt=0, le=100_000,
+        description="Download rate of a rollout's files, Mbit/s (both modes: the transfer is "
+        "simulated, its bytes counted).",
+    )  # fmt: skip
 
 
 class Group(_Strict):
@@ -202,12 +208,25 @@ class Assertion(_Strict):
     @field_validator("check")
     @classmethod
     def _check(cls, v: str) -> str:
-        if not _CHECK.match(v):
+        if not _CHECK.match(v) and rollout_check(v) is None:
             raise ValueError(
                 "expected 'METRIC OP NUMBER' with METRIC one of calls, ok, success_rate, "
-                "p50_ms, p95_ms, p99_ms, failovers, errors and OP one of < <= > >= == !="
+                "p50_ms, p95_ms, p99_ms, failovers, errors and OP one of < <= > >= == !=; or a "
+                "rollout check: 'rollout done', 'rollout halted', 'rollout done < 30 min', "
+                "'rollout failures <= 3' (also healthy, failed, rolled_back, pending, skipped, "
+                f"duration_s, bytes_total, bytes_per_device_max), '{NO_BROKEN}'"
             )
         return v
+
+    @model_validator(mode="after")
+    def _scope(self) -> Assertion:
+        if self.is_rollout and (self.skill or self.group or self.during):
+            raise ValueError("a rollout check takes no 'skill', 'group' or 'during'")
+        return self
+
+    @property
+    def is_rollout(self) -> bool:
+        return rollout_check(self.check) is not None
 
     def parsed(self) -> tuple[Metric, str, float]:
         m = _CHECK.match(self.check)
@@ -216,6 +235,8 @@ class Assertion(_Strict):
         return metric, m.group(2), float(m.group(3))
 
     def describe(self) -> str:
+        if self.is_rollout:
+            return " ".join(self.check.split())
         scope = (
             f"skill {self.skill}"
             if self.skill
@@ -246,6 +267,9 @@ class FleetSpec(_Strict):
     coordinator: CoordinatorSpec = Field(default_factory=CoordinatorSpec)
     workload: list[Workload] = Field(default_factory=list, description="Call arrivals.")
     faults: list[Fault] = Field(default_factory=list, description="What goes wrong, and when.")
+    rollout: RolloutScenario | None = Field(
+        default=None, description="A fleet rollout during the run (docs/simulator.md)."
+    )
     assertions: list[Assertion] = Field(default_factory=list, description="Checks on the report.")
     base_dir: Path | None = Field(default=None, exclude=True, description="The spec's folder.")
 
@@ -257,6 +281,13 @@ class FleetSpec(_Strict):
     @property
     def devices(self) -> int:
         return sum(g.count for g in self.groups)
+
+    def device_group(self, device: str) -> str | None:
+        """The group of device ``NAME-i``, if there is one."""
+        name, _, index = device.rpartition("-")
+        g = next((g for g in self.groups if g.name == name), None)
+        ok = g is not None and index.isdigit() and 1 <= int(index) <= g.count and index[0] != "0"
+        return name if ok else None
 
     def bucket(self) -> float:
         if self.bucket_s is not None:
@@ -298,6 +329,21 @@ def _references(spec: FleetSpec) -> list[tuple[tuple[str | int, ...], str]]:
             out.append((("assertions", i, "during"), f"no fault {a.during!r} (faults: {known})"))
         if a.group is not None and a.group not in groups:
             out.append((("assertions", i, "group"), f"no group {a.group!r}"))
+    r = spec.rollout
+    if r is not None:
+        if r.group is not None and r.group not in groups:
+            out.append((("rollout", "group"), f"no group {r.group!r}"))
+        if r.start_s >= spec.duration_s:
+            out.append((("rollout", "start_s"), f"{r.start_s:g} s is after the run ends"))
+        for j, name in enumerate(r.bad.groups if r.bad else ()):
+            if name not in groups:
+                out.append((("rollout", "bad", "groups", j), f"no group {name!r}"))
+        for j, name in enumerate(r.bad.devices if r.bad else ()):
+            if spec.device_group(name) is None:
+                out.append((("rollout", "bad", "devices", j), f"no device {name!r}"))
+    for i, a in enumerate(spec.assertions):
+        if a.is_rollout and r is None:
+            out.append((("assertions", i, "check"), "a rollout check needs a 'rollout' section"))
     labels = [w.label for w in spec.workload]
     for i, w in enumerate(spec.workload):
         if labels.index(w.label) != i:
@@ -334,14 +380,18 @@ def parse_spec(text: str, *, source: str = "<spec>", base_dir: Path | None = Non
 
 
 __all__ = [
+    "NO_BROKEN",
     "Assertion",
+    "BadRelease",
     "ConfigError",
     "CoordinatorSpec",
     "Fault",
     "FleetSpec",
     "Group",
     "Link",
+    "RolloutScenario",
     "Workload",
     "load_spec",
     "parse_spec",
+    "rollout_check",
 ]
