@@ -306,7 +306,10 @@ class Driver:
             )
 
     def _report_changes(self) -> None:
-        for d, old in list(self._shown.items()):
+        for d in self.r.take_changed():  # (not a rescan of every device shown: issue 12 bench)
+            old = self._shown.get(d)
+            if old is None:
+                continue
             new = self.r.state_of(d)
             if new is None or new == old or new == State.UPDATING:
                 continue  # (a start is reported with its action)

@@ -74,10 +74,10 @@ class Rollout:
     """One rollout's state machine; build with :meth:`new` or :meth:`from_json`."""
 
     __slots__ = (
-        "_canary_bad", "_counts", "_cursor", "_flags", "_index", "_last", "_online", "_queue",
-        "_rel", "_rel_index", "_releases", "_rollbacks", "_state", "_timers", "_why", "canary_n",
-        "drained_at", "ends", "halt_reason", "ids", "phase", "spec", "started_at", "unmatched",
-        "wave",
+        "_canary_bad", "_changed", "_counts", "_cursor", "_flags", "_index", "_last", "_online",
+        "_queue", "_rel", "_rel_index", "_releases", "_rollbacks", "_state", "_timers", "_why",
+        "canary_n", "drained_at", "ends", "halt_reason", "ids", "phase", "spec", "started_at",
+        "unmatched", "wave",
     )  # fmt: skip
 
     def __init__(self, spec: RolloutSpec, ids: list[str], started_at: float) -> None:
@@ -110,6 +110,7 @@ class Rollout:
         self._queue: deque[int] = deque()
         self._timers: list[tuple[float, int]] = []
         self._rollbacks: list[int] = []
+        self._changed: set[int] = set()  # devices whose state changed since take_changed()
 
     @classmethod
     def new(cls, spec: RolloutSpec, devices: Iterable[DeviceView], now: float) -> Rollout:
@@ -308,6 +309,8 @@ class Rollout:
         self._counts[old] -= 1
         self._counts[state] += 1
         self._state[i] = state
+        if old != state:
+            self._changed.add(i)
         if i < self.canary_n:
             self._canary_bad += (state in (_F, _R)) - (old in (_F, _R))
 
@@ -335,6 +338,12 @@ class Rollout:
         """Ended (done, halted or aborted) with no update still under way: nothing left to do
         but roll-backs already sent."""
         return self.phase not in ACTIVE and not self._counts[_U] and not self._rollbacks
+
+    def take_changed(self) -> list[str]:
+        """The devices whose state changed since the last call (at most one entry per device),
+        so a caller follows changes without rescanning the fleet."""
+        changed, self._changed = self._changed, set()
+        return [self.ids[i] for i in sorted(changed)]
 
     def state_of(self, device: str) -> State | None:
         i = self._index.get(device)
@@ -426,4 +435,5 @@ class Rollout:
             raise
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
             raise RolloutError(f"saved rollout state is malformed: {e!r}") from e
+        r._changed.clear()  # loaded, not changed
         return r

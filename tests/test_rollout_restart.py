@@ -59,7 +59,7 @@ def test_rollout_survives_a_broker_restart(
         target = build_set(devices, tmp_path / "rel-b", tmp_path / "cache")
     argv = [sys.executable, "-m", "edgeagent.cli", "--broker", broker, "--fleet", name,
             "rollout", "start", str(tmp_path / "rel-b"), "--canary", "1", "--waves", "100%",
-            "--confirm-within", "60", "--deadline", "120",
+            "--confirm-within", "60", "--deadline", "120", "--wait-offline", "60",
             "--id", "r-bounce", "--json"]  # fmt: skip
     env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -77,7 +77,7 @@ def test_rollout_survives_a_broker_restart(
     assert proc.returncode == 0, out[-3000:] + err[-3000:]
     status = json.loads(out)
     assert status["phase"] == "done"
-    assert status["counts"]["healthy"] == 2, status
+    assert status["counts"]["healthy"] == 2, status["counts"]
     assert status["failures"] == 0
     for d in devices:
         wait_for(f"{d.device} on B", lambda d=d: announced_release(
