@@ -113,6 +113,7 @@ class SystemSkills(SkillSet):
         self.spool = spool or (Path(state_dir) / "spool" if state_dir else root / "spool")
         self._agent: Any = None
         self._task: asyncio.Task[None] | None = None
+        self._accepted: UpdateAccepted | None = None  # the answer that started self._task
         self._started = time.monotonic()
         self._last: dict[str, Any] | None = None
         self._reported = 0.0  # when download progress was last published (monotonic)
@@ -193,20 +194,32 @@ class SystemSkills(SkillSet):
             self._publish("current", version, rollout=req.rollout)
             return UpdateAccepted(version=version, state="current", missing_files=0,
                                   missing_bytes=0)  # fmt: skip
-        if self._task is not None and not self._task.done():
-            raise RuntimeError("an update is already running on this device")
+        running = self.running(version)
+        if running is not None:
+            return running
         if req.server is None and req.url is None:
             raise ValueError("give `server` (MQTT file server) or `url` (HTTP) for the files")
         wanted = self._missing(manifest)
         self._task = asyncio.get_running_loop().create_task(
             self._run_update(req, manifest, wanted), name=f"update-{version}"
         )
-        return UpdateAccepted(
+        self._accepted = UpdateAccepted(
             version=version,
             state="downloading",
             missing_files=len(wanted),
             missing_bytes=sum(size for _, size in wanted),
         )
+        return self._accepted
+
+    def running(self, version: str) -> UpdateAccepted | None:
+        """The answer to an update asked for again while it runs (the operator asks again when
+        a device it saw go offline mid-download comes back: after a lost connection the update
+        may still be running); an update to another version meanwhile is refused."""
+        if self._task is None or self._task.done():
+            return None
+        if self._task.get_name() != f"update-{version}" or self._accepted is None:
+            raise RuntimeError("an update to another release is already running on this device")
+        return self._accepted
 
     def _missing(self, manifest: dict[str, Any]) -> list[tuple[str, int]]:
         seen: set[str] = set()

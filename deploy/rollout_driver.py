@@ -71,6 +71,9 @@ SKEW = 60.0
 #: it is a failure: an agent that has just come online answers so until its system skills have
 #: taken hold of it (agent/system.py ``SystemSkills.run``), a moment; one shutting down, too.
 UNAVAILABLE_RETRIES = (0.25, 0.5, 1.0, 2.0)
+#: A device seen going offline while it downloaded, back online on its old release, is asked
+#: again (the transfer resumes from its partial files) at most this many times per rollout.
+RESUMES = 3
 _PROGRESS = {"downloading", "applying", "verifying"}
 
 
@@ -137,6 +140,8 @@ class Driver:
         }
         self._why: dict[str, str] = {}
         self._rolling: dict[str, float] = {}  # told to roll back: when
+        self._downloading: set[str] = set()  # their last report for this rollout: downloading
+        self._resumed: dict[str, int] = {}  # asked again after coming back mid-download: times
         self._pub_at = 0.0
         self._pub_key: tuple[str, int] | None = None
         self._dirty = True
@@ -165,6 +170,10 @@ class Driver:
             if st not in (State.UPDATING, State.HEALTHY, State.FAILED) or not fresh:
                 return
         error = str(data.get("error") or state)
+        if state == "downloading":
+            self._downloading.add(device)
+        else:
+            self._downloading.discard(device)
         if state in _PROGRESS:
             self._push(UpdateProgress(device))
         elif state in ("healthy", "current"):
@@ -196,9 +205,12 @@ class Driver:
             elif isinstance(msg, StateMessage):
                 online = msg.status == "online"
                 if online != self._online.get(d):
+                    back = online and d in self._online  # (not the first sight of it)
                     self._online[d] = online
                     event = DeviceOnline(d, norm(d, self._releases.get(d))) if online else None
                     self._push(event or DeviceOffline(d))
+                    if back:
+                        self._resume(d)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -331,6 +343,20 @@ class Driver:
             self._wake.set()
 
         task.add_done_callback(done)
+
+    def _resume(self, d: str) -> None:
+        """``d`` is back online: if it went away in the middle of its download (a restart, a
+        crash, a power cut: its agent does not pick an interrupted update up by itself), ask
+        again; its partial files make it a resume. Asked while the update still runs (only the
+        connection was lost), the device answers that it is running."""
+        if d not in self._downloading or self.r.state_of(d) != State.UPDATING:
+            return
+        if self._resumed.get(d, 0) >= RESUMES:
+            return
+        self._resumed[d] = self._resumed.get(d, 0) + 1
+        self._downloading.discard(d)
+        self.reporter.device(d, "updating", "back online mid-download: asked again")
+        self._spawn(self._update(d), d)
 
     async def _update(self, d: str) -> None:
         try:

@@ -227,8 +227,9 @@ class SimSystemSkills(SystemSkills):
             self._publish("current", version, rollout=req.rollout)
             return UpdateAccepted(version=version, state="current", missing_files=0,
                                   missing_bytes=0)  # fmt: skip
-        if self._task is not None and not self._task.done():
-            raise RuntimeError("an update is already running on this device")
+        running = self.running(version)
+        if running is not None:
+            return running
         if req.server is None and req.url is None:
             raise ValueError("give `server` (MQTT file server) or `url` (HTTP) for the files")
         store = self.system.disk.store
@@ -237,8 +238,10 @@ class SimSystemSkills(SystemSkills):
         self._task = asyncio.get_running_loop().create_task(
             self._run_sim_update(req, version, wanted), name=f"update-{version}"
         )
-        return UpdateAccepted(version=version, state="downloading", missing_files=len(wanted),
-                              missing_bytes=sum(s for _, s in wanted))  # fmt: skip
+        self._accepted = UpdateAccepted(version=version, state="downloading",
+                                        missing_files=len(wanted),
+                                        missing_bytes=sum(s for _, s in wanted))  # fmt: skip
+        return self._accepted
 
     async def _run_sim_update(
         self, req: UpdateRequest, version: str, wanted: list[tuple[str, int]]

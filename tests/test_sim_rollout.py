@@ -178,15 +178,13 @@ faults:
     states = {f["device"]: f for f in r["failed_devices"]}
     assert not set(cut) & set(states)
     assert r["bytes"]["by_group"]["hub"]["total"] == 40 * 30_000_000
-    # A cam cut mid-download came back on its old release and failed by the deadline (the
-    # agent does not report an update a crash interrupted).
-    assert any(d.startswith("cam-") for d in states), r
-    for d in states:
-        assert "no report" in states[d]["reason"] or "rolled back" in states[d]["reason"]
-        assert states[d]["device_reason"] in (None, "not confirmed before a restart")
-    assert r["on_release"]["new"] == 50 - len(states)
-    # Each of those had fetched part of the release before the crash; it is not asked again.
-    assert r["bytes"]["by_group"]["cam"]["total"] < 10 * 30_000_000
+    # A cam cut mid-download comes back on its old release (its agent does not pick the update
+    # up by itself); the operator, which saw it go away while downloading, asks again and the
+    # transfer resumes from its partial files: every cam ends on the new release, and no byte
+    # travelled twice.
+    assert not states, states
+    assert r["on_release"]["new"] == 50
+    assert r["bytes"]["by_group"]["cam"]["total"] == 10 * 30_000_000
     assert verdicts(report)["no device without a working release"]
 
 

@@ -198,6 +198,14 @@ def test_agent_killed_mid_transfer_resumes_where_it_stopped(device: Device) -> N
                 "server": SERVER, "confirm_within_s": 20,
             })  # fmt: skip
             assert accepted["state"] == "downloading"
+            # Asked again while it runs (an operator that saw the connection drop): the same
+            # answer, not a second update nor an error.
+            again = await call(dev, "system.update", {
+                "manifest": (second.folder / "bundle.json").read_text(),
+                "signature": (second.folder / "bundle.json.minisig").read_text(),
+                "server": SERVER, "confirm_within_s": 20,
+            })  # fmt: skip
+            assert again == accepted
             await asyncio.to_thread(wait_for, "a third of the file", lambda: had() > size // 3, 60)
             dev.stop()  # SIGKILL, mid-transfer
             return had()
