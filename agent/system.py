@@ -185,11 +185,7 @@ class SystemSkills(SkillSet):
         self._ready()
         manifest = _parse_manifest(req.manifest)
         version = str(manifest["version"])
-        info = self._info()
-        if info.get("profile") and manifest.get("profile") != info["profile"]:
-            raise ValueError(
-                f"bundle is for profile {manifest.get('profile')}, this device is {info['profile']}"
-            )
+        self._check_fits(manifest)
         if version == self.release:
             self._publish("current", version, rollout=req.rollout)
             return UpdateAccepted(version=version, state="current", missing_files=0,
@@ -210,6 +206,14 @@ class SystemSkills(SkillSet):
             missing_bytes=sum(size for _, size in wanted),
         )
         return self._accepted
+
+    def _check_fits(self, manifest: dict[str, Any]) -> None:
+        """Refuse (ValueError) a bundle this device cannot take: another profile."""
+        info = self._info()
+        if info.get("profile") and manifest.get("profile") != info["profile"]:
+            raise ValueError(
+                f"bundle is for profile {manifest.get('profile')}, this device is {info['profile']}"
+            )
 
     def running(self, version: str) -> UpdateAccepted | None:
         """The answer to an update asked for again while it runs (the operator asks again when

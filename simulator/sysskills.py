@@ -41,9 +41,7 @@ from ..system import (
     Done,
     SystemInfo,
     SystemSkills,
-    UpdateAccepted,
     UpdateRequest,
-    _parse_manifest,
 )
 from .spec import RolloutScenario
 
@@ -212,36 +210,22 @@ class SimSystemSkills(SystemSkills):
             platform="sim", machine="sim", free_bytes=None, service="sim", update=self._last,
         )  # fmt: skip
 
-    @skill(
-        name="system.update",
-        side_effect="actuate",
-        description="Update to a release: fetch what is missing, switch, self-check.",
-    )
-    async def update(self, req: UpdateRequest) -> UpdateAccepted:
-        self._ready()
-        manifest = _parse_manifest(req.manifest)
+    # system.update is the real one (agent/system.py): these are its device-specific steps.
+
+    def _check_fits(self, manifest: dict[str, Any]) -> None:
         version = str(manifest["version"])
         if version not in self.system.catalog.files:
             raise ValueError(f"release {version} is not signed by a trusted key")
-        if version == self.release:
-            self._publish("current", version, rollout=req.rollout)
-            return UpdateAccepted(version=version, state="current", missing_files=0,
-                                  missing_bytes=0)  # fmt: skip
-        running = self.running(version)
-        if running is not None:
-            return running
-        if req.server is None and req.url is None:
-            raise ValueError("give `server` (MQTT file server) or `url` (HTTP) for the files")
+
+    def _missing(self, manifest: dict[str, Any]) -> list[tuple[str, int]]:
         store = self.system.disk.store
         wanted = [(str(f["sha256"]), int(f["size"])) for f in manifest["files"]]
-        wanted = [(sha, size) for sha, size in dict(wanted).items() if sha not in store]
-        self._task = asyncio.get_running_loop().create_task(
-            self._run_sim_update(req, version, wanted), name=f"update-{version}"
-        )
-        self._accepted = UpdateAccepted(version=version, state="downloading",
-                                        missing_files=len(wanted),
-                                        missing_bytes=sum(s for _, s in wanted))  # fmt: skip
-        return self._accepted
+        return [(sha, size) for sha, size in dict(wanted).items() if sha not in store]
+
+    async def _run_update(
+        self, req: UpdateRequest, manifest: dict[str, Any], wanted: list[tuple[str, int]]
+    ) -> None:
+        await self._run_sim_update(req, str(manifest["version"]), wanted)
 
     async def _run_sim_update(
         self, req: UpdateRequest, version: str, wanted: list[tuple[str, int]]
