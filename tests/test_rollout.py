@@ -351,7 +351,9 @@ def test_release_layouts(lab: Lab, tmp_path: Path) -> None:
     assert again.stores == (shared / "files",)
     assert again.label == release.label
     victim = next((shared / "files").iterdir())
-    victim.write_bytes(victim.read_bytes()[:-1])
+    cut = victim.read_bytes()[:-1]
+    victim.unlink()  # a hard link into release A: replaced, not written through
+    victim.write_bytes(cut)
     with pytest.raises(BundleInvalid, match=f"content file {victim.name} .* is missing or cut"):
         load_release(shared)
     (shared / "lamp-2" / "bundle.json.minisig").unlink()
