@@ -21,6 +21,8 @@ import selectors
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from ..clock import LoopClock
+
 T = TypeVar("T")
 
 #: Unix time at virtual t=0 (2026-01-01T00:00:00Z): timestamps in messages look plausible and
@@ -65,8 +67,8 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             self._now += seconds
 
 
-class VirtualClock:
-    """The :class:`~edgeagent.clock.Clock` of a virtual-time loop."""
+class VirtualClock(LoopClock):
+    """The :class:`~edgeagent.clock.Clock` of a virtual-time loop: reads and timers alike."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, epoch: float = EPOCH) -> None:
         self._loop = loop
@@ -77,9 +79,6 @@ class VirtualClock:
 
     def monotonic(self) -> float:
         return self._loop.time()
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
 
 
 class InlineExecutor(concurrent.futures.Executor):
