@@ -37,7 +37,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_rr import machine_info
+from benchmarks import _common as common
 from edgeagent import Fleet
 from edgeagent.deploy import minisign
 from edgeagent.deploy.bundle import BuildOptions, build_bundle
@@ -48,7 +48,6 @@ from edgeagent.protocol import StateMessage, Topics, decode
 from edgeagent.transport.base import Inbound
 from edgeagent.transport.mqtt import MqttTransport
 from tests.armvm import Vm, boot, ensure_image
-from tests.broker.mosquitto import Mosquitto
 from tests.deployapp import make_app
 
 PROFILE = "generic-arm64"
@@ -86,7 +85,7 @@ async def wait_online_after(broker: str, fleet: str, device: str, after: float) 
     await t.subscribe(topics.state(device), on_state, qos=1)
     await t.connect()
     try:
-        async with asyncio.timeout(180):
+        async with common.CLOCK.timeout(180):
             return await got
     finally:
         await t.close()
@@ -141,8 +140,12 @@ def main() -> None:
     device = f"lamp-{uuid.uuid4().hex[:4]}"
     image = ensure_image()
     control = work / "cm.sock"
-    results: dict[str, Any] = {"machine": machine_info(), "rounds": args.rounds}
-    with Mosquitto() as broker, boot(image) as vm:
+    results: dict[str, Any] = {
+        "machine": common.machine_info(),
+        "code": common.code_state(),
+        "rounds": args.rounds,
+    }
+    with common.private_broker() as broker, boot(image) as vm:
         app = work / "app"
         config = make_app(app, device=device, fleet=fleet,
                           broker=f"mqtt://10.0.2.2:{broker.port}", profile=PROFILE)  # fmt: skip
@@ -159,9 +162,9 @@ def main() -> None:
             )
             return b.folder
 
-        t0 = time.monotonic()
+        t0 = common.CLOCK.monotonic()
         first = asyncio.run(deploy(build, target, ssh, opts))
-        results["first_deploy_s"] = round(time.monotonic() - t0, 2)
+        results["first_deploy_s"] = round(common.CLOCK.monotonic() - t0, 2)
         results["bundle_bytes"] = first.bundle_bytes
         print(f"first deploy (bootstrap + environment): {results['first_deploy_s']} s",
               file=sys.stderr)  # fmt: skip

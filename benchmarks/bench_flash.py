@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import shutil
 import statistics
@@ -37,7 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_rr import machine_info
+from benchmarks import _common as common
 from edgeagent.images.flash_io import flash, plan
 
 MiB = 1024 * 1024
@@ -136,7 +135,11 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     size = args.size_mb * MiB
-    results: dict[str, Any] = {"machine": machine_info(), "image_bytes": size}
+    results: dict[str, Any] = {
+        "machine": common.machine_info(),
+        "code": common.code_state(),
+        "image_bytes": size,
+    }
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench_flash.") as tmp:
         folder = Path(tmp)
         image = folder / "image.img"
@@ -181,7 +184,7 @@ def main() -> None:
             finally:
                 subprocess.run(["losetup", "-d", dev], check=False)
     if args.json:
-        print(json.dumps(results, indent=2))
+        common.print_json(results)
         return
     print(f"image {args.size_mb} MiB, {args.rounds} rounds, medians (MB = 10^6 bytes)")
     print(f"{'target':7} {'method':24} {'write MB/s':>11} {'verify MB/s':>12} {'total s':>8} "

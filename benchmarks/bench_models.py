@@ -40,9 +40,6 @@ import gc
 import importlib
 import json
 import logging
-import math
-import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -51,7 +48,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, Protocol, cast
+from typing import IO, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -75,6 +72,11 @@ from edgeagent.skills import (  # type: ignore[import-not-found, unused-ignore]
     collect_skills,
 )
 
+try:
+    from benchmarks import _common as common
+except ModuleNotFoundError:  # run as a script: benchmarks/ is on sys.path, the repo is not
+    import _common as common  # type: ignore[import-not-found, no-redef, unused-ignore]
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples" / "smart-home"
 CALIBRATION_SAMPLES = 256  # what `edgeagent models optimize ZOO_MODEL` uses
@@ -94,8 +96,7 @@ Feeds = dict[str, npt.NDArray[Any]]
 
 
 def _say(args: argparse.Namespace, line: str) -> None:
-    if not args.quiet:
-        print(f"… {line}", file=sys.stderr, flush=True)
+    common.progress(args.quiet, f"… {line}")
 
 
 # Timing -----------------------------------------------------------------------------------------
@@ -126,8 +127,7 @@ def interleaved(
     per_round: dict[str, list[float]] = {name: [] for name in names}
     clock = time.perf_counter_ns
     for r in range(rounds):
-        shift = r % len(names)
-        order = names[shift:] + names[:shift]
+        order = common.rotation(names, r)
         samples: dict[str, list[float]] = {name: [] for name in names}
         gc.collect()
         for b in range(BLOCKS):
@@ -146,10 +146,6 @@ def interleaved(
         for name in names:
             per_round[name].append(statistics.median(samples[name]))
     return per_round
-
-
-def _median(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else math.nan
 
 
 # Data and models --------------------------------------------------------------------------------
@@ -174,6 +170,7 @@ def write_data(recipe: Recipe, work: Path) -> tuple[Path, Path, Feeds, Feeds]:
 
 def train_large(path: Path, hidden: Sequence[int], epochs: int) -> dict[str, Any]:
     """An MLP 64-hidden…-10 on the digits data (the zoo recipe's split, seed 0), as ONNX."""
+    # The zoo's training helpers have no public name yet (deterministic_torch, fit, export_onnx).
     zoo_base = importlib.import_module("edgeagent.models.zoo._base")
     digits = importlib.import_module("edgeagent.models.zoo.digits")
     x_train, y_train, _, _ = digits.load(DATA_SEED)
@@ -403,7 +400,7 @@ def choice(
     for v in card.variants:
         if v.name not in rounds or v.figures is None:
             continue
-        here = _median(rounds[v.name])
+        here = common.median(rounds[v.name])
         rows.append(
             {
                 "name": v.name,
@@ -473,7 +470,7 @@ def _pair(
 ) -> dict[str, Any]:
     _say(args, f"overhead: {name}")
     rounds = interleaved({"bare": bare, "ours": ours}, args.rounds, args.runs)
-    b, o = _median(rounds["bare"]), _median(rounds["ours"])
+    b, o = common.median(rounds["bare"]), common.median(rounds["ours"])
     limit = TARGET_OVERHEAD_RATIO * b + TARGET_OVERHEAD_PLUS_US
     return {
         "name": name,
@@ -621,33 +618,6 @@ def skill_path(
 # 3b. End to end over MQTT (information) ---------------------------------------------------------
 
 
-class Broker(Protocol):
-    """What we use of ``tests.broker.mosquitto.Mosquitto``."""
-
-    port: int
-    proc: subprocess.Popen[bytes] | None
-
-    @property
-    def url(self) -> str: ...
-
-    def __enter__(self) -> Broker: ...
-
-    def __exit__(self, *exc: object) -> None: ...
-
-
-def private_broker() -> Broker:
-    """The tests' private mosquitto (a free port, the checked-in config; never port 1883)."""
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    module = importlib.import_module("tests.broker.mosquitto")
-    return cast(Broker, module.Mosquitto())
-
-
-def _edgeagent_command() -> list[str]:
-    exe = shutil.which("edgeagent")
-    return [exe] if exe is not None else [sys.executable, "-m", "edgeagent"]
-
-
 @contextlib.contextmanager
 def meter_agent(
     url: str, model: Path, profile: str, work: Path, log: IO[bytes]
@@ -670,21 +640,9 @@ def meter_agent(
             }
         )
     )
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(EXAMPLES), env.get("PYTHONPATH", "")) if p)
-    cmd = [*_edgeagent_command(), "--broker", url, "--log-level", "warning"]
-    cmd += ["agent", "run", str(config)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, cwd=REPO, env=env)
-    try:
+    cmd = common.agent_command(url, config)
+    with common.spawn(cmd, log, common.with_pythonpath(EXAMPLES)) as proc:
         yield proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
 
 
 async def _mqtt_rounds(
@@ -695,12 +653,7 @@ async def _mqtt_rounds(
     body = {"pixels": pixels}
     mqtt_p50: list[float] = []
     bare_us: list[float] = []
-    async with asyncio.timeout(60), Fleet(url, fleet="home") as fleet:
-        while True:
-            info = await fleet.device(MQTT_DEVICE)
-            if info is not None and info.online:
-                break
-            await asyncio.sleep(0.05)
+    await common.wait_online(url, "home", (MQTT_DEVICE,), timeout=60)
     async with Fleet(url, fleet="home") as fleet:
         for _ in range(100):
             await fleet.call(MQTT_DEVICE, "read_digit", body, timeout=CALL_TIMEOUT_S)
@@ -728,7 +681,7 @@ def mqtt_end_to_end(
     _say(args, "MQTT: Fleet.call → private mosquitto → edgeagent agent run (DigitReader)")
     with (
         tempfile.TemporaryFile() as agent_log,
-        private_broker() as broker,
+        common.private_broker() as broker,
         meter_agent(broker.url, src, profile.name, work, agent_log) as agent,
     ):
         try:
@@ -741,7 +694,7 @@ def mqtt_end_to_end(
             raise SystemExit("the meter agent did not come online") from None
         if agent.poll() is not None:
             raise SystemExit(f"the meter agent exited with {agent.returncode}")
-    m, b = _median(mqtt_p50), _median(bare_us)
+    m, b = common.median(mqtt_p50), common.median(bare_us)
     return {
         "calls_per_round": max(100, args.runs // 2),
         "fleet_call_p50_us": round(m, 1),
@@ -754,66 +707,20 @@ def mqtt_end_to_end(
 # Orchestration ----------------------------------------------------------------------------------
 
 
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text()
-    except OSError:
-        return ""
-
-
-def _version(dist: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return "?"
-
-
 def machine_info() -> dict[str, Any]:
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in _read("/proc/cpuinfo").splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor() or "unknown",
-    )
-    flags = next(
-        (
-            line.split(":", 1)[1].split()
-            for line in _read("/proc/cpuinfo").splitlines()
-            if line.startswith("flags")
-        ),
-        [],
-    )
-    mem_kb = next(
-        (
-            int(line.split()[1])
-            for line in _read("/proc/meminfo").splitlines()
-            if line.startswith("MemTotal:")
-        ),
-        0,
-    )
+    """The common description, with the CPU's int8 instructions and the runtimes' versions."""
     return {
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "int8_flags": sorted(
-            f for f in flags if f in ("avx2", "avx512_vnni", "avx_vnni", "avx512f")
-        ),
-        "memory_gib": round(mem_kb / 1024**2, 1),
-        "kernel": platform.release(),
-        "loadavg": _read("/proc/loadavg").split()[:3],
-        "python": platform.python_version(),
+        **common.machine_info(),
+        "int8_flags": common.cpu_flags(("avx2", "avx512_vnni", "avx_vnni", "avx512f")),
         "packages": {
-            d: _version(d)
+            d: common.package_version(d)
             for d in ("edgeagent", "onnxruntime", "onnx", "ai-edge-litert", "numpy", "torch")
         },
     }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    started = time.monotonic()
+    started = common.CLOCK.monotonic()
     recipe = RECIPES.get(args.model)
     if recipe is None:
         raise SystemExit(f"--model: no zoo recipe {args.model!r} (known: {', '.join(RECIPES)})")
@@ -822,6 +729,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     budget = 1.0  # the optimizer's default --budget: accuracy points
     report: dict[str, Any] = {
         "machine": machine_info(),
+        "code": common.code_state(),
         "config": {
             "model": args.model,
             "device": profile.name,
@@ -856,9 +764,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             cal_path, ev_path, cal, ev = data[data_name]
             out = work / f"opt-{label}"
             _say(args, f"{label}: edgeagent optimizer ({args.device}, --runs {args.opt_runs})")
-            t0 = time.monotonic()
+            t0 = common.CLOCK.monotonic()
             card = run_optimizer(path, profile, out, cal_path, ev_path, args)
-            opt_s = round(time.monotonic() - t0, 1)
+            opt_s = round(common.CLOCK.monotonic() - t0, 1)
             cards[label] = card
             _say(args, f"{label}: plain onnxruntime.quantization")
             q = quantization(label, path, card, out, cal, ev, next(iter(cal)), work, budget)
@@ -875,7 +783,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["mqtt"] = None
         if info and not args.no_mqtt:
             report["mqtt"] = mqtt_end_to_end(src, profile, info, work, args)
-    report["elapsed_s"] = round(time.monotonic() - started, 1)
+    report["elapsed_s"] = round(common.CLOCK.monotonic() - started, 1)
     return report
 
 
@@ -918,13 +826,20 @@ def print_tables(report: dict[str, Any]) -> None:
             f"{q['fp32_accuracy']:.2%}; optimizer {q['optimizer_s']} s, chose {q['chosen']}"
         )
         print()
-        print("| file | made by | bytes | size / fp32 | accuracy | drop (points) |")
-        print("|---|---|---:|---:|---:|---:|")
-        for r in q["rows"]:
-            print(
-                f"| {r['name']} | {r['source']} | {r['size_bytes']} | {r['size_ratio']:.3f} | "
-                f"{r['accuracy']:.2%} | {r['drop_points']:+.2f} |"
-            )
+        header: tuple[str, ...] = (
+            "file",
+            "made by",
+            "bytes",
+            "size / fp32",
+            "accuracy",
+            "drop (points)",
+        )
+        cells: list[tuple[object, ...]] = [
+            (r["name"], r["source"], r["size_bytes"], f"{r['size_ratio']:.3f}",
+             f"{r['accuracy']:.2%}", f"{r['drop_points']:+.2f}")
+            for r in q["rows"]
+        ]  # fmt: skip
+        print(common.markdown_table(header, cells, "llrrrr"))
         print()
         print(
             f"our int8-static size / fp32 = {q['ours_int8_static_ratio']:.3f} (target ≤ "
@@ -937,19 +852,18 @@ def print_tables(report: dict[str, Any]) -> None:
         print()
         print(f"{c['model']} on {c['device']} ({c['threads']} threads): chosen {c['chosen']}")
         print()
-        print(
-            "| variant | runtime | precision | µs here | est. µs on device | optimizer p50 µs "
-            "| drop | passes rules |"
-        )
-        print("|---|---|---|---:|---:|---:|---:|---|")
+        header = ("variant", "runtime", "precision", "µs here", "est. µs on device",
+                  "optimizer p50 µs", "drop", "passes rules")  # fmt: skip
+        cells = []
         for r in c["rows"]:
             mark = "**" if r["name"] == c["chosen"] else ""
             drop = "–" if r["drop_points"] is None else f"{r['drop_points']:+.2f}"
-            print(
-                f"| {mark}{r['name']}{mark} | {r['runtime']} | {r['precision']} | "
-                f"{_us(r['here_us'])} | {_us(r['estimate_us'])} | {_us(r['optimizer_p50_us'])} | "
-                f"{drop} | {'yes' if r['qualified'] else 'no'} |"
-            )
+            cells.append(
+                (f"{mark}{r['name']}{mark}", r["runtime"], r["precision"], _us(r["here_us"]),
+                 _us(r["estimate_us"]), _us(r["optimizer_p50_us"]), drop,
+                 "yes" if r["qualified"] else "no")
+            )  # fmt: skip
+        print(common.markdown_table(header, cells, "lllrrrrl"))
         print()
         scopes = {
             "here_all": "µs here, all variants",
@@ -965,13 +879,13 @@ def print_tables(report: dict[str, Any]) -> None:
     print()
     print("## 3. Per-call overhead: ours against the bare runtime (same model, same settings)")
     print()
-    print("| call | bare µs | ours µs | ours / bare | overhead µs | limit µs (1.3×+3) | |")
-    print("|---|---:|---:|---:|---:|---:|---|")
-    for r in report["overhead"]:
-        print(
-            f"| {r['name']} | {_us(r['bare_us'])} | {_us(r['ours_us'])} | {r['ratio']:.2f} | "
-            f"{r['overhead_us']:+.2f} | {_us(r['limit_us'])} | {_ok(r['target_ok'])} |"
-        )
+    header = ("call", "bare µs", "ours µs", "ours / bare", "overhead µs", "limit µs (1.3×+3)", "")
+    cells = [
+        (r["name"], _us(r["bare_us"]), _us(r["ours_us"]), f"{r['ratio']:.2f}",
+         f"{r['overhead_us']:+.2f}", _us(r["limit_us"]), _ok(r["target_ok"]))
+        for r in report["overhead"]
+    ]  # fmt: skip
+    print(common.markdown_table(header, cells, "lrrrrrl"))
     print()
     for r in report["overhead"]:
         print(f"{r['name']}: ours/bare per round {r['round_ratios']}")

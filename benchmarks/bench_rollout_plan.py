@@ -38,7 +38,6 @@ import argparse
 import copy
 import heapq
 import itertools
-import json
 import random
 import statistics
 import time
@@ -46,7 +45,7 @@ import tracemalloc
 from collections import Counter
 from typing import Any
 
-from benchmarks.bench_rr import machine_info
+from benchmarks import _common as common
 from edgeagent.deploy.rollout_plan import Rollout
 from edgeagent.deploy.rollout_state import (
     Action,
@@ -363,7 +362,8 @@ def main() -> None:
         a["same_outcome_as_naive"] = a["counts"] == b["counts"] and a["outcome"] == b["outcome"]
         a["naive_over_planner_cpu"] = round(b["planner_s"] / max(a["planner_s"], 1e-9), 1)
     if args.json:
-        print(json.dumps({"machine": machine_info(), "rows": rows}, indent=2))
+        report = {"machine": common.machine_info(), "code": common.code_state(), "rows": rows}
+        common.print_json(report)
         return
     print(f"{'planner':8} {'devices':>8} {'started':>8} {'virtual':>8} {'µs/update':>10} "
           f"{'peak B/dev':>10} {'held B/dev':>10} {'mid B/dev':>10} outcome / counts")  # fmt: skip

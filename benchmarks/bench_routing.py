@@ -19,13 +19,12 @@ answers measured 20 manifests of 10,000 skills adding about 370 MB and slowing r
 from __future__ import annotations
 
 import argparse
-import json
 import random
-import statistics
 import time
 import tracemalloc
 from typing import Any
 
+from benchmarks import _common as common
 from edgeagent.limits import CoordinatorLimits
 from edgeagent.protocol import Manifest, SkillSpec, StateMessage
 from edgeagent.registry import Registry
@@ -97,7 +96,7 @@ def time_decisions(reg: Registry, calls: int) -> float:
             candidates, rejected = reg.candidates(LAMP_SKILL, where)
             decide(LAMP_SKILL, where, candidates, rejected, rng)
         rounds.append((time.perf_counter() - t0) / (calls // 5) * 1e6)
-    return statistics.median(rounds)
+    return common.median(rounds)
 
 
 def held_bytes(others: int, hostile: int, huge: int) -> int:
@@ -130,7 +129,7 @@ def main() -> None:
     for row in out.values():
         row["vs_baseline"] = round(row["us_per_decision"] / base["us_per_decision"], 2)
     if args.json:
-        print(json.dumps(out, indent=2))
+        common.print_json(out)
         return
     print(f"{'case':24} {'devices':>8} {'refused':>8} {'µs/decision':>12} {'× base':>7} "
           f"{'registry MB':>12}")  # fmt: skip

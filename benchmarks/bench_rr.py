@@ -26,25 +26,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
-import importlib
 import json
 import logging
-import math
 import os
-import platform
-import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import IO, Any, Protocol, cast
+from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as mqtt
@@ -55,6 +49,11 @@ from paho.mqtt.properties import Properties
 # mypy cannot follow the editable install's import hook; with MYPYPATH=.mypy_tree it can.
 from edgeagent import Fleet  # type: ignore[import-not-found, unused-ignore]
 
+try:
+    from benchmarks import _common as common
+except ModuleNotFoundError:  # run as a script: benchmarks/ is on sys.path, the repo is not
+    import _common as common  # type: ignore[import-not-found, no-redef, unused-ignore]
+
 REPO = Path(__file__).resolve().parents[1]
 ECHO_CONFIG = REPO / "examples" / "smart-home" / "echo.yaml"
 DEVICE = "echo-1"
@@ -64,115 +63,8 @@ TARGET_P50_RATIO = 1.5
 TARGET_TPUT_RATIO = 0.7
 CALL_TIMEOUT_S = 10.0
 
-
-# Results ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Cpu:
-    """CPU time per call, µs, of the requester (this process), the broker and the server."""
-
-    requester: float
-    broker: float
-    server: float
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """One round of one requester."""
-
-    p50_us: float
-    p99_us: float
-    mean_us: float
-    calls_per_s: float
-    cpu_sequential: Cpu
-    cpu_pipelined: Cpu
-
-
-@dataclass(frozen=True, slots=True)
-class Summary:
-    """The median over rounds, metric by metric."""
-
-    p50_us: float
-    p99_us: float
-    mean_us: float
-    calls_per_s: float
-    cpu_sequential: Cpu
-    cpu_pipelined: Cpu
-    rounds: list[Sample]
-
-
-class CpuMeter:
-    """Reads the CPU time used by this process, the broker and the server process."""
-
-    def __init__(self, broker_pid: int, server_pid: int) -> None:
-        self.pids = (broker_pid, server_pid)
-        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-    def _process(self, pid: int) -> float:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            return math.nan
-        return (int(fields[11]) + int(fields[12])) / self._tick  # utime + stime
-
-    def snapshot(self) -> tuple[float, float, float]:
-        return (time.process_time(), self._process(self.pids[0]), self._process(self.pids[1]))
-
-    def per_call(self, before: tuple[float, float, float], calls: int) -> Cpu:
-        after = self.snapshot()
-        used = [(b - a) / calls * 1e6 for a, b in zip(before, after, strict=True)]
-        return Cpu(requester=used[0], broker=used[1], server=used[2])
-
-
-def percentile(sorted_values: list[float], p: float) -> float:
-    """Nearest-rank percentile of already sorted values."""
-    if not sorted_values:
-        return math.nan
-    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
-
-
-def make_sample(latencies_s: list[float], calls_per_s: float, seq: Cpu, pipe: Cpu) -> Sample:
-    ordered = sorted(latencies_s)
-    return Sample(
-        p50_us=percentile(ordered, 50) * 1e6,
-        p99_us=percentile(ordered, 99) * 1e6,
-        mean_us=statistics.fmean(ordered) * 1e6,
-        calls_per_s=calls_per_s,
-        cpu_sequential=seq,
-        cpu_pipelined=pipe,
-    )
-
-
-def _median_cpu(cpus: list[Cpu]) -> Cpu:
-    return Cpu(
-        requester=statistics.median(c.requester for c in cpus),
-        broker=statistics.median(c.broker for c in cpus),
-        server=statistics.median(c.server for c in cpus),
-    )
-
-
-def summarize(rounds: list[Sample]) -> Summary:
-    return Summary(
-        p50_us=statistics.median(s.p50_us for s in rounds),
-        p99_us=statistics.median(s.p99_us for s in rounds),
-        mean_us=statistics.median(s.mean_us for s in rounds),
-        calls_per_s=statistics.median(s.calls_per_s for s in rounds),
-        cpu_sequential=_median_cpu([s.cpu_sequential for s in rounds]),
-        cpu_pipelined=_median_cpu([s.cpu_pipelined for s in rounds]),
-        rounds=rounds,
-    )
-
-
-def make_payload(size: int) -> bytes:
-    """A JSON echo request, ``{"data":"xxx…"}``, of exactly ``size`` bytes."""
-    overhead = len(b'{"data":""}')
-    if size < overhead:
-        raise SystemExit(f"--payload must be at least {overhead} bytes")
-    payload = b'{"data":"' + b"x" * (size - overhead) + b'"}'
-    assert len(payload) == size
-    return payload
+Sample = common.Sample
+CpuMeter = common.CpuMeter
 
 
 # The paho responder (a separate process) ---------------------------------------------------------
@@ -212,78 +104,11 @@ def run_responder(host: str, port: int, topic: str) -> None:
 # Processes ---------------------------------------------------------------------------------------
 
 
-def _wait_line(proc: subprocess.Popen[str], expect: str, timeout: float) -> None:
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if line.strip() == expect:
-            return
-        if not line and proc.poll() is not None:
-            raise RuntimeError(f"responder exited with {proc.returncode}")
-    raise RuntimeError("responder did not become ready")
-
-
-def _stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
 @contextmanager
 def responder_process(host: str, port: int) -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), "--responder", f"{host}:{port}"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        _wait_line(proc, "ready", 20.0)
+    """This script as the paho responder (``--responder``), ready to answer."""
+    with common.script_process(__file__, "--responder", f"{host}:{port}") as proc:
         yield proc
-    finally:
-        _stop(proc)
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-
-def _edgeagent_command() -> list[str]:
-    exe = shutil.which("edgeagent")
-    if exe is not None:
-        return [exe]
-    return [sys.executable, "-m", "edgeagent"]
-
-
-@contextmanager
-def agent_process(url: str, log: IO[bytes]) -> Iterator[subprocess.Popen[bytes]]:
-    cmd = [
-        *_edgeagent_command(),
-        "--broker",
-        url,
-        "--log-level",
-        "warning",
-        "agent",
-        "run",
-        str(ECHO_CONFIG),
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, cwd=REPO)
-    try:
-        yield proc
-    finally:
-        _stop(proc)
-
-
-async def wait_agent_online(url: str, timeout: float = 30.0) -> None:
-    """Wait for the agent's retained state ``online`` (with a separate, throwaway client)."""
-    async with asyncio.timeout(timeout), Fleet(url, fleet="home") as fleet:
-        while True:
-            info = await fleet.device(DEVICE)
-            if info is not None and info.online:
-                return
-            await asyncio.sleep(0.05)
 
 
 # Requester 1: raw paho ---------------------------------------------------------------------------
@@ -324,9 +149,9 @@ class RawRequester:
     def _loop_until(
         self, done: Callable[[], bool], timeout: float = CALL_TIMEOUT_S, strict: bool = True
     ) -> None:
-        deadline = time.monotonic() + timeout
+        deadline = common.CLOCK.monotonic() + timeout
         while not done():
-            if time.monotonic() > deadline:
+            if common.CLOCK.monotonic() > deadline:
                 if strict:
                     raise TimeoutError("raw paho requester timed out")
                 return
@@ -390,72 +215,18 @@ class RawRequester:
         return calls / elapsed
 
 
-def measure_raw(
-    host: str, port: int, payload: bytes, args: argparse.Namespace, meter: CpuMeter
-) -> Sample:
+def measure_raw(host: str, port: int, payload: bytes, load: common.Load, meter: CpuMeter) -> Sample:
     requester = RawRequester(host, port, payload)
     try:
-        requester.sequential(args.warmup)
-        gc.collect()
-        before = meter.snapshot()
-        latencies = requester.sequential(args.calls)
-        cpu_seq = meter.per_call(before, args.calls)
-        requester.pipelined(args.warmup, args.inflight)
-        gc.collect()
-        before = meter.snapshot()
-        rate = requester.pipelined(args.calls, args.inflight)
-        cpu_pipe = meter.per_call(before, args.calls)
+        return common.measure_requester(requester, load, meter)
     finally:
         requester.close()
-    return make_sample(latencies, rate, cpu_seq, cpu_pipe)
 
 
 # Requester 2: edgeagent Fleet.call ---------------------------------------------------------------
 
 
-async def _pipelined(call: Callable[[], Awaitable[None]], calls: int, inflight: int) -> float:
-    """Run ``calls`` calls from ``inflight`` worker tasks; returns calls per second."""
-    remaining = calls
-
-    async def worker() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            await call()
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(min(inflight, calls))))
-    return calls / (time.perf_counter() - t0)
-
-
-async def _sequential(call: Callable[[], Awaitable[None]], calls: int) -> list[float]:
-    latencies = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        await call()
-        latencies.append(time.perf_counter() - t0)
-    return latencies
-
-
-async def _measure_async(
-    call: Callable[[], Awaitable[None]], args: argparse.Namespace, meter: CpuMeter
-) -> Sample:
-    await _sequential(call, args.warmup)
-    gc.collect()
-    before = meter.snapshot()
-    latencies = await _sequential(call, args.calls)
-    cpu_seq = meter.per_call(before, args.calls)
-    await _pipelined(call, args.warmup, args.inflight)
-    gc.collect()
-    before = meter.snapshot()
-    rate = await _pipelined(call, args.calls, args.inflight)
-    cpu_pipe = meter.per_call(before, args.calls)
-    return make_sample(latencies, rate, cpu_seq, cpu_pipe)
-
-
-async def measure_edgeagent(
-    url: str, payload: bytes, args: argparse.Namespace, meter: CpuMeter
-) -> Sample:
+async def measure_edgeagent(url: str, payload: bytes, load: common.Load, meter: CpuMeter) -> Sample:
     expected = json.loads(payload)["data"]
     async with Fleet(url, fleet="home") as fleet:
 
@@ -464,14 +235,14 @@ async def measure_edgeagent(
 
         if await fleet.call(DEVICE, SKILL, payload, timeout=CALL_TIMEOUT_S) != expected:
             raise RuntimeError("echo skill replied with a different string")
-        return await _measure_async(call, args, meter)
+        return await common.measure_calls(call, load, meter)
 
 
 # Requester 3: aiomqtt ----------------------------------------------------------------------------
 
 
 async def measure_aiomqtt(
-    host: str, port: int, payload: bytes, args: argparse.Namespace, meter: CpuMeter
+    host: str, port: int, payload: bytes, load: common.Load, meter: CpuMeter
 ) -> Sample:
     client_id = f"bench-aio-{uuid.uuid4().hex[:8]}"
     reply_topic = f"bench/raw/reply/{client_id}"
@@ -505,11 +276,11 @@ async def measure_aiomqtt(
             fut: asyncio.Future[None] = loop.create_future()
             pending[corr] = fut
             await client.publish(RAW_REQUEST_TOPIC, payload, qos=0, properties=props)
-            async with asyncio.timeout(CALL_TIMEOUT_S):
+            async with common.CLOCK.timeout(CALL_TIMEOUT_S):
                 await fut
 
         try:
-            return await _measure_async(call, args, meter)
+            return await common.measure_calls(call, load, meter)
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
@@ -518,124 +289,55 @@ async def measure_aiomqtt(
 # Orchestration -----------------------------------------------------------------------------------
 
 
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text()
-    except OSError:
-        return ""
-
-
-def machine_info() -> dict[str, Any]:
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in _read("/proc/cpuinfo").splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor() or "unknown",
-    )
-    mem_kb = next(
-        (
-            int(line.split()[1])
-            for line in _read("/proc/meminfo").splitlines()
-            if line.startswith("MemTotal:")
-        ),
-        0,
-    )
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    try:
-        out = subprocess.run([exe, "-h"], capture_output=True, text=True, timeout=5).stdout
-        mosquitto = out.splitlines()[0].removeprefix("mosquitto version ").strip() if out else "?"
-    except (OSError, subprocess.TimeoutExpired):
-        mosquitto = "?"
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "memory_gib": round(mem_kb / 1024**2, 1),
-        "python": platform.python_version(),
-        "paho_mqtt": _version("paho-mqtt"),
-        "aiomqtt": _version("aiomqtt"),
-        "edgeagent": _version("edgeagent"),
-        "mosquitto": mosquitto,
-        "kernel": platform.release(),
-    }
-
-
-def _version(dist: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return "?"
-
-
-class Broker(Protocol):
-    """What we use of ``tests.broker.mosquitto.Mosquitto``."""
-
-    port: int
-    proc: subprocess.Popen[bytes] | None
-
-    @property
-    def url(self) -> str: ...
-
-    def __enter__(self) -> Broker: ...
-
-    def __exit__(self, *exc: object) -> None: ...
-
-
-def private_broker() -> Broker:
-    """The tests' private mosquitto (a free port, the checked-in config; never port 1883)."""
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    # Imported by name so that mypy checks this file, not the tests package.
-    module = importlib.import_module("tests.broker.mosquitto")
-    return cast(Broker, module.Mosquitto())
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    payload = make_payload(args.payload)
-    rounds: dict[str, list[Sample]] = {"raw_paho": [], "edgeagent": [], "aiomqtt": []}
-    started = time.monotonic()
+    payload = common.echo_payload(args.payload)
+    load = common.Load.from_args(args)
+    started = common.CLOCK.monotonic()
     with (
         tempfile.TemporaryFile() as agent_log,
-        private_broker() as broker,
+        common.private_broker() as broker,
         responder_process("127.0.0.1", broker.port) as responder,
-        agent_process(broker.url, agent_log) as agent,
+        common.spawn(common.agent_command(broker.url, ECHO_CONFIG), agent_log) as agent,
     ):
         assert broker.proc is not None
-        raw_meter = CpuMeter(broker.proc.pid, responder.pid)
-        agent_meter = CpuMeter(broker.proc.pid, agent.pid)
+        raw_meter = CpuMeter({"broker": broker.proc.pid, "server": responder.pid})
+        agent_meter = CpuMeter({"broker": broker.proc.pid, "server": agent.pid})
         try:
-            asyncio.run(wait_agent_online(broker.url))
+            asyncio.run(common.wait_online(broker.url, "home", (DEVICE,)))
         except TimeoutError:
             agent_log.seek(0)
             sys.stderr.write(agent_log.read().decode(errors="replace"))
             raise SystemExit("the edgeagent echo agent did not come online") from None
         measures: dict[str, Callable[[], Sample]] = {
-            "raw_paho": lambda: measure_raw("127.0.0.1", broker.port, payload, args, raw_meter),
+            "raw_paho": lambda: measure_raw("127.0.0.1", broker.port, payload, load, raw_meter),
             "edgeagent": lambda: asyncio.run(
-                measure_edgeagent(broker.url, payload, args, agent_meter)
+                measure_edgeagent(broker.url, payload, load, agent_meter)
             ),
             "aiomqtt": lambda: asyncio.run(
-                measure_aiomqtt("127.0.0.1", broker.port, payload, args, raw_meter)
+                measure_aiomqtt("127.0.0.1", broker.port, payload, load, raw_meter)
             ),
         }
-        order = [name for name in measures if name != "aiomqtt" or not args.no_aiomqtt]
-        for r in range(args.rounds):
-            shift = r % len(order)
-            for name in order[shift:] + order[:shift]:
-                sample = measures[name]()
-                rounds[name].append(sample)
-                _progress(args, f"round {r + 1}/{args.rounds} {name:<9} {_fmt_sample(sample)}")
+        if args.no_aiomqtt:
+            del measures["aiomqtt"]
+
+        def on_sample(r: int, name: str, sample: Sample) -> None:
+            line = f"round {r + 1}/{args.rounds} {name:<9} {_fmt_sample(sample)}"
+            common.progress(args.quiet, line)
+
+        def agent_alive(_round: int) -> None:
             if agent.poll() is not None:
                 raise SystemExit(f"the edgeagent agent exited with {agent.returncode}")
-    results = {name: summarize(samples) for name, samples in rounds.items() if samples}
+
+        rounds = common.run_rounds(
+            measures, args.rounds, on_sample=on_sample, after_round=agent_alive
+        )
+    results = {name: common.summarize(samples) for name, samples in rounds.items()}
     raw, edge = results["raw_paho"], results["edgeagent"]
     p50_ratio = edge.p50_us / raw.p50_us
     tput_ratio = edge.calls_per_s / raw.calls_per_s
     return {
-        "machine": machine_info(),
+        "machine": common.machine_info(),
+        "code": common.code_state(),
         "config": {
             "calls": args.calls,
             "warmup": args.warmup,
@@ -652,20 +354,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "edgeagent_tput_target_min": TARGET_TPUT_RATIO,
             "edgeagent_tput_ok": tput_ratio >= TARGET_TPUT_RATIO,
         },
-        "elapsed_s": round(time.monotonic() - started, 1),
+        "elapsed_s": round(common.CLOCK.monotonic() - started, 1),
     }
-
-
-def _progress(args: argparse.Namespace, line: str) -> None:
-    if not args.quiet:
-        print(line, file=sys.stderr, flush=True)
 
 
 def _fmt_sample(s: Sample) -> str:
     c = s.cpu_pipelined
     return (
         f"p50 {s.p50_us:6.0f} µs  p99 {s.p99_us:6.0f} µs  {s.calls_per_s:6.0f} calls/s  "
-        f"cpu/call {c.requester:4.0f}+{c.broker:3.0f}+{c.server:4.0f} µs"
+        f"cpu/call {c['requester']:4.0f}+{c['broker']:3.0f}+{c['server']:4.0f} µs"
     )
 
 
@@ -760,10 +457,23 @@ def main(argv: list[str] | None = None) -> None:
         return
     report = run(args)
     if args.json:
-        print(json.dumps(report, indent=2))
+        common.print_json(report)
     else:
         print_table(report)
 
 
 if __name__ == "__main__":
     main()
+
+
+# The names bench_coord.py used before benchmarks/_common existed; they go once it imports
+# _common itself.
+percentile = common.percentile
+make_payload = common.echo_payload
+private_broker = common.private_broker
+machine_info = common.machine_info
+_wait_line = common.wait_for_line
+_stop = common.stop_process
+_edgeagent_command = common.edgeagent_command
+_sequential = common.sequential_calls
+_pipelined = common.pipelined_calls
