@@ -11,6 +11,9 @@ memory is the difference.
 
 The device estimate is this machine's latency times the profile's speed factor (the int8 factor
 for int8 variants): an estimate, exact only when this machine is the reference machine.
+
+Quality metrics live in :mod:`.quality`, the measurement process and the interleaved re-timing
+in :mod:`.measure_worker`; their names are re-exported here, where they lived before.
 """
 
 from __future__ import annotations
@@ -21,34 +24,42 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from ..devices.profile import DeviceProfile
 from .backend import RuntimeSettings
-from .card import Fidelity, Figures, Machine
+from .card import Figures, Machine
+from .measure_worker import BATCH, RUNTIME_MODULES, measure_request, retime_interleaved
 from .mlp import OptimizeError, require
+from .quality import METRICS, fidelity, metric_value, quality_drop, unit_for
 
 if TYPE_CHECKING:
     import numpy.typing as npt
 
     Arrays = Mapping[str, npt.NDArray[Any]]
 
-RUNTIME_MODULES = {
-    "onnxruntime": ("onnxruntime",),
-    "litert": ("ai_edge_litert.interpreter", "tflite_runtime.interpreter"),
-}
-METRICS: dict[str, Literal["higher", "lower"]] = {
-    "accuracy": "higher",
-    "mae": "lower",
-    "rmse": "lower",
-}
-"""Evaluation metrics: ``accuracy`` (argmax of the first output against integer ``labels``) and
-two for numeric outputs (``mae``, ``rmse`` against ``labels`` of the output's shape)."""
-BATCH = 256
+__all__ = [
+    "BATCH",
+    "METHOD_NOTES",
+    "METRICS",
+    "RUNTIME_MODULES",
+    "WORKER_TIMEOUT_S",
+    "Measurer",
+    "Timing",
+    "fidelity",
+    "machine",
+    "main",
+    "metric_value",
+    "quality_drop",
+    "retime_interleaved",
+    "run_isolated",
+    "speed_factor",
+    "unit_for",
+]
+
 WORKER_TIMEOUT_S = 900.0
 
 METHOD_NOTES = (
@@ -64,59 +75,6 @@ METHOD_NOTES = (
     "an estimate, as good as the factor and only exact if this machine is the reference machine",
     "size: the file in bytes; gzip: gzip -9 of it (what a download or a compressed bundle costs)",
 )
-
-
-def unit_for(metric: str | None, accuracy_checked: bool) -> str:
-    """What a budget of ``1.0`` means for this metric."""
-    if accuracy_checked and metric == "accuracy":
-        return "points of accuracy"
-    if accuracy_checked and metric is not None:
-        return f"% relative increase of {metric}"
-    return "points of top-1 disagreement with fp32"
-
-
-def metric_value(metric: str, output: npt.NDArray[Any], labels: npt.NDArray[Any]) -> float:
-    import numpy as np
-
-    if metric == "accuracy":
-        if output.ndim < 2:
-            raise OptimizeError(
-                f"accuracy needs class scores, but the first output is {output.shape}"
-            )
-        return float((output.reshape(len(output), -1).argmax(axis=1) == labels.ravel()).mean())
-    diff = output.astype(np.float64).reshape(labels.shape) - labels.astype(np.float64)
-    if metric == "mae":
-        return float(np.abs(diff).mean())
-    if metric == "rmse":
-        return float(np.sqrt((diff**2).mean()))
-    raise OptimizeError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
-
-
-def quality_drop(metric: str, reference: float, value: float) -> float:
-    """Loss against fp32 in the unit :func:`unit_for` names (negative: better than fp32)."""
-    if METRICS[metric] == "higher":
-        return round((reference - value) * 100, 6)
-    return round((value - reference) / max(abs(reference), 1e-12) * 100, 6)
-
-
-def fidelity(reference: npt.NDArray[Any], output: npt.NDArray[Any], data: str) -> Fidelity:
-    import numpy as np
-
-    ref = reference.astype(np.float64).reshape(len(reference), -1)
-    out = output.astype(np.float64).reshape(len(output), -1)
-    if ref.shape != out.shape:
-        raise OptimizeError(f"output shape {output.shape} differs from fp32's {reference.shape}")
-    diff = np.abs(ref - out)
-    agree = None
-    if ref.shape[1] > 1:
-        agree = float((ref.argmax(axis=1) == out.argmax(axis=1)).mean())
-    return Fidelity(
-        data=data,
-        samples=len(ref),
-        max_abs_diff=float(diff.max()) if diff.size else 0.0,
-        mean_abs_diff=float(diff.mean()) if diff.size else 0.0,
-        top1_agreement=agree,
-    )
 
 
 def machine() -> Machine:
@@ -302,151 +260,11 @@ class Measurer:
         return fig, timing
 
 
-# --- the measurement process ----------------------------------------------------------------
-
-
-def _peak_kb() -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak // 1024 if sys.platform == "darwin" else peak)
-
-
-def _import_runtime(runtime: str) -> None:
-    import importlib
-
-    errors = []
-    for name in RUNTIME_MODULES[runtime]:
-        try:
-            importlib.import_module(name)
-            return
-        except ImportError as exc:
-            errors.append(f"{name}: {exc}")
-    raise OptimizeError(f"{runtime} is not available ({'; '.join(errors)})")
-
-
-def _worker(request: dict[str, Any]) -> dict[str, Any]:
-    import time
-
-    import numpy as np
-
-    from . import load_model
-
-    _import_runtime(request["runtime"])
-    sample: dict[str, Any] = {}
-    if request["sample"] is not None:
-        with np.load(request["sample"]) as loaded:
-            sample = {key: loaded[key] for key in loaded.files}
-    if request["model"] is None:
-        return {"peak_kb": _peak_kb()}
-    session = load_model(request["model"], RuntimeSettings(**request["settings"]))
-    specs = session.inputs
-    names = [s.name for s in specs]
-    if set(names) != set(sample) and len(names) == len(sample):
-        sample = dict(zip(names, sample.values(), strict=True))  # LiteRT may rename inputs
-
-    def feeds(arrays: Mapping[str, Any], rows: slice) -> dict[str, Any]:
-        return {s.name: np.ascontiguousarray(arrays[s.name][rows], dtype=s.dtype) for s in specs}
-
-    if not sample:  # zeros of the input signature, dynamic dimensions as 1
-        sample = {s.name: np.zeros([d or 1 for d in s.shape], dtype=s.dtype) for s in specs}
-    one = feeds(sample, slice(0, 1))
-    run = session.run
-    for _ in range(request["warmup"]):
-        run(one)
-    clock = time.perf_counter_ns
-    times = []
-    for _ in range(request["runs"]):
-        start = clock()
-        run(one)
-        times.append(clock() - start)
-    peak = _peak_kb()
-    ms = np.asarray(times, dtype=np.float64) / 1e6
-    blocks = min(10, max(1, len(ms) // 10))
-    size = len(ms) // blocks
-    medians = np.median(ms[: blocks * size].reshape(blocks, size), axis=1)
-    outputs: dict[str, Any] = {}
-    first = session.outputs[0].name
-    for name, path in request["datasets"].items():
-        with np.load(path) as loaded:
-            arrays = {key: loaded[key] for key in loaded.files}
-        if set(names) != set(arrays) and len(names) == len(arrays):
-            arrays = dict(zip(names, arrays.values(), strict=True))
-        n = len(next(iter(arrays.values())))
-        step = BATCH if all(s.shape and s.shape[0] is None for s in specs) else 1
-        parts = [run(feeds(arrays, slice(i, i + step)))[first] for i in range(0, n, step)]
-        outputs[name] = np.concatenate(parts) if parts else np.zeros((0,), np.float32)
-    if outputs:
-        np.savez(request["outputs"], **outputs)
-    return {
-        "peak_kb": peak,
-        "runs": len(times),
-        "p50_ms": float(medians.min()),
-        "p99_ms": float(np.percentile(ms, 99)),
-    }
-
-
-def retime_interleaved(
-    models: Mapping[str, tuple[Path, RuntimeSettings]],
-    sample: Arrays | None,
-    *,
-    rounds: int = 7,
-    block: int = 200,
-) -> dict[str, tuple[float, float]]:
-    """(p50, p99) in ms of each model, timed in one process in interleaved, rotating rounds.
-
-    Measuring variants one after another lets a burst of load on the machine land on one of them;
-    interleaving spreads it over all, so the order between close variants is the real one. Each
-    round times ``block`` calls per model; p50 is the median of the per-round medians, p99 is
-    over all the calls.
-    """
-    np = require("numpy")
-    from . import load_model
-
-    sessions = {name: load_model(path, settings) for name, (path, settings) in models.items()}
-    feeds: dict[str, dict[str, Any]] = {}
-    for name, session in sessions.items():
-        specs = session.inputs
-        if sample and len(sample) == len(specs):
-            arrays = list(sample.values())
-            feeds[name] = {
-                s.name: np.ascontiguousarray(a[:1], dtype=s.dtype)
-                for s, a in zip(specs, arrays, strict=True)
-            }
-        else:
-            feeds[name] = {s.name: np.zeros([d or 1 for d in s.shape], s.dtype) for s in specs}
-        for _ in range(20):
-            session.run(feeds[name])
-    names = list(sessions)
-    per_round: dict[str, list[float]] = {n: [] for n in names}
-    every: dict[str, list[int]] = {n: [] for n in names}
-    clock = time.perf_counter_ns
-    for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            run, one = sessions[name].run, feeds[name]
-            times = []
-            for _ in range(block):
-                start = clock()
-                run(one)
-                times.append(clock() - start)
-            per_round[name].append(float(np.median(times)) / 1e6)
-            every[name] += times
-    return {
-        n: (float(np.median(per_round[n])), float(np.percentile(every[n], 99)) / 1e6) for n in names
-    }
-
-
 def main() -> None:
     """``python -m edgeagent.models.measure``: one measurement, JSON in and out."""
     request = json.loads(sys.stdin.read())
     try:
-        answer = _worker(request)
+        answer = measure_request(request)
     except Exception as exc:  # reported to the parent, which names the variant
         answer = {"error": f"{type(exc).__name__}: {exc}"}
     sys.stdout.write(json.dumps(answer) + "\n")

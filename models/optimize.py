@@ -9,26 +9,24 @@
 writes ``out/<model>.onnx`` (or ``.tflite``: the chosen variant), every variant in
 ``out/variants/``, and ``out/card.json`` + ``out/card.md``. The data files are ``.npz`` archives
 with one array per model input, named after it, plus ``labels`` in the evaluation file.
+
+The model's signature and data files are read by :mod:`.data`; ``models bench`` (one file) is
+:mod:`.bench`. Both are re-exported here, where they lived before.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shlex
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..devices.profile import DeviceProfile
-from .backend import TensorSpec
+from .bench import INT8_OPS, bench, read_records
 from .card import (
-    BenchReport,
-    CalibrationRecord,
-    DataFile,
     DataInfo,
     ModelCard,
     ModelInfo,
@@ -37,9 +35,17 @@ from .card import (
     render_markdown,
 )
 from .choose import choose
+from .data import (
+    Progress,
+    choose_metric,
+    load_data,
+    model_inputs,
+    model_outputs,
+    sha256,
+    shown,
+)
 from .measure import (
     METHOD_NOTES,
-    METRICS,
     Measurer,
     Timing,
     fidelity,
@@ -49,139 +55,21 @@ from .measure import (
     retime_interleaved,
     unit_for,
 )
-from .mlp import OptimizeError, graph_inputs, require
-from .variants import (
-    ALL_VARIANTS,
-    NEEDS_CALIBRATION,
-    Built,
-    Precision,
-    build_variants,
-)
+from .mlp import OptimizeError, require
+from .variants import ALL_VARIANTS, NEEDS_CALIBRATION, Built, build_variants
 
-if TYPE_CHECKING:
-    import numpy.typing as npt
-    import onnx
-
-Progress = Callable[[str], None]
-
-_ONNX_DTYPES = {
-    1: "float32",
-    2: "uint8",
-    3: "int8",
-    6: "int32",
-    7: "int64",
-    10: "float16",
-    11: "float64",
-}
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def model_inputs(model: onnx.ModelProto) -> list[TensorSpec]:
-    wanted = set(graph_inputs(model))
-    specs = []
-    for value in model.graph.input:
-        if value.name not in wanted:
-            continue
-        tensor = value.type.tensor_type
-        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
-        specs.append(TensorSpec(value.name, dims, _ONNX_DTYPES.get(tensor.elem_type, "?")))
-    return specs
-
-
-def _outputs(model: onnx.ModelProto) -> list[str]:
-    out = []
-    for value in model.graph.output:
-        tensor = value.type.tensor_type
-        dims = ", ".join(
-            str(d.dim_value) if d.HasField("dim_value") else "?" for d in tensor.shape.dim
-        )
-        out.append(f"{value.name}: {_ONNX_DTYPES.get(tensor.elem_type, '?')}[{dims}]")
-    return out
-
-
-def load_data(
-    path: Path, role: str, inputs: Sequence[TensorSpec], *, labels: bool
-) -> tuple[dict[str, npt.NDArray[Any]], DataFile]:
-    """Read a calibration or evaluation ``.npz``; its arrays must be named after the inputs."""
-    np = require("numpy")
-    option = "--eval" if role == "evaluation" else "--calibration"
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError) as exc:
-        raise OptimizeError(f"{option} {path}: not a readable .npz file ({exc})") from exc
-    expected = ", ".join(str(s) for s in inputs)
-    names = [s.name for s in inputs]
-    missing = [n for n in names if n not in arrays]
-    extra = [k for k in arrays if k not in names and not (labels and k.startswith("labels"))]
-    if missing or extra:
-        raise OptimizeError(
-            f"{option} {path}: arrays {sorted(arrays) or '(none)'} do not match the model's "
-            f"inputs ({expected})"
-            + (f"; missing {missing}" if missing else "")
-            + (f"; unexpected {extra}" if extra else "")
-            + ("; plus `labels` for evaluation" if labels else "")
-        )
-    if labels and "labels" not in arrays:
-        raise OptimizeError(
-            f"--eval {path}: no `labels` array (arrays: {sorted(arrays)}); an evaluation file "
-            f"holds the inputs ({expected}) and `labels`"
-        )
-    counts = {k: len(v) if v.ndim else 0 for k, v in arrays.items()}
-    if len(set(counts.values())) != 1 or 0 in counts.values():
-        raise OptimizeError(f"{option} {path}: arrays differ in sample count: {counts}")
-    for spec in inputs:
-        a = arrays[spec.name]
-        fixed = spec.shape[1:]
-        if a.ndim != len(spec.shape) or any(
-            w is not None and w != g for w, g in zip(fixed, a.shape[1:], strict=False)
-        ):
-            raise OptimizeError(
-                f"{option} {path}: array {spec.name!r} is shaped {a.shape}; the model expects "
-                f"{spec} (first dimension: samples)"
-            )
-        if a.dtype.kind == "f" and spec.dtype.startswith("float"):
-            arrays[spec.name] = a.astype(spec.dtype, copy=False)
-        elif a.dtype.name != spec.dtype:
-            raise OptimizeError(
-                f"{option} {path}: array {spec.name!r} is {a.dtype}; the model expects {spec}"
-            )
-    info = DataFile(
-        path=shown(path),
-        sha256=sha256(path),
-        samples=next(iter(counts.values())),
-        arrays={k: f"{v.dtype}{list(v.shape)}" for k, v in arrays.items()},
-    )
-    return arrays, info
-
-
-def _metric(
-    requested: str | None, model_path: Path, labels: npt.NDArray[Any] | None
-) -> tuple[str | None, str]:
-    if labels is None:
-        return None, "no evaluation set"
-    if requested:
-        if requested not in METRICS:
-            raise OptimizeError(f"unknown metric {requested!r}; known: {', '.join(METRICS)}")
-        return requested, "--metric"
-    card = model_path.parent / "card.json"
-    if card.is_file():
-        try:
-            named = json.loads(card.read_text()).get("metric")
-        except (ValueError, AttributeError):
-            named = None
-        if isinstance(named, str) and named in METRICS:
-            return named, f"named by {card}"
-    if labels.dtype.kind in "iub":
-        return "accuracy", "integer labels: accuracy of the first output's argmax"
-    return "mae", "numeric labels: mean absolute error of the first output"
+__all__ = [
+    "INT8_OPS",
+    "Progress",
+    "bench",
+    "load_data",
+    "model_inputs",
+    "optimize",
+    "read_records",
+    "sha256",
+    "shown",
+    "write_card",
+]
 
 
 def _retime(
@@ -219,14 +107,6 @@ def _retime(
             r = r.model_copy(update={"figures": fig})
         result.append(r)
     return result
-
-
-def shown(path: Path) -> str:
-    """``path`` relative to the working directory when under it: cards stay portable."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
 
 
 def _command(
@@ -297,7 +177,7 @@ def optimize(
         cal, cal_info = load_data(calibration, "calibration", inputs, labels=False)
     if evaluation is not None:
         ev, ev_info = load_data(evaluation, "evaluation", inputs, labels=True)
-    metric_name, metric_source = _metric(metric, model, None if ev is None else ev["labels"])
+    metric_name, metric_source = choose_metric(metric, model, None if ev is None else ev["labels"])
     checked = ev is not None
     unit = unit_for(metric_name, checked)
 
@@ -392,7 +272,7 @@ def optimize(
             sha256=sha256(model),
             size_bytes=model.stat().st_size,
             inputs=[str(s) for s in inputs],
-            outputs=_outputs(proto),
+            outputs=model_outputs(proto),
             params=built[0].params,
         ),
         device=profile,
@@ -450,165 +330,3 @@ def write_card(card: ModelCard, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "card.json").write_text(card.model_dump_json(indent=2) + "\n")
     (out / "card.md").write_text(render_markdown(card))
-
-
-# --- bench: one model ---------------------------------------------------------------------
-
-INT8_OPS = (b"DequantizeLinear", b"MatMulInteger", b"ConvInteger", b"QLinear", b"DynamicQuantize")
-
-
-def _precision(path: Path) -> Precision:
-    """int8 if the file holds quantized ops (read from the bytes: no onnx package needed)."""
-    if path.suffix.lower() != ".onnx":
-        return "fp32"
-    data = path.read_bytes()
-    return "int8" if any(op in data for op in INT8_OPS) else "fp32"
-
-
-def read_records(path: Path) -> list[CalibrationRecord]:
-    """The speed records kept by ``bench --record`` (a JSON list; missing file: none)."""
-    if not path.exists():
-        return []
-    try:
-        raw = json.loads(path.read_text())
-        return [CalibrationRecord.model_validate(item) for item in raw]
-    except (ValueError, TypeError) as exc:
-        raise OptimizeError(f"--record {path}: not a list of bench records ({exc})") from exc
-
-
-def bench(
-    model: Path,
-    profile: DeviceProfile,
-    *,
-    evaluation: Path | None = None,
-    metric: str | None = None,
-    runs: int = 1000,
-    warmup: int = 50,
-    record: Path | None = None,
-    reference: bool = False,
-    progress: Progress | None = None,
-) -> BenchReport:
-    """Measure one ``.onnx`` or ``.tflite`` file as the optimizer measures a variant.
-
-    With ``record``, append the measured speed to that JSON file; when the file also holds a
-    run of the same model made on the reference machine (``reference=True`` there), report the
-    implied speed factor of this machine, which is what a profile's ``speed`` figures mean.
-    Needs only numpy and the model's runtime (no onnx package), so it runs on a device.
-    """
-    from . import load_model
-
-    say = progress or (lambda _msg: None)
-    session = load_model(model)  # checks the file and the runtime, gives the signature
-    runtime = "litert" if model.suffix.lower() == ".tflite" else "onnxruntime"
-    inputs, outputs = list(session.inputs), [str(s) for s in session.outputs]
-    del session
-    ev = ev_info = None
-    if evaluation is not None:
-        ev, ev_info = load_data(evaluation, "evaluation", inputs, labels=True)
-    metric_name, metric_source = _metric(metric, model, None if ev is None else ev["labels"])
-    names = [s.name for s in inputs]
-    measurer = Measurer(
-        profile,
-        None if ev is None else {n: ev[n][:1] for n in names},
-        {} if ev is None else {"eval": {n: ev[n] for n in names}},
-        runs=runs,
-        warmup=warmup,
-    )
-    precision = _precision(model)
-    say(f"measuring {model.name} ({runtime}, {precision}, {runs} runs)")
-    fig, timing = measurer.measure(model, runtime, precision)
-    if ev is not None and metric_name is not None:
-        value = metric_value(metric_name, timing.outputs["eval"], ev["labels"])
-        fig = fig.model_copy(update={"metric": metric_name, "metric_value": round(value, 6)})
-    here = machine()
-    digest = sha256(model)
-    now = datetime.now(UTC).replace(microsecond=0)
-    on_device = here.machine == profile.arch
-    implied = None
-    advice: list[str] = []
-    kind = "int8" if precision == "int8" else "fp32"
-    stated = profile.speed.int8.value if precision == "int8" else profile.speed.fp32.value
-    records = read_records(record) if record is not None else []
-    refs = [
-        r
-        for r in records
-        if r.reference and r.model_sha256 == digest and r.runtime == runtime and not reference
-    ]
-    if refs:
-        ref = refs[-1]
-        implied = round(fig.p50_ms / ref.p50_ms, 3)
-        advice.append(
-            f"implied {kind} speed factor of this machine for this model: {implied:g} "
-            f"(p50 {fig.p50_ms:.4g} ms here / {ref.p50_ms:.4g} ms on the reference, "
-            f"{ref.machine.cpu}); profile {profile.name} says {stated:g}"
-        )
-        if on_device:
-            advice.append(
-                f"to calibrate: copy the {profile.name} profile into a directory on "
-                f"$EDGEAGENT_PROFILES and set speed.{kind}.value: {implied:g} with source "
-                f"'edgeagent models bench {model.name}, {now.date()}, {here.cpu}'"
-            )
-    elif reference:
-        advice.append(
-            "recorded as the reference machine's run: run the same bench with this --record file "
-            "on the device to get its speed factor"
-        )
-    else:
-        advice.append(
-            "no reference run of this model in the record file: run `edgeagent models bench "
-            f"{model.name} --device x86-64 --reference --record FILE` on the reference machine, "
-            "then bench here with the same FILE to get the implied speed factor"
-        )
-    if not on_device:
-        advice.append(
-            f"this machine is {here.machine}, not a {profile.name} ({profile.arch}): the latency "
-            f"is this machine's; the estimate multiplies it by {profile.name}'s factor"
-        )
-    if record is not None:
-        records.append(
-            CalibrationRecord(
-                created=now,
-                model_sha256=digest,
-                model=model.name,
-                runtime=runtime,
-                precision=precision,
-                threads=fig.threads,
-                p50_ms=fig.p50_ms,
-                p99_ms=fig.p99_ms,
-                runs=fig.runs,
-                profile=profile.name,
-                reference=reference,
-                machine=here,
-            )
-        )
-        record.parent.mkdir(parents=True, exist_ok=True)
-        payload = [r.model_dump(mode="json") for r in records]
-        record.write_text(json.dumps(payload, indent=2) + "\n")
-        advice.append(f"recorded in {record} ({len(records)} record(s))")
-    return BenchReport(
-        created=now,
-        model=ModelInfo(
-            name=model.stem,
-            path=shown(model),
-            sha256=digest,
-            size_bytes=model.stat().st_size,
-            inputs=[str(s) for s in inputs],
-            outputs=outputs,
-        ),
-        device=profile.name,
-        variant=VariantRecord(
-            name=model.name,
-            technique="as given",
-            precision=precision,
-            runtime=runtime,
-            file=str(model),
-            sha256=digest,
-            figures=fig,
-            notes=[] if ev_info is None else [f"metric: {metric_name} ({metric_source})"],
-        ),
-        machine=here,
-        method=[n.format(runs=runs, warmup=warmup) for n in METHOD_NOTES],
-        on_device=on_device,
-        implied_speed_factor=implied,
-        calibration=advice,
-    )
