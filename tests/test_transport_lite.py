@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import random
 import shutil
 import subprocess
 import time
@@ -21,10 +22,11 @@ import pytest
 
 from edgeagent import DeviceAgent, Fleet
 from edgeagent.broker import BrokerConfig
+from edgeagent.clock import LoopClock
 from edgeagent.config import AgentConfig
 from edgeagent.errors import TransportError
 from edgeagent.transport.base import Inbound, Props, Transport, Will
-from edgeagent.transport.lite import MAX_PACKET, LiteTransport
+from edgeagent.transport.lite import LITE_BACKOFF, MAX_PACKET, LiteTransport
 from edgeagent.transport.mqtt import MqttTransport
 from tests.broker.mosquitto import Mosquitto, free_port
 
@@ -147,7 +149,7 @@ def test_many_qos1_in_flight_respect_the_brokers_receive_maximum() -> None:
         got: list[Inbound] = []
         await t.subscribe("flow/#", got.append, qos=1)
         await t.connect()
-        assert t._recv_max == 5
+        assert t._session.receive_maximum == 5
         await asyncio.gather(*(t.publish("flow/x", b"%d" % i, qos=1) for i in range(300)))
         for _ in range(20):
             t.publish_nowait("flow/y", b"n", qos=1)  # beyond the limit: sent at QoS 0
@@ -517,6 +519,39 @@ def test_refusal_reason_and_connect_timeout() -> None:
     run(main)
 
 
+class RecordingClock(LoopClock):
+    """The loop's clock, remembering every timer armed through it."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    def call_later(
+        self, delay: float, callback: Callable[..., object], *args: Any
+    ) -> asyncio.TimerHandle:
+        self.delays.append(delay)
+        return super().call_later(delay, callback, *args)
+
+
+def test_timers_run_on_the_injected_clock_and_jitter_on_the_injected_rng() -> None:
+    async def main() -> None:
+        async with fake_broker(b"\x20\x03\x00\x00\x00") as (url, seen):
+            clock = RecordingClock()
+            t = LiteTransport(
+                BrokerConfig(url=url), client_id="c", clock=clock, rng=random.Random(42)
+            )
+            await t.connect()
+            assert clock.delays  # the keepalive wheel of this loop ticks on the clock
+            del clock.delays[:]
+            t.kill(reconnect=True)  # lost: the retry is armed with seeded jitter
+            await until(lambda: bool(clock.delays), what="the reconnect timer")
+            assert clock.delays[0] == LITE_BACKOFF.delay(0, random.Random(42))
+            await until(lambda: t.connected, what="the reconnect")
+            assert [kind for kind, _ in seen].count(1) == 2  # two CONNECTs
+            await t.close()
+
+    run(main)
+
+
 def test_keepalive_pings_and_gives_up_on_a_silent_broker() -> None:
     server_keepalive_1s = b"\x20\x06\x00\x00\x03\x13\x00\x01"
 
@@ -524,7 +559,7 @@ def test_keepalive_pings_and_gives_up_on_a_silent_broker() -> None:
         async with fake_broker(server_keepalive_1s) as (url, seen):
             t = lite(url, reconnect=False)
             await t.connect()
-            assert t._keepalive == 1
+            assert t._session.keepalive == 1
             await asyncio.sleep(2.5)
             assert [kind for kind, _ in seen].count(12) >= 2  # PINGREQs, answered
             assert t.connected

@@ -3,10 +3,11 @@
 The fleet simulator's broker mode connects every simulated device to a real mosquitto, and paho's
 ``Client`` costs tens of kilobytes per connection. Here a client is two small objects with
 ``__slots__`` on top of asyncio's socket transport: :class:`LiteTransport` (subscriptions,
-acks, reconnects) and one ``_Proto`` per TCP connection (the ``asyncio.Protocol``: framing,
-decoding, keepalive timestamps). An idle connected client owns no task, no queue, no future and
-no buffer: a partial packet is buffered only until it completes, acks are awaited through a dict
-that exists only while something is in flight, and a reconnect is a task only while it runs.
+acks, reconnects, and its :class:`~edgeagent.transport.session.ClientSession`) and one
+``_Proto`` per TCP connection (the ``asyncio.Protocol``: bytes in and out). An idle
+connected client owns no task, no queue, no future and no buffer: a partial packet is buffered
+only until it completes, acks are awaited through a dict that exists only while something is in
+flight, and a reconnect is a task only while it runs.
 Keepalive is one timer wheel per event loop: a single 1 s callback visits only the connections
 due for a PINGREQ (or overdue for an answer), so 10,000 idle clients cost one timer, not 10,000.
 Measured: about 3 KB of Python heap per idle connected client, asyncio's transport included.
@@ -15,23 +16,33 @@ Supported: QoS 0 and 1 both ways, retained messages, a last will, shared subscri
 broker's Receive Maximum, and the five publish properties of
 :class:`~edgeagent.transport.base.Props`. Not supported: QoS 2, topic aliases, enhanced
 authentication, will properties, and resending unacknowledged QoS 1 messages after a reconnect
-(their ``publish()`` fails instead). Socket and TLS errors become
-:class:`~edgeagent.errors.TransportError` here, as :mod:`edgeagent.transport.mqtt` does for paho.
+(their ``publish()`` fails instead). :class:`~edgeagent.transport.mqtt.MqttTransport` is this
+class with QoS 2 allowed and an agent's defaults. Socket and TLS errors become
+:class:`~edgeagent.errors.TransportError` here, and nowhere else.
+
+The protocol itself is :class:`~edgeagent.transport.session.ClientSession` (no I/O): this module
+only moves its bytes, keeps the futures callers await, and arms timers on the injected
+:class:`~edgeagent.clock.Clock`. Reconnect jitter comes from an injected ``random.Random`` (one
+shared instance by default: a generator per client would cost 2.5 KB each).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import random
+import socket
 import ssl
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ..broker import BrokerConfig
+from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import TransportError
+from .backoff import Backoff
 from .base import (
     NO_PROPS,
     ConnectCallback,
@@ -45,99 +56,38 @@ from .base import (
     valid_publish_topic,
     validate_filter,
 )
-from .packing import UnusualPacket, _blob, _varint, pack_properties, unpack_publish
+from .codec import MalformedPacket, PacketTooLarge
+from .session import (
+    BrokerDisconnected,
+    ClientSession,
+    Connected,
+    ConnectionRefused,
+    PublishAcked,
+    SessionError,
+    Subscribed,
+    Unsubscribed,
+    reason_text,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_PACKET = (1 << 20) + (1 << 16)
 """Largest packet accepted: 1 MiB of payload plus room for topic and properties, bytes."""
 _TICK_S = 1.0
-_BACKOFF_MIN_S, _BACKOFF_MAX_S = 0.1, 5.0
+LITE_BACKOFF = Backoff(0.1, 5.0)
 _CONNACK = 0  # packet identifiers start at 1: key 0 of ``_acks`` waits for the CONNACK
+_SHARED_RNG = random.Random()
 
-# Property identifiers by how their values are encoded (MQTT 5.0 §2.2.2.2).
-_KIND: dict[int, int | str] = {
-    **dict.fromkeys((0x01, 0x17, 0x19, 0x24, 0x25, 0x28, 0x29, 0x2A), 1),
-    **dict.fromkeys((0x13, 0x21, 0x22, 0x23), 2),
-    **dict.fromkeys((0x02, 0x11, 0x18, 0x27), 4),
-    **dict.fromkeys((0x03, 0x08, 0x12, 0x15, 0x1A, 0x1C, 0x1F), "str"),
-    0x0B: "varint", 0x09: "bin", 0x16: "bin", 0x26: "pair",
-}  # fmt: skip
-_REASONS = {
-    0x80: "Unspecified error", 0x81: "Malformed Packet", 0x82: "Protocol Error",
-    0x83: "Implementation specific error", 0x84: "Unsupported Protocol Version",
-    0x85: "Client Identifier not valid", 0x86: "Bad User Name or Password",
-    0x87: "Not authorized", 0x88: "Server unavailable", 0x89: "Server busy", 0x8A: "Banned",
-    0x8B: "Server shutting down", 0x8D: "Keep Alive timeout", 0x8E: "Session taken over",
-    0x8F: "Topic Filter invalid", 0x90: "Topic Name invalid", 0x93: "Receive Maximum exceeded",
-    0x95: "Packet too large", 0x97: "Quota exceeded", 0x99: "Payload format invalid",
-    0x9A: "Retain not supported", 0x9B: "QoS not supported", 0x9C: "Use another server",
-    0x9D: "Server moved", 0x9E: "Shared Subscriptions not supported",
-    0x9F: "Connection rate exceeded", 0xA2: "Wildcard Subscriptions not supported",
-}  # fmt: skip
-
-
-def _reason(code: int) -> str:
-    return _REASONS.get(code, f"reason code 0x{code:02X}")
-
-
-def _str(s: str) -> bytes:
-    return _blob(s.encode())
-
-
-def _packet(first: int, body: bytes) -> bytes:
-    return bytes((first,)) + _varint(len(body)) + body
-
-
-def _read_varint(data: bytes | bytearray, pos: int) -> tuple[int, int]:
-    """``(value, next position)``; IndexError if ``data`` ends inside it."""
-    value = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-        if shift > 21:
-            raise ValueError("malformed variable byte integer")
-
-
-def _read_props(data: bytes, pos: int) -> tuple[dict[int, Any], int]:
-    """A properties section as ``{identifier: value}`` (User Properties: a list of pairs)."""
-    size, pos = _read_varint(data, pos)
-    end = pos + size
-    out: dict[int, Any] = {}
-    while pos < end:
-        pid = data[pos]
-        kind = _KIND.get(pid)
-        if kind is None:
-            raise ValueError(f"unknown property 0x{pid:02X}")
-        if isinstance(kind, int):
-            out[pid] = int.from_bytes(data[pos + 1 : pos + 1 + kind], "big")
-            pos += 1 + kind
-            continue
-        if kind == "varint":
-            out[pid], pos = _read_varint(data, pos + 1)
-            continue
-        n = int.from_bytes(data[pos + 1 : pos + 3], "big")
-        value, pos = data[pos + 3 : pos + 3 + n], pos + 3 + n
-        if kind == "pair":
-            m = int.from_bytes(data[pos : pos + 2], "big")
-            out.setdefault(pid, []).append((value.decode(), data[pos + 2 : pos + 2 + m].decode()))
-            pos += 2 + m
-        else:
-            out[pid] = value if kind == "bin" else value.decode()
-    if pos != end:
-        raise ValueError("properties overrun their length")
-    return out, end
+Ack = Connected | ConnectionRefused | PublishAcked | Subscribed | Unsubscribed
 
 
 @functools.lru_cache(maxsize=16)
-def _ssl_context(
+def ssl_context(
     ca: Path | None, cert: Path | None, key: Path | None, insecure: bool
 ) -> ssl.SSLContext:
-    """One context per TLS setting, shared by every client (a context holds the CA store)."""
+    """One client context per TLS setting, shared by every client (a context holds the CA
+    store): the CA file (else the system's), an optional client certificate, and ``insecure``
+    (the hostname is not checked; the chain still is)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     if ca:
         ctx.load_verify_locations(cafile=str(ca))
@@ -150,21 +100,32 @@ def _ssl_context(
     return ctx
 
 
+def broker_ssl_context(broker: BrokerConfig) -> ssl.SSLContext | None:
+    """The TLS context a broker's settings ask for, or None for plain TCP."""
+    tls = broker.tls
+    if tls is not None:
+        return ssl_context(tls.ca_file, tls.cert_file, tls.key_file, tls.insecure)
+    return ssl_context(None, None, None, False) if broker.use_tls() else None
+
+
 class _Wheel:
     """Keepalive for every client of one loop: a 1 s tick visiting only the connections due."""
 
-    __slots__ = ("buckets", "cursor", "loop")
+    __slots__ = ("buckets", "clock", "cursor", "loop")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, clock: Clock) -> None:
         self.loop = weakref.ref(loop)  # the wheels registry must not keep a loop alive
+        self.clock = clock  # the first client's: every clock of one loop reads that loop's time
         self.buckets: dict[int, set[_Proto]] = {}  # tick number -> connections due then
         self.cursor = 0  # the next tick to visit; 0 while the wheel is stopped
 
     def add(self, proto: _Proto, when: float) -> None:
-        loop = proto.loop
+        if when == float("inf"):
+            return  # keepalive off
         if not self.cursor:
-            self.cursor = int(loop.time() / _TICK_S) + 1
-            loop.call_at(self.cursor * _TICK_S, self._tick)
+            now = self.clock.monotonic()
+            self.cursor = int(now / _TICK_S) + 1
+            self.clock.call_later(self.cursor * _TICK_S - now, self._tick)
         proto.wheel_key = max(-int(-when // _TICK_S), self.cursor)
         self.buckets.setdefault(proto.wheel_key, set()).add(proto)
 
@@ -176,10 +137,9 @@ class _Wheel:
                 del self.buckets[proto.wheel_key]
 
     def _tick(self) -> None:
-        loop = self.loop()
-        if loop is None:
+        if self.loop() is None:
             return
-        now = loop.time()
+        now = self.clock.monotonic()
         upto = int(now / _TICK_S)
         due = [self.buckets.pop(k) for k in range(self.cursor, upto + 1) if k in self.buckets]
         self.cursor = upto + 1
@@ -187,7 +147,7 @@ class _Wheel:
             for proto in bucket:
                 proto.keepalive(now)
         if self.buckets:
-            loop.call_at(self.cursor * _TICK_S, self._tick)
+            self.clock.call_later(self.cursor * _TICK_S - now, self._tick)
         else:
             self.cursor = 0
 
@@ -195,38 +155,41 @@ class _Wheel:
 _wheels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Wheel] = weakref.WeakKeyDictionary()
 
 
-def _wheel(loop: asyncio.AbstractEventLoop) -> _Wheel:
+def _wheel(loop: asyncio.AbstractEventLoop, clock: Clock) -> _Wheel:
     wheel = _wheels.get(loop)
     if wheel is None:
-        wheel = _wheels[loop] = _Wheel(loop)
+        wheel = _wheels[loop] = _Wheel(loop, clock)
     return wheel
 
 
 class _Proto(asyncio.Protocol):
-    """One TCP connection: framing, keepalive timestamps; packets go to the owner."""
+    """One TCP connection: bytes to and from the owner's session; events to the owner."""
 
-    __slots__ = (
-        "buf", "gone", "last_in", "last_out", "loop", "owner", "pinging", "transport", "wheel_key",
-    )  # fmt: skip
+    __slots__ = ("gone", "loop", "owner", "transport", "wheel_key")
 
     def __init__(self, owner: LiteTransport, loop: asyncio.AbstractEventLoop) -> None:
         self.owner: LiteTransport | None = owner  # None once the connection is over
         self.loop = loop
         self.transport: asyncio.Transport | None = None
-        self.buf: bytearray | None = None  # only while a packet is incomplete
         self.gone: asyncio.Future[None] | None = None  # only while close() waits
-        self.last_in = self.last_out = loop.time()
-        self.pinging = False
         self.wheel_key = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        # asyncio already disables Nagle on TCP; a reply written right after an event must not
+        # wait for a delayed ACK (about 40 ms on loopback), so make sure.
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
-            self.last_out = self.loop.time()
+            owner = self.owner
+            if owner is not None:
+                owner._session.sent(owner._clock.monotonic())
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -236,38 +199,30 @@ class _Proto(asyncio.Protocol):
         owner = self.owner
         if owner is None:
             return
-        self.last_in = self.loop.time()
-        self.pinging = False
-        buf: bytes | bytearray = data
-        if self.buf is not None:
-            self.buf += data
-            buf = self.buf
-        pos, n = 0, len(buf)
+        session = owner._session
         try:
-            while n - pos >= 2:
-                try:
-                    size, start = _read_varint(buf, pos + 1)
-                except IndexError:
-                    break  # even the remaining length is cut short: wait for more bytes
-                if start - pos + size > MAX_PACKET:
-                    log.error("%s: %d-byte packet refused; disconnecting", owner.client_id, size)
-                    self.write(b"\xe0\x01\x95")  # DISCONNECT: Packet too large
-                    self.abort()
-                    return
-                if start + size > n:
-                    break
-                owner._handle(self, buf[pos], bytes(buf[start : start + size]))
-                pos = start + size
-                if self.owner is None:
-                    return
-        except (IndexError, ValueError, UnusualPacket) as exc:  # UnicodeDecodeError: a ValueError
-            log.error("%s: malformed packet (%s); disconnecting", owner.client_id, exc)
+            events = session.receive_data(data, owner._clock.monotonic())
+        except MalformedPacket as exc:
+            owner._handle(self, exc.events)  # the packets before the fault
+            if isinstance(exc, PacketTooLarge):
+                log.error("%s: %s; disconnecting", owner.client_id, exc)
+                self.write(b"\xe0\x01\x95")  # DISCONNECT: Packet too large
+            else:
+                log.error("%s: malformed packet (%s); disconnecting", owner.client_id, exc)
             self.abort()
             return
-        self.buf = bytearray(buf[pos:]) if pos < n else None
+        except SessionError as exc:
+            log.error("%s: protocol error (%s); disconnecting", owner.client_id, exc)
+            self.abort()
+            return
+        owner._handle(self, events)
+        if self.owner is not None:
+            acks = session.data_to_send()  # PUBACKs owed for the messages just handled
+            if acks:
+                self.write(acks)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = self.buf = None
+        self.transport = None
         owner, self.owner = self.owner, None
         if self.gone is not None and not self.gone.done():
             self.gone.set_result(None)
@@ -275,20 +230,20 @@ class _Proto(asyncio.Protocol):
             owner._lost(self, str(exc) if exc else "socket closed")
 
     def keepalive(self, now: float) -> None:
-        """PINGREQ after ``keepalive`` idle seconds; give up after 1.5 times that in silence."""
-        if self.owner is None:
+        """PINGREQ when idle for the keepalive; give up after 1.5 times that in silence."""
+        owner = self.owner
+        if owner is None:
             return
-        ka = self.owner._keepalive
-        if self.pinging and now - self.last_in >= 1.5 * ka:
-            log.warning("%s: no answer from the broker for %g s", self.owner.client_id, 1.5 * ka)
+        session = owner._session
+        due = session.keepalive_due(now, slack=_TICK_S)  # a tick late is still in time
+        if due == "overdue":
+            log.warning("%s: no answer from the broker for %g s", owner.client_id,
+                        1.5 * session.keepalive)  # fmt: skip
             self.abort()
             return
-        # A tick late is still in time: ping after ``keepalive - tick`` idle seconds.
-        due = min(self.last_in, self.last_out) + max(ka - _TICK_S, 0)
-        if not self.pinging and now >= due:
-            self.write(b"\xc0\x00")  # PINGREQ
-            self.pinging = True
-        _wheel(self.loop).add(self, self.last_in + 1.5 * ka if self.pinging else due)
+        if due == "ping":
+            self.write(session.ping())
+        _wheel(self.loop, owner._clock).add(self, session.next_keepalive(_TICK_S))
 
 
 class LiteTransport:
@@ -298,14 +253,23 @@ class LiteTransport:
     refuses; once connected, a lost connection is re-established with jittered exponential
     backoff (0.1 s doubling to 5 s) unless ``reconnect=False``. ``host`` overrides the broker
     URL's host (TLS still verifies the URL's) and ``bind`` sets the local address (more source
-    addresses, more ephemeral ports).
+    addresses, more ephemeral ports). ``clock`` arms every timer; ``rng`` draws the jitter.
+    ``retry_first_connect=True`` makes :meth:`connect` keep trying (with ``backoff``) until
+    the broker answers, instead of raising at once. ``max_packet_size`` (bytes) is announced
+    to the broker, which then drops larger messages for this client instead of sending them;
+    above :data:`~edgeagent.transport.codec.MAX_VARINT` nothing is announced (no limit).
+
+    :class:`~edgeagent.transport.mqtt.MqttTransport` is this class with QoS 2 and the defaults
+    of a long-running agent or client.
     """
 
+    MAX_QOS: ClassVar[int] = 1
+
     __slots__ = (
-        "_acks", "_attempts", "_connected", "_connecting", "_connects", "_disconnects", "_in",
-        "_inflight", "_keepalive", "_next_pid", "_on_connect", "_out", "_proto", "_recv_max",
-        "_retry", "_subs", "_waiters", "_want", "bind", "broker", "clean_start", "client_id",
-        "host", "reconnect", "will",
+        "_acks", "_attempts", "_backoff", "_clock", "_connected", "_connecting", "_connects",
+        "_disconnects", "_in", "_on_connect", "_out", "_proto", "_retry", "_rng", "_session",
+        "_subs", "_waiters", "_want", "bind", "broker", "clean_start", "client_id", "host",
+        "reconnect", "retry_first_connect", "will",
     )  # fmt: skip
 
     def __init__(
@@ -318,24 +282,38 @@ class LiteTransport:
         reconnect: bool = True,
         host: str | None = None,
         bind: str | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        rng: random.Random | None = None,
+        retry_first_connect: bool = False,
+        backoff: Backoff = LITE_BACKOFF,
+        max_packet_size: int = MAX_PACKET,
     ) -> None:
         self.broker = broker
+        self.retry_first_connect = retry_first_connect
+        self._backoff = backoff
         self.client_id = client_id
         self.will = will
         self.clean_start = clean_start
         self.reconnect = reconnect
         self.host = host
         self.bind = bind
+        self._clock = clock
+        self._rng = rng or _SHARED_RNG
+        self._session = ClientSession(
+            client_id,
+            keepalive=broker.keepalive_s,
+            clean_start=clean_start,
+            will=will,
+            max_packet_size=max_packet_size,
+        )
         self._proto: _Proto | None = None
         self._subs: dict[str, tuple[int, Handler, str]] = {}  # filter -> qos, handler, plain
         self._on_connect: tuple[ConnectCallback, ...] = ()
-        self._acks: dict[int, asyncio.Future[bytes] | None] | None = None  # None: nothing due
+        self._acks: dict[int, asyncio.Future[Ack] | None] | None = None  # None: nothing due
         self._waiters: list[asyncio.Future[None]] | None = None  # publish() at receive max
         self._retry: asyncio.TimerHandle | asyncio.Task[None] | None = None
         self._connected = self._connecting = self._want = False
-        self._keepalive = broker.keepalive_s
-        self._recv_max = 65535
-        self._next_pid = self._inflight = self._attempts = 0
+        self._attempts = 0
         self._connects = self._disconnects = self._in = self._out = 0
 
     # Public API ---------------------------------------------------------------------------------
@@ -351,8 +329,21 @@ class LiteTransport:
         if self._want:
             raise RuntimeError("LiteTransport.connect() called twice")
         self._want = True
+        attempt = 0
         try:
-            await self._attempt()
+            while True:
+                try:
+                    await self._attempt()
+                    return
+                except TransportError as exc:
+                    if not (self.retry_first_connect and self._want):
+                        raise
+                    delay = self._backoff.delay(attempt, self._rng)
+                    attempt += 1
+                    log.warning("%s; retrying in %.1f s", exc, delay)
+                    await self._clock.sleep(delay)
+                    if not self._want:
+                        raise TransportError("transport closed while connecting") from exc
         except BaseException:
             self._want = False
             raise
@@ -366,12 +357,12 @@ class LiteTransport:
         proto = self._proto
         if proto is not None and proto.transport is not None:
             if self._connected:
-                proto.write(b"\xe0\x00")  # DISCONNECT, reason 0: the broker drops the will
+                proto.write(self._session.disconnect())  # reason 0: the broker drops the will
             proto.owner = None
             proto.gone = proto.loop.create_future()
             proto.transport.close()
             try:
-                async with asyncio.timeout(1.0):
+                async with self._clock.timeout(1.0):
                     await proto.gone
             except TimeoutError:
                 proto.abort()
@@ -393,7 +384,7 @@ class LiteTransport:
         props: Props = NO_PROPS,
     ) -> None:
         """Send now; at the broker's Receive Maximum a QoS 1 message goes out as QoS 0."""
-        if qos and self._inflight >= self._recv_max:
+        if qos and self._session.send_quota <= 0:
             qos = 0
         try:
             self._send_publish(topic, payload, qos, retain, props)
@@ -409,7 +400,7 @@ class LiteTransport:
         retain: bool = False,
         props: Props = NO_PROPS,
     ) -> None:
-        while qos and self._connected and self._inflight >= self._recv_max:
+        while qos and self._connected and self._session.send_quota <= 0:
             waiter = asyncio.get_running_loop().create_future()
             if self._waiters is None:
                 self._waiters = []
@@ -418,21 +409,25 @@ class LiteTransport:
         pid = self._send_publish(topic, payload, qos, retain, props)
         if pid:
             ack = await self._await_ack(pid)
-            if len(ack) > 2 and ack[2] >= 0x80:
-                raise TransportError(f"broker refused the message to {topic}: {_reason(ack[2])}")
+            assert isinstance(ack, PublishAcked)
+            if ack.reason_code >= 0x80:
+                reason = reason_text(ack.reason_code)
+                raise TransportError(f"broker refused the message to {topic}: {reason}")
 
     async def subscribe(self, topic_filter: str, handler: Handler, *, qos: int = 0) -> None:
         validate_filter(topic_filter)
-        if qos not in (0, 1):
-            raise ValueError(f"LiteTransport subscribes at QoS 0 or 1, not {qos}")
+        if not 0 <= qos <= self.MAX_QOS:
+            raise ValueError(
+                f"{type(self).__name__} subscribes at QoS {self._qos_range()}, not {qos}"
+            )
         # Registered first, so retained messages arriving right after the SUBACK find it.
         self._subs[topic_filter] = (qos, handler, strip_share(topic_filter)[1])
         if self._connected:
             try:
-                (code,) = await self._request(0x82, [topic_filter])
+                (code,) = await self._request([topic_filter], subscribe=True)
                 if code >= 0x80:
                     raise TransportError(
-                        f"broker refused subscription {topic_filter!r}: {_reason(code)}"
+                        f"broker refused subscription {topic_filter!r}: {reason_text(code)}"
                     )
             except TransportError:
                 self._subs.pop(topic_filter, None)
@@ -440,7 +435,11 @@ class LiteTransport:
 
     async def unsubscribe(self, topic_filter: str) -> None:
         if self._subs.pop(topic_filter, None) is not None and self._connected:
-            await self._request(0xA2, [topic_filter])
+            await self._request([topic_filter], subscribe=False)
+
+    @classmethod
+    def _qos_range(cls) -> str:
+        return "0 or 1" if cls.MAX_QOS == 1 else "0, 1 or 2"
 
     def statistics(self) -> TransportStatistics:
         return TransportStatistics(
@@ -453,36 +452,20 @@ class LiteTransport:
 
     # Connection management ----------------------------------------------------------------------
 
-    def _connect_packet(self) -> bytes:
-        user, password = self.broker.credentials()
-        will = self.will
-        flags = (0x02 if self.clean_start else 0) | (0x80 if user is not None else 0)
-        flags |= 0x40 if password is not None else 0
-        if will is not None:
-            flags |= 0x04 | (will.qos << 3) | (0x20 if will.retain else 0)
-        body = b"\x00\x04MQTT\x05" + bytes((flags,)) + self._keepalive.to_bytes(2, "big")
-        body += b"\x05\x27" + MAX_PACKET.to_bytes(4, "big") + _str(self.client_id)
-        if will is not None:
-            body += b"\x00" + _str(will.topic) + _blob(will.payload)  # no will properties
-        if user is not None:
-            body += _str(user)
-        if password is not None:
-            body += _str(password)
-        return _packet(0x10, body)
-
     async def _attempt(self) -> None:
         """One connection: TCP (and TLS), CONNECT/CONNACK, subscriptions, on_connect callbacks."""
         loop, broker, where = asyncio.get_running_loop(), self.broker, self.broker.display()
-        tls, ctx = broker.tls, None
-        if tls is not None:
-            ctx = _ssl_context(tls.ca_file, tls.cert_file, tls.key_file, tls.insecure)
-        elif broker.use_tls():
-            ctx = _ssl_context(None, None, None, False)
-        self._keepalive = broker.keepalive_s
+        ctx = broker_ssl_context(broker)
+        session = self._session
+        if session.state != "disconnected":
+            session.connection_lost()  # an aborted attempt whose socket never reported back
+        session.keepalive = broker.keepalive_s
+        session.username, session.password = broker.credentials()
+        session.will, session.clean_start = self.will, self.clean_start  # settable until now
         proto = self._proto = _Proto(self, loop)
         self._connecting = True
         try:
-            async with asyncio.timeout(broker.connect_timeout_s):
+            async with self._clock.timeout(broker.connect_timeout_s):
                 await loop.create_connection(
                     lambda: proto,
                     self.host or broker.host,
@@ -491,30 +474,28 @@ class LiteTransport:
                     server_hostname=broker.host if ctx else None,
                     local_addr=(self.bind, 0) if self.bind else None,
                 )
-                proto.write(self._connect_packet())
+                proto.write(session.connect(self._clock.monotonic()))
                 connack = await self._await_ack(_CONNACK)
-            props = _read_props(connack, 2)[0]
-            if connack[1] >= 0x80:
-                text = props.get(0x1F) or _reason(connack[1])
-                raise TransportError(f"MQTT broker at {where} refused the connection: {text}")
-            self._recv_max = props.get(0x21, 65535)
-            self._keepalive = props.get(0x13, self._keepalive)
+            if isinstance(connack, ConnectionRefused):
+                raise TransportError(
+                    f"MQTT broker at {where} refused the connection: {connack.reason}"
+                )
             self._connected = True
             self._connects += 1
-            _wheel(loop).add(proto, loop.time())  # the first tick works out when to ping
+            # the first tick works out when to ping
+            _wheel(loop, self._clock).add(proto, self._clock.monotonic())
             if self._subs:  # restore them all in one SUBSCRIBE
                 filters = list(self._subs)
-                for topic_filter, code in zip(
-                    filters, await self._request(0x82, filters), strict=False
-                ):
+                codes = await self._request(filters, subscribe=True)
+                for topic_filter, code in zip(filters, codes, strict=False):
                     if code >= 0x80:
-                        log.error("dropping subscription %r: %s", topic_filter, _reason(code))
+                        log.error("dropping subscription %r: %s", topic_filter, reason_text(code))
                         self._subs.pop(topic_filter, None)
         except BaseException as exc:
             proto.abort()
             if isinstance(exc, TimeoutError):
                 raise TransportError(f"timed out connecting to MQTT broker at {where}") from exc
-            if isinstance(exc, OSError | ValueError | IndexError):
+            if isinstance(exc, OSError | ValueError):
                 raise TransportError(f"cannot connect to MQTT broker at {where}: {exc}") from exc
             raise
         finally:
@@ -530,12 +511,12 @@ class LiteTransport:
         if proto is None or proto is not self._proto:
             return  # an earlier connection, already handled
         self._proto = None
-        _wheel(proto.loop).remove(proto)
+        _wheel(proto.loop, self._clock).remove(proto)
+        self._session.connection_lost()
         was, self._connected = self._connected, False
         self._disconnects += was
         acks, self._acks = self._acks or {}, None
         waiters, self._waiters = self._waiters or [], None
-        self._inflight = 0
         where = self.broker.display()
         if _CONNACK in acks:
             error = TransportError(f"broker at {where} closed the connection before accepting it")
@@ -549,13 +530,14 @@ class LiteTransport:
             self._schedule_retry()
 
     def _schedule_retry(self) -> None:
-        ceiling = min(_BACKOFF_MAX_S, _BACKOFF_MIN_S * 2**self._attempts)
+        delay = self._backoff.delay(self._attempts, self._rng)
         self._attempts += 1
-        delay = random.uniform(ceiling / 2, ceiling)  # "equal jitter"
-        self._retry = asyncio.get_running_loop().call_later(delay, self._retry_now)
+        self._retry = self._clock.call_later(delay, self._retry_now)
 
     def _retry_now(self) -> None:
-        self._retry = asyncio.get_running_loop().create_task(self._reconnect())
+        self._retry = asyncio.get_running_loop().create_task(
+            self._reconnect(), name=f"lite-reconnect-{self.client_id}"
+        )
 
     async def _reconnect(self) -> None:
         task = self._retry
@@ -571,22 +553,11 @@ class LiteTransport:
 
     # Packets ------------------------------------------------------------------------------------
 
-    def _track(self, key: int, fut: asyncio.Future[bytes] | None) -> None:
+    async def _await_ack(self, key: int) -> Ack:
+        fut: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
         if self._acks is None:
             self._acks = {}
         self._acks[key] = fut
-
-    def _next_id(self) -> int:
-        pid, acks = self._next_pid, self._acks or {}
-        while True:
-            pid = pid % 65535 + 1
-            if pid not in acks:
-                self._next_pid = pid
-                return pid
-
-    async def _await_ack(self, key: int) -> bytes:
-        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._track(key, fut)
         try:
             return await fut
         except asyncio.CancelledError:
@@ -600,66 +571,68 @@ class LiteTransport:
             raise TransportError(f"not connected to {self.broker.display()}")
         if not valid_publish_topic(topic):
             raise TransportError(f"cannot publish to {topic!r}: empty, wildcard or NUL")
-        if qos not in (0, 1):
-            raise ValueError(f"LiteTransport publishes at QoS 0 or 1, not {qos}")
-        head, pid = _str(topic), 0
-        if qos:
-            pid = self._next_id()
-            self._track(pid, None)
-            self._inflight += 1
-            head += pid.to_bytes(2, "big")
-        packed = b"\x00" if p is NO_PROPS else pack_properties(p)
-        proto.write(_packet(0x30 | qos << 1 | retain, head + packed + payload))
+        if not 0 <= qos <= self.MAX_QOS:
+            raise ValueError(
+                f"{type(self).__name__} publishes at QoS {self._qos_range()}, not {qos}"
+            )
+        pid, data = self._session.publish(topic, payload, qos, retain, p)
+        if pid:
+            if self._acks is None:
+                self._acks = {}
+            self._acks[pid] = None
+        proto.write(data)
         self._out += 1
         return pid
 
-    async def _request(self, kind: int, filters: list[str]) -> bytes:
-        """SUBSCRIBE (0x82, QoS from ``_subs``) or UNSUBSCRIBE (0xA2); the ack's reason codes."""
+    async def _request(self, filters: list[str], *, subscribe: bool) -> tuple[int, ...]:
+        """SUBSCRIBE (QoS from ``_subs``) or UNSUBSCRIBE; the ack's reason codes."""
         proto = self._proto
         if proto is None:
             raise TransportError(f"not connected to {self.broker.display()}")
-        pid = self._next_id()
-        sub = kind == 0x82
-        body = b"".join(_str(f) + (bytes((self._subs[f][0],)) if sub else b"") for f in filters)
-        proto.write(_packet(kind, pid.to_bytes(2, "big") + b"\x00" + body))
+        if subscribe:
+            pid, data = self._session.subscribe((f, self._subs[f][0]) for f in filters)
+        else:
+            pid, data = self._session.unsubscribe(filters)
+        proto.write(data)
         ack = await self._await_ack(pid)
-        return ack[_read_props(ack, 2)[1] :]
+        assert isinstance(ack, Subscribed | Unsubscribed)
+        return ack.reason_codes
 
-    def _handle(self, proto: _Proto, first: int, body: bytes) -> None:
-        kind = first >> 4
-        if kind == 3:
-            self._on_publish(proto, first, body)
-        elif kind == 14:
-            reason = _reason(body[0]) if body else "Normal disconnection"
-            log.warning("%s: the broker disconnected: %s", self.client_id, reason)
-        elif kind in (2, 4, 9, 11) and self._acks:  # CONNACK, PUBACK, SUBACK, UNSUBACK
-            key = _CONNACK if kind == 2 else int.from_bytes(body[:2], "big")
-            if key not in self._acks:
-                return
-            fut = self._acks.pop(key)
-            if not self._acks:
+    def _handle(self, proto: _Proto, events: list[Any]) -> None:
+        for event in events:
+            if self._proto is not proto or proto.owner is None:
+                return  # closed or killed by a handler
+            if isinstance(event, Inbound):
+                self._on_message(event)
+            elif isinstance(event, BrokerDisconnected):
+                log.warning("%s: the broker disconnected: %s", self.client_id, event.reason)
+            elif isinstance(event, PublishAcked | Subscribed | Unsubscribed | Connected
+                            | ConnectionRefused):  # fmt: skip
+                self._settle(_CONNACK if isinstance(event, Connected | ConnectionRefused)
+                             else event.packet_id, event)  # fmt: skip
+
+    def _settle(self, key: int, event: Ack) -> None:
+        acks = self._acks
+        if acks is not None and key in acks:
+            fut = acks.pop(key)
+            if not acks:
                 self._acks = None
             if fut is not None and not fut.done():
-                fut.set_result(body)
-            if kind == 4:
-                self._inflight -= 1
-                while self._waiters:
-                    waiter = self._waiters.pop(0)
-                    if not waiter.done():
-                        waiter.set_result(None)
-                        break
-                self._waiters = self._waiters or None
+                fut.set_result(event)
+        if isinstance(event, PublishAcked):
+            while self._waiters:
+                waiter = self._waiters.pop(0)
+                if not waiter.done():
+                    waiter.set_result(None)
+                    break
+            self._waiters = self._waiters or None
 
-    def _on_publish(self, proto: _Proto, first: int, body: bytes) -> None:
-        qos = (first >> 1) & 3
-        topic, mid, props, payload = unpack_publish(first, body)  # the paho transport's decoder
-        msg = Inbound(topic, payload, qos, bool(first & 1), props)
+    def _on_message(self, msg: Inbound) -> None:
         self._in += 1
+        topic = msg.topic
         for topic_filter, (_, handler, plain) in list(self._subs.items()):
             if topic_matches(plain, topic):
                 try:
                     handler(msg)
                 except Exception:
                     log.exception("handler for %r failed on %r", topic_filter, topic)
-        if qos:
-            proto.write(b"\x40\x02" + mid.to_bytes(2, "big"))  # PUBACK (QoS 2 is never subscribed)
