@@ -167,8 +167,8 @@ def test_odd_device_replies(broker_url: str, fleet_name: str) -> None:
             assert getattr(caught.value, "code", None) == "busy"
             load = coord.registry.devices["fake-2"].loads["echo"]
             assert load.outstanding == 0
-            assert not coord._forwards
-            assert not coord._waiting.get("fake-2")
+            assert coord.forwarder.in_flight == 0
+            assert coord.forwarder.waiting_on("fake-2") == 0
 
     asyncio.run(main())
 
@@ -184,7 +184,7 @@ def test_unanswered_forward_times_out_and_is_cleaned_up(broker_url: str, fleet_n
                 await fleet.call_skill("echo", {"data": "x"}, timeout=3)
             assert getattr(caught.value, "code", None) == "timeout"
             assert len(device.requests) == 1
-            assert not coord._forwards
+            assert coord.forwarder.in_flight == 0
             assert coord.registry.devices["fake-3"].loads["echo"].outstanding == 0
 
     asyncio.run(main())
@@ -227,6 +227,6 @@ def test_a_hedged_call_is_answered_once(broker_url: str, fleet_name: str) -> Non
                 b"c3",
             ]
             assert {m.payload for m in got} == {b'{"type":"ok","output":"b"}'}
-            assert not coord._forwards
+            assert coord.forwarder.in_flight == 0
 
     asyncio.run(main())

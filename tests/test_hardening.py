@@ -263,8 +263,11 @@ def test_calls_to_a_silent_device_are_bounded(broker_url: str, fleet_name: str) 
             assert codes.count("busy") == 30, codes
             assert codes.count("timeout") == 20, codes
             assert took < 5, took
-            await until(lambda: coord._serving == 0 and not coord._per_caller, what="cleanup")
-            assert not coord._forwards
+            await until(
+                lambda: coord.admission.in_flight == 0 and coord.admission.callers == 0,
+                what="cleanup",
+            )
+            assert coord.forwarder.in_flight == 0
 
     asyncio.run(main())
 
@@ -290,7 +293,7 @@ def test_waiters_are_freed_when_their_device_leaves(broker_url: str, fleet_name:
             )
             await until(lambda: coord.registry.online("ghost"), what="the ghost")
             call = asyncio.ensure_future(fleet.call_skill("boo", timeout=30))
-            await until(lambda: bool(coord._forwards), what="the forward")
+            await until(lambda: coord.forwarder.in_flight > 0, what="the forward")
             started = time.monotonic()
             await ghost.retain(topics.state("ghost"), None)
             await ghost.retain(topics.manifest("ghost"), None)
