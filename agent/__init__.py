@@ -25,6 +25,8 @@ from .errors import (
     TransportError,
     Unavailable,
 )
+from .local_routing import LocalRouter
+from .results import CallMode, CallResult, RouteVia
 from .skills import SkillContext, SkillSet, skill
 
 __all__ = [
@@ -34,6 +36,8 @@ __all__ = [
     "BrokerConfig",
     "Busy",
     "CallError",
+    "CallMode",
+    "CallResult",
     "CallTimeout",
     "ConfigError",
     "Coordinator",
@@ -42,7 +46,9 @@ __all__ = [
     "EdgeAgentError",
     "Fleet",
     "InternalError",
+    "LocalRouter",
     "NotFound",
+    "RouteVia",
     "SkillContext",
     "SkillSet",
     "TlsConfig",

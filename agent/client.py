@@ -11,27 +11,31 @@
 :class:`~edgeagent.errors.CallError` subclass. Bound the time with ``timeout=`` (also sent as the
 request's Message Expiry Interval, so a device never runs a call nobody waits for) or with an
 enclosing ``asyncio.timeout()``.
+
+``call_skill`` calls a skill on whichever device routing picks: through the coordinator service
+(the default), or, with ``Fleet(route="local")`` / ``via="local"``, routed by this client with
+the coordinator's rules and sent to the device directly (:mod:`edgeagent.local_routing`; the
+fleet view it routes on is :mod:`edgeagent.fleet_view`). ``explain=True`` returns a
+:class:`~edgeagent.results.CallResult` ``(output, route)``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import difflib
 import json
 import logging
-import math
-import os
+import random
 import uuid
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .broker import BrokerConfig
 from .clock import SYSTEM_CLOCK, Clock
-from .errors import CallError, CallTimeout, InternalError, NotFound, Unavailable
+from .errors import CallError, CallTimeout, InternalError, TransportError
+from .fleet_view import MAX_DEVICES, DeviceInfo, FleetView
+from .local_routing import LocalRouter
 from .protocol import (
     BINARY_CONTENT_TYPE,
     DEFAULT_FLEET,
@@ -44,46 +48,19 @@ from .protocol import (
     WHERE_PROPERTY,
     ErrorReply,
     Event,
-    Health,
-    Manifest,
     Message,
-    SkillSpec,
-    StateMessage,
     Topics,
-    check_name,
-    decode,
     decode_reply,
 )
-from .transport.base import Inbound, Props, Transport
+from .results import AskResult, CallMode, CallResult, RouteVia
+from .rpc import PendingCalls, new_correlation, request_props
+from .transport.base import Inbound, Transport
+
+__all__ = ["MAX_DEVICES", "AskResult", "CallResult", "DeviceInfo", "Fleet", "encode_input"]
 
 log = logging.getLogger(__name__)
-#: Most devices a client's fleet view holds (a flood of made-up manifests cannot grow it more).
-MAX_DEVICES = 10_000
-
 T = TypeVar("T")
 DEFAULT_TIMEOUT_S = 10.0
-#: How many device names a not_found for an unknown device lists (closest names first).
-KNOWN_DEVICES_SHOWN = 20
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceInfo:
-    """What the broker's retained messages (and live health) say about one device."""
-
-    device: str
-    status: str = "unknown"
-    since: float | None = None
-    manifest: Manifest | None = None
-    health: Health | None = None
-    skills: tuple[SkillSpec, ...] = field(default=())
-
-    @property
-    def tags(self) -> dict[str, str]:
-        return dict(self.manifest.tags) if self.manifest else {}
-
-    @property
-    def online(self) -> bool:
-        return self.status == "online"
 
 
 _ADAPTERS: dict[Any, TypeAdapter[Any]] = {}
@@ -95,18 +72,6 @@ def _adapter(tp: Any) -> TypeAdapter[Any]:
     if adapter is None:
         adapter = _ADAPTERS[tp] = TypeAdapter(tp)
     return adapter
-
-
-@dataclass(frozen=True, slots=True)
-class AskResult:
-    """What :meth:`Fleet.ask` understood and what came back (``unsure`` when it would not guess)."""
-
-    text: str
-    interpretation: Any
-    """The :class:`edgeagent.nlu.Interpretation` that was carried out, or None."""
-    unsure: Any
-    """The :class:`edgeagent.nlu.Unsure` (best candidates, reason) when nothing was called."""
-    output: Any
 
 
 def encode_input(value: Any) -> bytes:
@@ -123,7 +88,12 @@ def encode_input(value: Any) -> bytes:
 
 
 class Fleet:
-    """A connection to one fleet: device listing, skill calls, live updates."""
+    """A connection to one fleet: device listing, skill calls, live updates.
+
+    ``route`` is where :meth:`call_skill` routes by default: ``"coordinator"`` (a coordinator
+    service picks the device) or ``"local"`` (this client picks it with the same rules and calls
+    it directly: :mod:`edgeagent.local_routing`). ``rng`` is the randomness of local routing.
+    """
 
     def __init__(
         self,
@@ -134,7 +104,11 @@ class Fleet:
         transport: Transport | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
         clock: Clock = SYSTEM_CLOCK,
+        route: RouteVia = "coordinator",
+        rng: random.Random | None = None,
     ) -> None:
+        if route not in ("coordinator", "local"):
+            raise ValueError(f"route must be 'coordinator' or 'local', not {route!r}")
         self.topics = Topics(root, fleet)
         self.broker = broker if isinstance(broker, BrokerConfig) else BrokerConfig.from_url(broker)
         if transport is None:
@@ -144,31 +118,45 @@ class Fleet:
         self.transport = transport
         self.timeout = timeout
         self.clock = clock
+        self.route: RouteVia = route
+        self._rng = rng
         self._reply_topic = self.topics.reply(transport.client_id)
-        self._sync_topic = self._reply_topic.rsplit("/", 1)[0] + "/sync"
-        self._pending: dict[bytes, asyncio.Future[Any]] = {}
-        self._devices: dict[str, DeviceInfo] = {}
-        self._tracking = False
-        self._syncs: dict[bytes, asyncio.Future[None]] = {}
-        self._watchers: list[asyncio.Queue[Message]] = []
+        sync_topic = self._reply_topic.rsplit("/", 1)[0] + "/sync"
+        self._pending: PendingCalls[Any] = PendingCalls(clock)
+        self._view = FleetView(transport, self.topics, clock, sync_topic)
+        self._router: LocalRouter | None = None
 
     async def __aenter__(self) -> Fleet:
         await self.transport.subscribe(self._reply_topic, self._on_reply)
-        await self.transport.subscribe(self._sync_topic, self._on_sync)
+        await self.transport.subscribe(self._view.sync_topic, self._view.on_sync)
         await self.transport.connect()
+        if self.route == "local":
+            await self.local_router()  # the fleet view is complete before the first call
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     async def close(self) -> None:
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(Unavailable("client closed"))
+        self._pending.fail_all()
         await self.transport.close()
 
     # Calls --------------------------------------------------------------------------------------
 
+    # fmt: off
+    @overload
+    async def call(
+        self, device: str, skill: str, input: Any = None, *, timeout: float | None = None,
+        trace: str | None = None, result_type: type[T], binary: bytes | None = None,
+        check_device: bool = True,
+    ) -> T: ...
+    @overload
+    async def call(
+        self, device: str, skill: str, input: Any = None, *, timeout: float | None = None,
+        trace: str | None = None, result_type: None = None, binary: bytes | None = None,
+        check_device: bool = True,
+    ) -> Any: ...
+    # fmt: on
     async def call(
         self,
         device: str,
@@ -180,8 +168,8 @@ class Fleet:
         result_type: type[T] | None = None,
         binary: bytes | None = None,
         check_device: bool = True,
-    ) -> Any:
-        """Call ``skill`` on ``device`` and return its output.
+    ) -> Any:  # fmt: skip
+        """Call ``skill`` on ``device`` and return its output (a ``result_type`` if given).
 
         ``binary`` sends raw bytes (an image, audio) for the skill's ``bytes`` input field
         without base64: Content Type ``application/octet-stream``, the other inputs (``input``)
@@ -197,8 +185,8 @@ class Fleet:
         timeout = self.timeout if timeout is None else timeout
         topic = self.topics.call(device, skill)
         what = f"{device}/{skill}"
-        if check_device and device not in self._devices:
-            await self._check_announced(device)
+        if check_device and device not in self._view.devices:
+            await self._view.require(device)
         if binary is None:
             reply = await self.request(
                 topic, encode_input(input), timeout=timeout, trace=trace, what=what
@@ -223,32 +211,68 @@ class Fleet:
         except ValidationError as exc:
             raise InternalError(f"{device}/{skill} replied with unexpected output: {exc}") from exc
 
+    # fmt: off
+    @overload
+    async def call_skill(
+        self, skill: str, input: Any = None, *, where: dict[str, str] | None = None,
+        mode: CallMode = "one", timeout: float | None = None, trace: str | None = None,
+        explain: Literal[True], idempotency_key: str | None = None,
+        retry_after: float | None = None, via: RouteVia | None = None,
+    ) -> CallResult: ...
+    @overload
+    async def call_skill(
+        self, skill: str, input: Any = None, *, where: dict[str, str] | None = None,
+        mode: CallMode = "one", timeout: float | None = None, trace: str | None = None,
+        explain: Literal[False] = False, idempotency_key: str | None = None,
+        retry_after: float | None = None, via: RouteVia | None = None,
+    ) -> Any: ...
+    @overload
+    async def call_skill(  # a mode or explain known only at run time
+        self, skill: str, input: Any = None, *, where: dict[str, str] | None = None,
+        mode: str = "one", timeout: float | None = None, trace: str | None = None,
+        explain: bool = False, idempotency_key: str | None = None,
+        retry_after: float | None = None, via: RouteVia | None = None,
+    ) -> Any: ...
+    # fmt: on
     async def call_skill(
         self,
         skill: str,
         input: Any = None,
         *,
         where: dict[str, str] | None = None,
-        mode: str = "one",
+        mode: CallMode | str = "one",
         timeout: float | None = None,
         trace: str | None = None,
         explain: bool = False,
         idempotency_key: str | None = None,
         retry_after: float | None = None,
-    ) -> Any:
-        """Call ``skill`` on whichever device the coordinator picks (``mode="all"``: every
-        matching device; the output is then ``{"results": {device: output}, "errors": {...}}``).
+        via: RouteVia | None = None,
+    ) -> Any:  # fmt: skip
+        """Call ``skill`` on whichever device routing picks (``mode="all"``: every matching
+        device; the output is then ``{"results": {device: output}, "errors": {...}}``).
 
-        ``where`` filters devices by tags. With ``explain=True`` the return value is
-        ``(output, route)``, the coordinator's routing record. An idempotency key is sent (one is
-        made if not given), so a retried call is never run twice. ``retry_after`` seconds without
-        a reply, the same call (same key) is sent again, until ``timeout``: with coordinator
-        replicas, a call held by one that died is taken up by another.
+        ``where`` filters devices by tags. With ``explain=True`` the return value is a
+        :class:`CallResult` ``(output, route)``, the routing record. An idempotency key is sent
+        (one is made if not given), so a retried call is never run twice.
+
+        ``via`` (default: the Fleet's ``route``) is ``"coordinator"``, a coordinator service
+        routes, or ``"local"``, this client routes with the same rules and calls the device
+        directly (one broker crossing less each way; :mod:`edgeagent.local_routing`).
+        ``retry_after`` (coordinator only) seconds without a reply, the same call (same key) is
+        sent again, until ``timeout``: with coordinator replicas, a call held by one that died
+        is taken up by another. Local routing needs no resend: it fails over itself.
         """
         timeout = self.timeout if timeout is None else timeout
-        props: tuple[tuple[str, str], ...] = (
-            (IDEMPOTENCY_PROPERTY, idempotency_key or uuid.uuid4().hex),
-        )
+        idem = idempotency_key or new_correlation().hex()  # unguessable, cheaper than uuid4
+        if (via or self.route) == "local":
+            router = self._router or await self.local_router()
+            deadline = self.clock.monotonic() + timeout
+            result = await router.call(
+                skill, encode_input(input), where=where or {}, mode=mode, deadline=deadline,
+                idem=idem, trace=trace, explain=explain,
+            )  # fmt: skip
+            return result if explain else result.output
+        props: tuple[tuple[str, str], ...] = ((IDEMPOTENCY_PROPERTY, idem),)
         if mode != "one":  # one is the default: every property costs decoding time
             props += ((MODE_PROPERTY, mode),)
         if where:
@@ -279,7 +303,40 @@ class Fleet:
             error = CallError.from_reply(reply)
             error.route = reply.route
             raise error
-        return (reply.output, reply.route) if explain else reply.output
+        return CallResult(reply.output, reply.route or {}) if explain else reply.output
+
+    async def local_router(self) -> LocalRouter:
+        """The router :meth:`call_skill` uses with ``via="local"`` (made and fed on first use:
+        the fleet view then follows health too, for the devices' queues)."""
+        if self._router is None:
+            self._router = LocalRouter(self._send, clock=self.clock, rng=self._rng)
+            self._view.attach(self._router)
+        await self._view.track(health=True)
+        return self._router
+
+    def _send(
+        self,
+        device: str,
+        skill: str,
+        payload: bytes,
+        *,
+        expires_in: float,
+        wait: float,
+        idem: str | None,
+        trace: str | None,
+    ) -> asyncio.Future[Any]:
+        """One request to a device for the local router (a :class:`~.local_routing.Sender`)."""
+        if not self.transport.connected:
+            raise TransportError(f"not connected: cannot call {device}/{skill}")
+        corr, future = self._pending.open(
+            wait, lambda: f"no reply from {device}/{skill} within {wait:g} s"
+        )
+        user: tuple[tuple[str, str], ...] = ((TRACE_PROPERTY, trace),) if trace else ()
+        if idem is not None:
+            user += ((IDEMPOTENCY_PROPERTY, idem),)
+        props = request_props(self._reply_topic, corr, expires_in, user_properties=user)
+        self.transport.publish_nowait(self.topics.call(device, skill), payload, props=props)
+        return future
 
     async def ask(
         self,
@@ -289,7 +346,7 @@ class Fleet:
         timeout: float | None = None,
         router: Any = None,
     ) -> AskResult:
-        """Understand a plain-language request and carry it out through the coordinator.
+        """Understand a plain-language request and carry it out through :meth:`call_skill`.
 
         The layered router (:mod:`edgeagent.nlu`: exact skill syntax, a grammar, then the zoo's
         intent model) maps ``text`` to a skill, its input and a ``where`` over the devices that
@@ -307,11 +364,7 @@ class Fleet:
         if not isinstance(reading, Interpretation):
             return AskResult(text=text, interpretation=None, unsure=reading, output=None)
         output = await self.call_skill(
-            reading.skill,
-            reading.input,
-            where=reading.where,
-            mode=reading.mode,
-            timeout=timeout,
+            reading.skill, reading.input, where=reading.where, mode=reading.mode, timeout=timeout
         )
         return AskResult(text=text, interpretation=reading, unsure=None, output=output)
 
@@ -330,188 +383,57 @@ class Fleet:
         """Low level: publish ``payload`` to ``topic`` as an MQTT 5 request, await the reply.
 
         The request's Message Expiry Interval is ``expiry_s`` (default: ``timeout``), rounded up
-        to whole seconds.
+        to whole seconds (:func:`edgeagent.rpc.request_props`); the wait is the clock's.
         """
-        loop = asyncio.get_running_loop()
-        # Unguessable: devices may publish on reply topics, so none can answer for another.
-        corr = os.urandom(12)
-        fut: asyncio.Future[Any] = loop.create_future()
-        self._pending[corr] = fut
+        corr, future = self._pending.open(
+            timeout, lambda: f"no reply from {what or topic} within {timeout:g} s"
+        )
         user = (((TRACE_PROPERTY, trace),) if trace else ()) + user_properties
-        props = Props(
-            response_topic=self._reply_topic,
-            correlation_data=corr,
-            message_expiry=max(1, math.ceil(timeout if expiry_s is None else expiry_s)),
+        props = request_props(
+            self._reply_topic,
+            corr,
+            timeout if expiry_s is None else expiry_s,
             content_type=content_type,
             user_properties=user,
         )
         try:
             await self.transport.publish(topic, payload, props=props)
-            async with asyncio.timeout(timeout):
-                return await fut
-        except TimeoutError as exc:
-            raise CallTimeout(f"no reply from {what or topic} within {timeout:g} s") from exc
+            return await future
         finally:
-            self._pending.pop(corr, None)
-
-    async def _check_announced(self, device: str) -> None:
-        """Raise :class:`NotFound` unless ``device`` has announced itself in the fleet.
-
-        Syncs the fleet view first (the first time: subscribe and sync; after that: one marker
-        round trip, so a device that announced itself a moment ago is found too).
-        """
-        if self._tracking:
-            await self._sync()
-        else:
-            await self._track()
-        if device in self._devices:
-            return
-        known = sorted(self._devices)
-        close = difflib.get_close_matches(device, known, n=5, cutoff=0.6)
-        ordered = close + [d for d in known if d not in close]
-        shown = ", ".join(ordered[:KNOWN_DEVICES_SHOWN]) or "none"
-        if len(ordered) > KNOWN_DEVICES_SHOWN:
-            shown += f" and {len(ordered) - KNOWN_DEVICES_SHOWN} more"
-        hint = f"; did you mean {' or '.join(repr(c) for c in close[:3])}?" if close else ""
-        raise NotFound(
-            f"no device {device!r} has announced itself in fleet {self.topics.fleet!r}{hint} "
-            f"(devices: {shown})",
-            details={"device": device, "known": ordered[:KNOWN_DEVICES_SHOWN]},
-        )
+            future.cancel()  # no-op once settled; else the table forgets it
 
     def _on_reply(self, msg: Inbound) -> None:
         corr = msg.props.correlation_data
-        fut = self._pending.get(corr) if corr is not None else None
-        if fut is None or fut.done():
+        if self._pending.get(corr) is None:
             log.debug("late or unknown reply on %s dropped", msg.topic)
             return
         try:
-            fut.set_result(decode_reply(msg.payload))
+            self._pending.resolve(corr, decode_reply(msg.payload))
         except ValidationError as exc:
-            fut.set_exception(InternalError(f"malformed reply: {exc.errors()[0]['msg']}"))
+            self._pending.fail(corr, InternalError(f"malformed reply: {exc.errors()[0]['msg']}"))
 
-    # Fleet view ---------------------------------------------------------------------------------
+    # Fleet view (edgeagent.fleet_view) ----------------------------------------------------------
+
+    async def sync(self, timeout: float = 5.0) -> None:
+        """Wait until retained messages sent before now have arrived (a marker round trip)."""
+        await self._view.sync(timeout)
+
+    _sync = sync  # the coordinator's older spelling, until it calls sync()
 
     async def devices(self, *, include_offline: bool = True) -> list[DeviceInfo]:
         """Every device that announced itself (from retained state and manifests)."""
-        await self._track()
-        found = sorted(self._devices.values(), key=lambda d: d.device)
+        await self._view.track()
+        found = sorted(self._view.devices.values(), key=lambda d: d.device)
         return [d for d in found if include_offline or d.online]
 
     async def device(self, device: str) -> DeviceInfo | None:
-        await self._track()
-        return self._devices.get(device)
+        await self._view.track()
+        return self._view.devices.get(device)
 
-    async def watch(self, *, maxsize: int = 1000) -> AsyncGenerator[Message, None]:
+    def watch(self, *, maxsize: int = 1000) -> AsyncGenerator[Message, None]:
         """Follow state, manifest and health messages as they arrive (retained ones first)."""
-        await self._track(health=True)
-        # Snapshot and registration happen with no await between them: nothing is missed and
-        # nothing is seen twice.
-        queue: asyncio.Queue[Message] = asyncio.Queue(maxsize)
-        self._watchers.append(queue)
-        snapshot: list[Message] = []
-        for info in sorted(self._devices.values(), key=lambda d: d.device):
-            if info.manifest is not None:
-                snapshot.append(info.manifest)
-            snapshot.append(StateMessage(device=info.device, status=info.status, ts=info.since))
-        try:
-            for message in snapshot:
-                yield message
-            while True:
-                yield await queue.get()
-        finally:
-            self._watchers.remove(queue)
+        return self._view.watch(maxsize=maxsize)
 
-    async def events(self, name: str = "+", *, maxsize: int = 1000) -> AsyncGenerator[Event, None]:
+    def events(self, name: str = "+", *, maxsize: int = 1000) -> AsyncGenerator[Event, None]:
         """Follow events named ``name`` (``+``: all) from every device of the fleet."""
-        if name != "+":
-            check_name(name, "event name")
-        queue: asyncio.Queue[Event] = asyncio.Queue(maxsize)
-        topic_filter = self.topics.all_events(name)
-
-        def on_event(msg: Inbound) -> None:
-            try:
-                event = decode(msg.payload)
-            except ValidationError as exc:
-                log.warning("ignoring malformed event on %s: %s", msg.topic, exc.errors()[0]["msg"])
-                return
-            if not isinstance(event, Event):
-                return
-            if queue.full():
-                queue.get_nowait()
-                log.warning("event listener is slow; dropped its oldest event")
-            queue.put_nowait(event)
-
-        await self.transport.subscribe(topic_filter, on_event)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            if self.transport.connected:
-                await self.transport.unsubscribe(topic_filter)
-
-    async def _track(self, *, health: bool = False) -> None:
-        if not self._tracking:
-            self._tracking = True
-            await self.transport.subscribe(self.topics.all_states(), self._on_fleet_message)
-            await self.transport.subscribe(self.topics.all_manifests(), self._on_fleet_message)
-            await self._sync()
-        if health and not getattr(self, "_health", False):
-            self._health = True
-            await self.transport.subscribe(self.topics.all_health(), self._on_fleet_message)
-
-    async def _sync(self, timeout: float = 5.0) -> None:
-        """Wait until retained messages sent before now have arrived (a marker round trip)."""
-        token = uuid.uuid4().bytes
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._syncs[token] = fut
-        try:
-            await self.transport.publish(self._sync_topic, token, qos=1)
-            async with asyncio.timeout(timeout):
-                await fut
-        except TimeoutError:
-            log.warning("retained messages may be incomplete: sync marker did not return")
-        finally:
-            self._syncs.pop(token, None)
-
-    def _on_sync(self, msg: Inbound) -> None:
-        fut = self._syncs.get(msg.payload)
-        if fut is not None and not fut.done():
-            fut.set_result(None)
-
-    def _on_fleet_message(self, msg: Inbound) -> None:
-        parsed = self.topics.parse_device_topic(msg.topic)
-        if parsed is None or not msg.payload:
-            if parsed is not None and not msg.payload:
-                self._devices.pop(parsed[0], None)  # retained message cleared: device removed
-            return
-        device = parsed[0]
-        try:
-            message = decode(msg.payload)
-        except ValidationError as exc:
-            log.warning("ignoring malformed message on %s: %s", msg.topic, exc.errors()[0]["msg"])
-            return
-        if getattr(message, "device", device) != device:  # the topic is the identity
-            log.warning("ignoring %s: it names another device", msg.topic[:200])
-            return
-        info = self._devices.get(device)
-        if info is None:
-            if len(self._devices) >= MAX_DEVICES:
-                log.warning("fleet view full (%d devices): ignoring %s", MAX_DEVICES, device)
-                return
-            info = DeviceInfo(device=device)
-        if isinstance(message, StateMessage):
-            info = replace(info, status=message.status, since=message.ts)
-        elif isinstance(message, Manifest):
-            info = replace(info, manifest=message, skills=tuple(message.skills))
-        elif isinstance(message, Health):
-            info = replace(info, health=message)
-        else:
-            return
-        self._devices[device] = info
-        for queue in self._watchers:
-            if queue.full():
-                with contextlib.suppress(asyncio.QueueEmpty):
-                    queue.get_nowait()
-                log.warning("fleet watcher is slow; dropped its oldest update")
-            queue.put_nowait(message)
+        return self._view.events(name, maxsize=maxsize)

@@ -9,7 +9,11 @@ bytes, default 128), requesters of the same echo:
 3. **routed**: ``Fleet.call_skill("echo", …)`` to a real ``edgeagent coordinator run`` process,
    which forwards it to the same agent. A routed call crosses the broker four times instead of
    two, so about 2 × the direct latency is the floor.
-4. **paho relay** (for information, ``--no-relay`` to skip): the raw paho requester through a bare
+4. **library-routed**: ``Fleet(route="local").call_skill("echo", …)``: the client routes with
+   the coordinator's rules (registry, power-of-two choices, failover, hedging:
+   ``edgeagent.local_routing``) and calls the agent directly, two broker crossings like a direct
+   call. Target: p50 ≤ 1.1 × raw paho, throughput ≥ 1.0 × raw paho.
+5. **paho relay** (for information, ``--no-relay`` to skip): the raw paho requester through a bare
    paho relay process (new Correlation Data per forward, a map back; no parsing, no routing) to a
    second paho responder: what one extra hop costs at the least on this machine and broker.
 
@@ -28,11 +32,14 @@ Reported: success rate, p50/p99 overall, before the kill and for the calls in fl
 ``--window`` seconds after it, the errors and when the last one ended, when the victim's last-will
 ``offline`` state arrived, the coordinator's ``failover`` log lines, and the forwards per device
 (from the agents' health messages, every second). It runs once per ``--fo-modes`` entry: ``hedge``
-(the coordinator's default) and ``no-hedge`` (``coordinator run --no-hedge``).
+(the coordinator's default), ``no-hedge`` (``coordinator run --no-hedge``) and ``library`` (no
+coordinator: ``Fleet(route="local")`` routes and fails over itself; the router's own failover and
+hedge counts stand in for the coordinator's log lines).
 
     python benchmarks/bench_coord.py [--calls 3000] [--inflight 64] [--rounds 5] [--json]
                                      [--fo-seconds 10] [--kill-at 3] [--fo-inflight 32]
-                                     [--fo-modes hedge,no-hedge] [--kill-signal KILL|STOP]
+                                     [--fo-modes hedge,no-hedge,library]
+                                     [--kill-signal KILL|STOP]
                                      [--skip-overhead] [--no-relay] [--logs DIR]
 
 The whole default run takes about 2 minutes on 2 vCPUs. mosquitto must be installed; the script
@@ -43,21 +50,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
-import hashlib
 import json
 import math
 import os
 import re
 import signal
-import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -68,18 +71,28 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 # mypy cannot follow the editable install's import hook; with MYPYPATH=.mypy_tree it can.
-from edgeagent import CallError, Fleet  # type: ignore[import-not-found, unused-ignore]
+from edgeagent import (  # type: ignore[import-not-found, unused-ignore]
+    CallError,
+    Fleet,
+    RouteVia,
+)
 from edgeagent.protocol import (  # type: ignore[import-not-found, unused-ignore]
     Health,
     StateMessage,
 )
 
 try:
+    from benchmarks import _common as common
     from benchmarks import bench_rr
 except ModuleNotFoundError:  # run as a script: benchmarks/ is on sys.path, the repo is not
+    import _common as common  # type: ignore[import-not-found, no-redef, unused-ignore]
     import bench_rr  # type: ignore[import-not-found, no-redef, unused-ignore]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = common.REPO
+Meter = common.CpuMeter
+Sample = common.Sample
+Summary = common.Summary
+summarize = common.summarize
 ECHO_DIR = REPO / "examples" / "smart-home"
 FLEET = "home"
 DEVICE = "echo-1"
@@ -88,89 +101,13 @@ FO_DEVICES = ("echo-a", "echo-b", "echo-c")
 FO_VICTIM = "echo-b"
 TARGET_ROUTED_P50_RATIO = 2.5
 FLOOR_ROUTED_P50_RATIO = 2.0
+#: Targets for the library-routed requester against raw paho.
+TARGET_LIBRARY_P50_RATIO = 1.1
+TARGET_LIBRARY_THROUGHPUT_RATIO = 1.0
 CALL_TIMEOUT_S = 10.0
 
 
 # Measurements of part 1 ------------------------------------------------------------------------
-
-
-class Meter:
-    """CPU time per call of this process ("requester") and of named other processes."""
-
-    def __init__(self, pids: Mapping[str, int]) -> None:
-        self.pids = dict(pids)
-        self._tick = os.sysconf("SC_CLK_TCK")
-
-    def _process(self, pid: int) -> float:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            return math.nan
-        return (int(fields[11]) + int(fields[12])) / self._tick  # utime + stime
-
-    def snapshot(self) -> dict[str, float]:
-        snap = {"requester": time.process_time()}
-        snap.update({name: self._process(pid) for name, pid in self.pids.items()})
-        return snap
-
-    def per_call(self, before: dict[str, float], calls: int) -> dict[str, float]:
-        after = self.snapshot()
-        return {name: (after[name] - before[name]) / calls * 1e6 for name in before}
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """One round of one requester."""
-
-    p50_us: float
-    p99_us: float
-    mean_us: float
-    calls_per_s: float
-    cpu_sequential: dict[str, float]
-    cpu_pipelined: dict[str, float]
-
-
-@dataclass(frozen=True, slots=True)
-class Summary:
-    """The median over rounds, metric by metric."""
-
-    p50_us: float
-    p99_us: float
-    mean_us: float
-    calls_per_s: float
-    cpu_sequential: dict[str, float]
-    cpu_pipelined: dict[str, float]
-    rounds: list[Sample]
-
-
-def make_sample(
-    latencies_s: list[float], rate: float, seq: dict[str, float], pipe: dict[str, float]
-) -> Sample:
-    ordered = sorted(latencies_s)
-    return Sample(
-        p50_us=bench_rr.percentile(ordered, 50) * 1e6,
-        p99_us=bench_rr.percentile(ordered, 99) * 1e6,
-        mean_us=statistics.fmean(ordered) * 1e6,
-        calls_per_s=rate,
-        cpu_sequential=seq,
-        cpu_pipelined=pipe,
-    )
-
-
-def _median_cpu(cpus: list[dict[str, float]]) -> dict[str, float]:
-    return {name: statistics.median(c[name] for c in cpus) for name in cpus[0]}
-
-
-def summarize(rounds: list[Sample]) -> Summary:
-    return Summary(
-        p50_us=statistics.median(s.p50_us for s in rounds),
-        p99_us=statistics.median(s.p99_us for s in rounds),
-        mean_us=statistics.median(s.mean_us for s in rounds),
-        calls_per_s=statistics.median(s.calls_per_s for s in rounds),
-        cpu_sequential=_median_cpu([s.cpu_sequential for s in rounds]),
-        cpu_pipelined=_median_cpu([s.cpu_pipelined for s in rounds]),
-        rounds=rounds,
-    )
 
 
 def measure_raw(
@@ -182,19 +119,9 @@ def measure_raw(
 ) -> Sample:
     requester = requester_class("127.0.0.1", port, payload)
     try:
-        requester.sequential(args.warmup)
-        gc.collect()
-        before = meter.snapshot()
-        latencies = requester.sequential(args.calls)
-        cpu_seq = meter.per_call(before, args.calls)
-        requester.pipelined(args.warmup, args.inflight)
-        gc.collect()
-        before = meter.snapshot()
-        rate = requester.pipelined(args.calls, args.inflight)
-        cpu_pipe = meter.per_call(before, args.calls)
+        return common.measure_requester(requester, common.Load.from_args(args), meter)
     finally:
         requester.close()
-    return make_sample(latencies, rate, cpu_seq, cpu_pipe)
 
 
 # The paho relay: the least an extra hop can cost (for information) ------------------------------
@@ -255,19 +182,9 @@ def run_relay(host: str, port: int) -> None:
     client.loop_forever()
 
 
-@contextmanager
-def helper_process(*args: str) -> Iterator[subprocess.Popen[str]]:
+def helper_process(*args: str) -> AbstractContextManager[subprocess.Popen[str]]:
     """This script run as ``--responder``/``--relay``; waits for its ``ready``."""
-    proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), *args], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        bench_rr._wait_line(proc, "ready", 20.0)
-        yield proc
-    finally:
-        bench_rr._stop(proc)
-        if proc.stdout is not None:
-            proc.stdout.close()
+    return common.script_process(__file__, *args)
 
 
 class RelayRequester(bench_rr.RawRequester):
@@ -279,17 +196,7 @@ class RelayRequester(bench_rr.RawRequester):
 async def _measure_async(
     call: Callable[[], Awaitable[None]], args: argparse.Namespace, meter: Meter
 ) -> Sample:
-    await bench_rr._sequential(call, args.warmup)
-    gc.collect()
-    before = meter.snapshot()
-    latencies = await bench_rr._sequential(call, args.calls)
-    cpu_seq = meter.per_call(before, args.calls)
-    await bench_rr._pipelined(call, args.warmup, args.inflight)
-    gc.collect()
-    before = meter.snapshot()
-    rate = await bench_rr._pipelined(call, args.calls, args.inflight)
-    cpu_pipe = meter.per_call(before, args.calls)
-    return make_sample(latencies, rate, cpu_seq, cpu_pipe)
+    return await common.measure_calls(call, common.Load.from_args(args), meter)
 
 
 async def measure_direct(
@@ -320,74 +227,54 @@ async def measure_routed(
         return await _measure_async(call, args, meter)
 
 
+async def measure_library(
+    url: str, payload: bytes, args: argparse.Namespace, meter: Meter
+) -> Sample:
+    expected = json.loads(payload)["data"]
+    async with Fleet(url, fleet=FLEET, route="local") as fleet:
+
+        async def call() -> None:
+            await fleet.call_skill(SKILL, payload, timeout=CALL_TIMEOUT_S)
+
+        if await fleet.call_skill(SKILL, payload, timeout=CALL_TIMEOUT_S) != expected:
+            raise RuntimeError("the library-routed echo replied with a different string")
+        return await _measure_async(call, args, meter)
+
+
 # Processes -------------------------------------------------------------------------------------
 
 
-@contextmanager
-def spawn(cmd: list[str], log: Path, env: Mapping[str, str] | None = None) -> Iterator[Any]:
-    """A child process with stderr to ``log``; terminated (then killed) on exit."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.DEVNULL,
-            stderr=out,
-            cwd=REPO,
-            env={**os.environ, **env} if env else None,
-        )
-        try:
-            yield proc
-        finally:
-            bench_rr._stop(proc)
+spawn = common.spawn
+wait_online = common.wait_online
 
 
 def agent_cmd(url: str, fleet: str, config: Path) -> list[str]:
-    return [
-        *bench_rr._edgeagent_command(),
-        "--broker",
-        url,
-        "--fleet",
-        fleet,
-        "--log-level",
-        "warning",
-        "agent",
-        "run",
-        str(config),
-    ]
+    return common.agent_command(url, config, fleet=fleet)
 
 
 def coordinator_cmd(url: str, fleet: str, hedge: bool = True) -> list[str]:
-    cmd = [*bench_rr._edgeagent_command(), "--broker", url, "--fleet", fleet]
+    cmd = [*common.edgeagent_command(), "--broker", url, "--fleet", fleet]
     cmd += ["--log-level", "info", "coordinator", "run"]
     return cmd if hedge else [*cmd, "--no-hedge"]
 
 
-async def wait_online(url: str, fleet: str, devices: tuple[str, ...], timeout: float = 30) -> None:
-    async with asyncio.timeout(timeout), Fleet(url, fleet=fleet) as f:
-        while True:
-            infos = [await f.device(d) for d in devices]
-            if all(i is not None and i.online for i in infos):
-                return
-            await asyncio.sleep(0.05)
-
-
 def wait_log(log: Path, text: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
+    deadline = common.CLOCK.monotonic() + timeout
     while text not in log.read_text(errors="replace"):
-        if time.monotonic() > deadline:
+        if common.CLOCK.monotonic() > deadline:
             raise TimeoutError(f"{log.name}: no {text!r}")
         time.sleep(0.05)
 
 
 async def wait_coordinator(url: str, fleet: str, timeout: float = 30) -> None:
     """Until a routed call succeeds."""
-    async with asyncio.timeout(timeout):
-        async with Fleet(url, fleet=fleet) as f:
-            while True:
-                try:
-                    await f.call_skill(SKILL, {"data": "ping"}, timeout=1.0)
-                    return
-                except CallError:
-                    await asyncio.sleep(0.1)
+    async with common.CLOCK.timeout(timeout), Fleet(url, fleet=fleet) as f:
+        while True:
+            try:
+                await f.call_skill(SKILL, {"data": "ping"}, timeout=1.0)
+                return
+            except CallError:
+                await common.CLOCK.sleep(0.1)
 
 
 def _check_alive(procs: Mapping[str, subprocess.Popen[bytes]], logs: Mapping[str, Path]) -> None:
@@ -398,12 +285,13 @@ def _check_alive(procs: Mapping[str, subprocess.Popen[bytes]], logs: Mapping[str
 
 
 def run_overhead(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    payload = bench_rr.make_payload(args.payload)
-    names = ["raw_paho", "direct", "routed"] + ([] if args.no_relay else ["paho_relay"])
+    payload = common.echo_payload(args.payload)
+    names = ["raw_paho", "direct", "routed", "library"]
+    names += [] if args.no_relay else ["paho_relay"]
     rounds: dict[str, list[Sample]] = {name: [] for name in names}
     logs = {"agent": tmp / "agent.log", "coordinator": tmp / "coordinator.log"}
     with ExitStack() as stack:
-        broker = stack.enter_context(bench_rr.private_broker())
+        broker = stack.enter_context(common.private_broker())
         hostport = f"127.0.0.1:{broker.port}"
         responder = stack.enter_context(bench_rr.responder_process("127.0.0.1", broker.port))
         agent_command = agent_cmd(broker.url, FLEET, ECHO_DIR / "echo.yaml")
@@ -415,6 +303,7 @@ def run_overhead(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "raw_paho": Meter({"broker": bpid, "server": responder.pid}),
             "direct": Meter({"broker": bpid, "server": agent.pid}),
             "routed": Meter({"broker": bpid, "server": agent.pid, "router": coord.pid}),
+            "library": Meter({"broker": bpid, "server": agent.pid}),
         }
         if not args.no_relay:
             inner = stack.enter_context(helper_process("--responder", f"{hostport}:{INNER_TOPIC}"))
@@ -435,6 +324,9 @@ def run_overhead(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             ),
             "routed": lambda: asyncio.run(
                 measure_routed(broker.url, payload, args, meters["routed"])
+            ),
+            "library": lambda: asyncio.run(
+                measure_library(broker.url, payload, args, meters["library"])
             ),
             "paho_relay": lambda: measure_raw(
                 broker.port, payload, args, meters["paho_relay"], RelayRequester
@@ -462,11 +354,14 @@ def run_overhead(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "direct/raw": ratio(direct, raw),
         "routed/raw": ratio(routed, raw),
         "routed/direct": ratio(routed, direct),
+        "library/raw": ratio(results["library"], raw),
+        "library/direct": ratio(results["library"], direct),
     }
     if "paho_relay" in results:
         ratios["paho_relay/raw"] = ratio(results["paho_relay"], raw)
         ratios["routed/paho_relay"] = ratio(routed, results["paho_relay"])
     p50_ratio = ratios["routed/raw"]["p50"]
+    library = ratios["library/raw"]
     return {
         "config": {
             "calls": args.calls,
@@ -481,6 +376,10 @@ def run_overhead(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "routed_p50_over_raw_max": TARGET_ROUTED_P50_RATIO,
             "floor": FLOOR_ROUTED_P50_RATIO,
             "met": p50_ratio <= TARGET_ROUTED_P50_RATIO,
+            "library_p50_over_raw_max": TARGET_LIBRARY_P50_RATIO,
+            "library_throughput_over_raw_min": TARGET_LIBRARY_THROUGHPUT_RATIO,
+            "library_met": library["p50"] <= TARGET_LIBRARY_P50_RATIO
+            and library["throughput"] >= TARGET_LIBRARY_THROUGHPUT_RATIO,
         },
         "coordinator_error_lines": coord_log.count(" -> "),
         "coordinator_failover_lines": coord_log.count("failover"),
@@ -515,6 +414,8 @@ class LoadResult:
     steady_calls: int
     steady_errors: int
     steady_forwards: int
+    router: dict[str, int] | None = None
+    """The library router's own counts (failovers, hedges), when the client routed."""
 
 
 def _echo_calls(h: Health) -> int:
@@ -523,15 +424,19 @@ def _echo_calls(h: Health) -> int:
 
 
 async def failover_load(
-    url: str, fleet: str, victim: subprocess.Popen[bytes], args: argparse.Namespace
+    url: str,
+    fleet: str,
+    victim: subprocess.Popen[bytes],
+    args: argparse.Namespace,
+    route: RouteVia = "coordinator",
 ) -> LoadResult:
-    payload = bench_rr.make_payload(args.payload)
+    payload = common.echo_payload(args.payload)
     records: list[Record] = []
     health: dict[str, int] = {}
     health_at: dict[str, float] = {}
     killed_at = math.nan
     offline_seen: float | None = None
-    async with Fleet(url, fleet=fleet) as f:
+    async with Fleet(url, fleet=fleet, route=route) as f:
 
         async def watch() -> None:
             nonlocal offline_seen
@@ -611,6 +516,7 @@ async def failover_load(
         victim_health_age = killed_at - health_at.get(FO_VICTIM, math.nan)
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
+        router = (await f.local_router()).statistics() if route == "local" else None
     return LoadResult(
         records=records,
         t0=t0,
@@ -623,6 +529,7 @@ async def failover_load(
         steady_calls=steady_calls,
         steady_errors=steady_errors,
         steady_forwards=steady_forwards,
+        router=router,
     )
 
 
@@ -633,8 +540,8 @@ def _pcts_ms(records: list[Record]) -> dict[str, float | int | None]:
     ok = sum(1 for r in records if r.error is None)
     return {
         "calls": len(ordered),
-        "p50_ms": round(bench_rr.percentile(ordered, 50) * 1000, 2),
-        "p99_ms": round(bench_rr.percentile(ordered, 99) * 1000, 2),
+        "p50_ms": round(common.percentile(ordered, 50) * 1000, 2),
+        "p99_ms": round(common.percentile(ordered, 99) * 1000, 2),
         "max_ms": round(ordered[-1] * 1000, 2),
         "ok_pct": round(100 * ok / len(ordered), 3),
     }
@@ -702,6 +609,7 @@ def analyse(res: LoadResult, window_s: float, steady_s: float, coord_log: str) -
             Counter(re.findall(r"failover: \S+ answered (\w+)", coord_log))
         ),
         "coordinator_error_lines": coord_log.count("coordinator call "),
+        "router": res.router,
         "timeline": timeline,
     }
 
@@ -719,25 +627,29 @@ def run_failover(args: argparse.Namespace, tmp: Path, mode: str) -> dict[str, An
     env = {"PYTHONPATH": os.pathsep.join(paths)}  # the configs are not next to smarthome/
     logs = {d: tmp / f"{mode}-{d}.log" for d in FO_DEVICES}
     logs["coordinator"] = tmp / f"{mode}-coordinator.log"
-    with bench_rr.private_broker() as broker, ExitStack() as stack:
+    with common.private_broker() as broker, ExitStack() as stack:
         procs: dict[str, subprocess.Popen[bytes]] = {}
         for device in FO_DEVICES:
             cmd = agent_cmd(broker.url, fleet, configs[device])
             procs[device] = stack.enter_context(spawn(cmd, logs[device], env))
-        cmd = coordinator_cmd(broker.url, fleet, hedge=(mode == "hedge"))
-        procs["coordinator"] = stack.enter_context(spawn(cmd, logs["coordinator"]))
+        library = mode == "library"  # no coordinator: the client routes
+        if not library:
+            cmd = coordinator_cmd(broker.url, fleet, hedge=(mode == "hedge"))
+            procs["coordinator"] = stack.enter_context(spawn(cmd, logs["coordinator"]))
         try:
             asyncio.run(wait_online(broker.url, fleet, FO_DEVICES))
-            wait_log(logs["coordinator"], "coordinator: routing")
-            asyncio.run(wait_coordinator(broker.url, fleet))
+            if not library:
+                wait_log(logs["coordinator"], "coordinator: routing")
+                asyncio.run(wait_coordinator(broker.url, fleet))
         except TimeoutError:
             _check_alive(procs, logs)
             raise SystemExit("the echo agents or the coordinator did not come up") from None
         victim = procs[FO_VICTIM]
-        res = asyncio.run(failover_load(broker.url, fleet, victim, args))
+        route: RouteVia = "local" if library else "coordinator"
+        res = asyncio.run(failover_load(broker.url, fleet, victim, args, route))
         survivors = {n: p for n, p in procs.items() if n != FO_VICTIM}
         _check_alive(survivors, logs)
-        coord_log = logs["coordinator"].read_text(errors="replace")
+        coord_log = "" if library else logs["coordinator"].read_text(errors="replace")
     out = analyse(res, args.window, args.steady_seconds, coord_log)
     out["mode"] = mode
     out["signal"] = signal.Signals(args.kill_signal).name
@@ -748,8 +660,7 @@ def run_failover(args: argparse.Namespace, tmp: Path, mode: str) -> dict[str, An
 
 
 def _progress(args: argparse.Namespace, line: str) -> None:
-    if not args.quiet:
-        print(line, file=sys.stderr, flush=True)
+    common.progress(args.quiet, line)
 
 
 def _fmt_sample(s: Sample) -> str:
@@ -769,6 +680,7 @@ LABELS = {
     "raw_paho": "raw paho ↔ paho (baseline)",
     "direct": "Fleet.call ↔ agent",
     "routed": "call_skill → coord → agent",
+    "library": "call_skill(local) → agent",
     "paho_relay": "raw paho → paho relay → paho",
 }
 
@@ -808,6 +720,12 @@ def print_overhead(rep: dict[str, Any]) -> None:
         f"(target ≤ {t['routed_p50_over_raw_max']}, floor ≈ {t['floor']}): "
         f"{'met' if t['met'] else 'MISSED'}"
     )
+    lib = rep["ratios"]["library/raw"]
+    print(
+        f"library-routed / raw: p50 ×{lib['p50']:.2f} (target ≤ {t['library_p50_over_raw_max']}), "
+        f"throughput ×{lib['throughput']:.2f} (target ≥ {t['library_throughput_over_raw_min']}): "
+        f"{'met' if t['library_met'] else 'MISSED'}"
+    )
 
 
 def _fmt_pcts(p: dict[str, Any]) -> str:
@@ -821,7 +739,7 @@ def _fmt_pcts(p: dict[str, Any]) -> str:
 
 def print_failover(fo: dict[str, Any], args: argparse.Namespace) -> None:
     print(
-        f"failover, coordinator mode {fo['mode']}: {args.fo_inflight} in flight for "
+        f"failover, mode {fo['mode']}: {args.fo_inflight} in flight for "
         f"{args.fo_seconds} s, {FO_VICTIM} sent {signal.Signals(args.kill_signal).name} at "
         f"{fo['kill_at_s']:.2f} s, "
         f"call timeout {args.call_timeout} s"
@@ -842,11 +760,14 @@ def print_failover(fo: dict[str, Any], args: argparse.Namespace) -> None:
         f"  last error ended {fo['last_error_after_kill_ms']} ms after the kill; "
         f"victim offline (last will) seen {fo['offline_seen_after_kill_ms']} ms after the kill"
     )
-    print(
-        f"  coordinator log: {fo['coordinator_failover_lines']} failover lines "
-        f"{fo['coordinator_failover_codes'] or ''}, "
-        f"{fo['coordinator_error_lines']} error replies"
-    )
+    if fo["router"] is not None:
+        print(f"  library router: {fo['router']}")
+    else:
+        print(
+            f"  coordinator log: {fo['coordinator_failover_lines']} failover lines "
+            f"{fo['coordinator_failover_codes'] or ''}, "
+            f"{fo['coordinator_error_lines']} error replies"
+        )
     print(
         f"  forwards per device (agents' health) {fo['forwards_per_device']} "
         f"({FO_VICTIM}'s count {fo['victim_count_age_ms']} ms old at the kill), "
@@ -863,27 +784,6 @@ def print_failover(fo: dict[str, Any], args: argparse.Namespace) -> None:
         for t in fo["timeline"]
     )
     print(f"  calls/s per 0.5 s (t from kill: rate[/Eerrors]): {cells}")
-
-
-def code_state() -> dict[str, Any]:
-    """The commit and the uncommitted changes of the code measured (read-only git commands)."""
-
-    def git(*cmd: str) -> str:
-        try:
-            out = subprocess.run(
-                ["git", *cmd], cwd=REPO, capture_output=True, text=True, timeout=10
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-        return out.stdout.strip()
-
-    paths = ["agent", "examples/smart-home"]
-    diff = git("diff", "HEAD", "--", *paths)
-    return {
-        "commit": git("rev-parse", "--short", "HEAD") or "?",
-        "modified": git("diff", "HEAD", "--name-only", "--", *paths).split(),
-        "diff_sha1": hashlib.sha1(diff.encode()).hexdigest()[:12],
-    }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -906,7 +806,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "its connection stays up (no will within the run)",
     )
     p.add_argument("--window", type=float, default=2.0, help="window after the kill, s")
-    p.add_argument("--fo-modes", default="hedge,no-hedge", help="coordinator modes, failover")
+    p.add_argument(
+        "--fo-modes",
+        default="hedge,no-hedge,library",
+        help="failover runs: coordinator hedge / no-hedge, library (the client routes)",
+    )
     p.add_argument("--skip-overhead", action="store_true", help="only the failover runs")
     p.add_argument("--logs", metavar="DIR", help="keep the agents' and coordinators' logs here")
     p.add_argument("--no-relay", action="store_true", help="skip the paho relay requester")
@@ -921,8 +825,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--kill-at must be within the failover run")
     args.kill_signal = getattr(signal, f"SIG{args.kill_signal}")
     args.fo_modes = [m for m in args.fo_modes.split(",") if m]
-    if any(m not in ("hedge", "no-hedge") for m in args.fo_modes):
-        p.error("--fo-modes: hedge and/or no-hedge")
+    if any(m not in ("hedge", "no-hedge", "library") for m in args.fo_modes):
+        p.error("--fo-modes: hedge, no-hedge and/or library")
     return args
 
 
@@ -936,8 +840,8 @@ def main(argv: list[str] | None = None) -> None:
         host, _, port = args.relay.rpartition(":")
         run_relay(host, int(port))
         return
-    started = time.monotonic()
-    report: dict[str, Any] = {"machine": bench_rr.machine_info(), "code": code_state()}
+    started = time.perf_counter()
+    report: dict[str, Any] = {"machine": common.machine_info(), "code": common.code_state()}
     with tempfile.TemporaryDirectory(prefix="bench-coord-") as tmpdir:
         tmp = Path(args.logs or tmpdir)
         tmp.mkdir(parents=True, exist_ok=True)
@@ -945,11 +849,11 @@ def main(argv: list[str] | None = None) -> None:
             report["overhead"] = run_overhead(args, tmp)
         report["failover"] = []
         for mode in args.fo_modes:
-            _progress(args, f"failover run, coordinator mode {mode} …")
+            _progress(args, f"failover run, mode {mode} …")
             report["failover"].append(run_failover(args, tmp, mode))
-    report["elapsed_s"] = round(time.monotonic() - started, 1)
-    if code_state() != report["code"]:
-        report["code_changed_during_run"] = code_state()
+    report["elapsed_s"] = round(time.perf_counter() - started, 1)
+    if common.code_state() != report["code"]:
+        report["code_changed_during_run"] = common.code_state()
     if args.json:
         print(json.dumps(report, indent=2))
         return

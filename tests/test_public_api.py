@@ -67,3 +67,25 @@ def test_readme_client_snippet_runs_against_a_real_agent(broker_url: str) -> Non
             return await namespace["snippet"]()
 
     assert asyncio.run(main()) == {"on": True, "brightness": 40}
+
+
+def test_typed_call_api() -> None:
+    """``call_skill(explain=True)`` gives a CallResult that still unpacks as ``(output, route)``;
+    routing is chosen per Fleet or per call; the fleet view's sync is public."""
+    import inspect
+    import typing
+
+    from edgeagent import CallMode, CallResult, Fleet, RouteVia
+
+    result = CallResult({"on": True}, {"decisions": [], "attempts": []})
+    out, route = result
+    assert (out, route) == (result.output, result.route)
+    assert CallResult._fields == ("output", "route")
+    assert typing.get_args(RouteVia) == ("coordinator", "local")
+    assert typing.get_args(CallMode) == ("one", "all")
+    params = inspect.signature(Fleet.call_skill).parameters
+    assert params["via"].default is None
+    assert inspect.signature(Fleet).parameters["route"].default == "coordinator"
+    assert inspect.iscoroutinefunction(Fleet.sync)
+    with pytest.raises(ValueError, match="route must be"):
+        Fleet("mqtt://127.0.0.1:1", route="nearby")  # type: ignore[arg-type]
