@@ -418,8 +418,6 @@ class Fleet:
         """Wait until retained messages sent before now have arrived (a marker round trip)."""
         await self._view.sync(timeout)
 
-    _sync = sync  # the coordinator's older spelling, until it calls sync()
-
     async def devices(self, *, include_offline: bool = True) -> list[DeviceInfo]:
         """Every device that announced itself (from retained state and manifests)."""
         await self._view.track()

@@ -464,16 +464,3 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-
-
-# The names bench_coord.py used before benchmarks/_common existed; they go once it imports
-# _common itself.
-percentile = common.percentile
-make_payload = common.echo_payload
-private_broker = common.private_broker
-machine_info = common.machine_info
-_wait_line = common.wait_for_line
-_stop = common.stop_process
-_edgeagent_command = common.edgeagent_command
-_sequential = common.sequential_calls
-_pipelined = common.pipelined_calls
