@@ -1,108 +1,34 @@
 """``edgeagent rollout``: roll a release out to the fleet over MQTT (issue 12; docs/rollouts.md).
 
-Registered on the main command in ``cli.py``. The work is in ``deploy/rollout_run.py`` (the MQTT
-runtime) around ``deploy/rollout_plan.py`` (the decisions); this module parses options, prints
-progress and maps outcomes to exit codes: 0 done with no failure, 1 halted, aborted, failures or
-an error, 2 bad input, 130 stopped driving (Ctrl-C).
+Registered on the main command in ``cli.py``; ``status`` and ``ls`` (reading rollouts off the
+broker) live in ``cli_rollout_status.py``, the shared helpers in ``cli_rollout_common.py``. The
+work is in ``deploy/rollout_run.py`` (the MQTT runtime) around ``deploy/rollout_plan.py`` (the
+decisions); this module parses options, prints progress and maps outcomes to exit codes: 0 done
+with no failure, 1 halted, aborted, failures or an error, 2 bad input, 130 stopped driving
+(Ctrl-C).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
-from .cli_rollout_view import TextReporter, counts_text, format_status, when_text
+from .cli_rollout_common import conn_of, fail, finish, run, with_stop
+from .cli_rollout_status import rollout_ls, rollout_status
+from .cli_rollout_view import TextReporter
+from .clock import SYSTEM_CLOCK
 from .errors import EdgeAgentError
 
 if TYPE_CHECKING:
-    from .cli import Ctx
-    from .deploy.rollout_io import Known
-    from .deploy.rollout_run import Conn, Outcome
-
-T = TypeVar("T")
-
-
-def _fail(message: object, code: int = 1) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
-
-
-def _conn(obj: Ctx) -> Conn:
-    from .deploy.rollout_run import Conn
-
-    try:
-        return Conn(obj.broker_config(), obj.root, obj.fleet)
-    except (EdgeAgentError, ValueError) as exc:
-        _fail(exc, 2)
-
-
-def _run(coro: Coroutine[Any, Any, T], bad_input: int = 1) -> T:
-    """Run ``coro``; a refused input (RolloutError, BundleInvalid) exits ``bad_input``, any
-    other edgeagent error 1."""
-    from .deploy.errors import BundleInvalid
-    from .deploy.rollout_state import RolloutError
-
-    try:
-        return asyncio.run(coro)
-    except (RolloutError, BundleInvalid) as exc:
-        _fail(exc, bad_input)
-    except (EdgeAgentError, ValueError) as exc:
-        _fail(exc)
-    except KeyboardInterrupt:
-        sys.exit(130)
-
-
-async def _with_stop(
-    body: Callable[[asyncio.Event], Coroutine[Any, Any, T]],
-) -> T:
-    """Run ``body(stop)``: the first SIGINT/SIGTERM sets ``stop`` (stop driving, cleanly), a
-    second one cancels."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-
-    def on_signal() -> None:
-        if stop.is_set() and task is not None:
-            task.cancel()
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
-    try:
-        return await body(stop)
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-
-
-def _finish(outcome: Outcome, as_json: bool, ctx_fleet: str, bundle: Path) -> NoReturn:
-    if as_json:
-        click.echo(json.dumps(outcome.status, indent=1))
-    else:
-        click.echo(format_status(outcome.status))
-    if outcome.interrupted:
-        rid = outcome.status["id"]
-        click.echo(
-            f"stopped driving rollout {rid} (it stays {outcome.status['phase']}; devices "
-            f"mid-update finish by themselves). Carry on, from any machine, with:\n"
-            f"  edgeagent --fleet {ctx_fleet} rollout resume {rid} --bundle {bundle}",
-            err=True,
-        )
-    sys.exit(outcome.code)
-
-
-# Commands -------------------------------------------------------------------------------------
+    from .cli_common import Ctx
 
 
 @click.group()
@@ -217,18 +143,18 @@ def rollout_start(
             deadline=deadline, wait_offline=wait_offline,
         )  # fmt: skip
     except (EdgeAgentError, ValueError) as exc:
-        _fail(exc, 2)
-    conn = _conn(obj)
+        fail(exc, 2)
+    conn = conn_of(obj)
     if detach:
         _detach(ctx, rid)
     tty = sys.stdout.isatty() and not as_json
     reporter = TextReporter(tty=tty, err=as_json)
     try:
-        outcome = _run(_with_stop(lambda stop: start_rollout(conn, release, spec, reporter, stop)),
+        outcome = run(with_stop(lambda stop: start_rollout(conn, release, spec, reporter, stop)),
                        bad_input=2)  # fmt: skip
     finally:
         reporter.close()
-    _finish(outcome, as_json, obj.fleet, bundle)
+    finish(outcome, as_json, obj.fleet, bundle)
 
 
 def _detach(ctx: click.Context, rid: str) -> NoReturn:
@@ -273,20 +199,20 @@ def _detach(ctx: click.Context, rid: str) -> NoReturn:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                 start_new_session=True)  # fmt: skip
     obj: Ctx = ctx.obj
-    conn = _conn(obj)
+    conn = conn_of(obj)
 
     async def wait_started() -> bool:
-        deadline = time.monotonic() + 60
+        deadline = SYSTEM_CLOCK.monotonic() + 60
         async with open_fleet(conn) as fleet:
-            while time.monotonic() < deadline and proc.poll() is None:
+            while SYSTEM_CLOCK.monotonic() < deadline and proc.poll() is None:
                 if rid in await read_rollouts(fleet.transport, fleet.topics, rid):
                     return True
-                await asyncio.sleep(0.5)
+                await SYSTEM_CLOCK.sleep(0.5)
         return False
 
-    if not _run(wait_started()):
+    if not run(wait_started()):
         tail = log_file.read_text(errors="replace").strip().splitlines()[-5:]
-        _fail(f"the background rollout did not start (log {log_file}):\n" + "\n".join(tail),
+        fail(f"the background rollout did not start (log {log_file}):\n" + "\n".join(tail),
               proc.returncode if proc.returncode in (1, 2) else 1)  # fmt: skip
     click.echo(
         f"rollout {rid} driven in the background (pid {proc.pid}, log {log_file}); follow it "
@@ -295,120 +221,10 @@ def _detach(ctx: click.Context, rid: str) -> NoReturn:
     sys.exit(0)
 
 
-def _pick(known: Mapping[str, Known], rollout_id: str | None) -> list[str]:
-    """The rollouts ``status`` shows: the one named, else the active ones, else the latest."""
-    if rollout_id is not None:
-        if rollout_id not in known:
-            _fail(f"no rollout {rollout_id} in this fleet")
-        return [rollout_id]
-    active = sorted((rid for rid, k in known.items() if not k.finished),
-                    key=lambda rid: known[rid].started_at)  # fmt: skip
-    return active or ([max(known, key=lambda rid: known[rid].started_at)] if known else [])
-
-
-def _record(k: Known, devices: bool = True) -> dict[str, Any]:
-    if k.rollout is None:
-        return {"error": k.error, "driver": k.driver}
-    return {**k.rollout.status(devices=devices), "driver": k.driver}
-
-
-@rollout.command("status")
-@click.argument("rollout_id", required=False)
-@click.option(
-    "--watch", is_flag=True, help="Keep printing as it changes (waiting for it), until it ends."
-)
-@click.option(
-    "--json", "as_json", is_flag=True, help="Print JSON (one line per change with --watch)."
-)
-@click.pass_obj
-def rollout_status(obj: Ctx, rollout_id: str | None, watch: bool, as_json: bool) -> None:
-    """Phase, wave, counts per state, failures against the threshold and the devices per state
-    of rollout ROLLOUT_ID (default: the active ones, else the latest), from the broker."""
-    from .deploy.rollout_io import describe_driver, read_rollouts
-    from .deploy.rollout_run import open_fleet
-
-    conn = _conn(obj)
-
-    async def once(fleet: Any) -> tuple[list[dict[str, Any]], bool] | None:
-        known = await read_rollouts(fleet.transport, fleet.topics, rollout_id)
-        if watch and rollout_id is not None and rollout_id not in known:
-            return None  # not started yet: wait for it
-        picked = _pick(known, rollout_id)
-        records = [{"id": rid, **_record(known[rid])} for rid in picked]
-        over = all(known[rid].finished for rid in picked)
-        return records, over
-
-    def show(records: list[dict[str, Any]], single: bool) -> None:
-        if as_json:
-            body: Any = records[0] if single and records else records
-            click.echo(json.dumps(body, indent=None if watch else 1))
-            return
-        if not records:
-            click.echo("no rollout in this fleet")
-        for rec in records:
-            if "error" in rec:
-                click.echo(f"rollout {rec['id']}: unreadable state: {rec['error']}")
-            else:
-                driver = describe_driver(rec.get("driver"))
-                click.echo(format_status(rec, None if driver == "none" else driver))
-
-    async def main() -> None:
-        async with open_fleet(conn) as fleet:
-            last = None
-            while True:
-                got = await once(fleet)
-                if got is None:
-                    await asyncio.sleep(1.0)
-                    continue
-                records, over = got
-                key = json.dumps(records, sort_keys=True, default=str)
-                if key != last:
-                    if watch and not as_json and sys.stdout.isatty():
-                        click.clear()
-                    show(records, rollout_id is not None)
-                    last = key
-                if not watch or over:
-                    return
-                await asyncio.sleep(1.0)
-
-    _run(main())
-
-
-@rollout.command("ls")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
-@click.pass_obj
-def rollout_ls(obj: Ctx, as_json: bool) -> None:
-    """Every rollout kept on the broker, oldest first: phase, wave, counts, driver."""
-    from .deploy.rollout_io import describe_driver, read_rollouts
-    from .deploy.rollout_run import open_fleet
-
-    async def main() -> dict[str, Known]:
-        async with open_fleet(_conn(obj)) as fleet:
-            return await read_rollouts(fleet.transport, fleet.topics)
-
-    known = _run(main())
-    order = sorted(known, key=lambda rid: (known[rid].started_at, rid))
-    records = [{"id": rid, **_record(known[rid], devices=False)} for rid in order]
-    if as_json:
-        click.echo(json.dumps(records, indent=1))
-        return
-    if not records:
-        click.echo("no rollout in this fleet")
-    for rec in records:
-        if "error" in rec:
-            click.echo(f"{rec['id']:<28} unreadable: {rec['error']}")
-            continue
-        click.echo(
-            f"{rec['id']:<28} {rec['phase']:<8} wave {rec['wave']}/{rec['waves']}  "
-            f"{rec['version']:<20} {counts_text(rec)}  started {when_text(rec['started_at'])}  "
-            f"driver {describe_driver(rec.get('driver'))}"
-        )
-
-
 def _command(obj: Ctx, rollout_id: str, what: str) -> None:
     from .deploy.rollout_run import command
 
-    click.echo(_run(command(_conn(obj), rollout_id, what)))
+    click.echo(run(command(conn_of(obj), rollout_id, what)))
 
 
 @rollout.command("pause")
@@ -442,23 +258,27 @@ def rollout_resume(obj: Ctx, rollout_id: str, bundle: Path | None, as_json: bool
     from .deploy.rollout_io import load_release, read_rollouts
     from .deploy.rollout_run import open_fleet, resume_rollout
 
-    conn = _conn(obj)
+    conn = conn_of(obj)
 
     async def driven() -> bool:
         async with open_fleet(conn) as fleet:
             k = (await read_rollouts(fleet.transport, fleet.topics, rollout_id)).get(rollout_id)
             return k is not None and k.driven
 
-    if bundle is None or _run(driven()):
+    if bundle is None or run(driven()):
         _command(obj, rollout_id, "resume")
         return
-    release = _run(asyncio.to_thread(load_release, bundle), bad_input=2)
+    release = run(asyncio.to_thread(load_release, bundle), bad_input=2)
     reporter = TextReporter(tty=sys.stdout.isatty() and not as_json, err=as_json)
     try:
-        outcome = _run(
-            _with_stop(lambda stop: resume_rollout(conn, rollout_id, release, reporter, stop)),
+        outcome = run(
+            with_stop(lambda stop: resume_rollout(conn, rollout_id, release, reporter, stop)),
             bad_input=2,
         )
     finally:
         reporter.close()
-    _finish(outcome, as_json, obj.fleet, bundle)
+    finish(outcome, as_json, obj.fleet, bundle)
+
+
+rollout.add_command(rollout_status)
+rollout.add_command(rollout_ls)

@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import math
 import os
@@ -69,9 +68,9 @@ from pathlib import Path
 from typing import Any
 
 try:
-    from benchmarks import bench_rr
+    from benchmarks import _common as common
 except ModuleNotFoundError:  # run as a script: benchmarks/ is on sys.path, the repo is not
-    import bench_rr  # type: ignore[import-not-found, no-redef, unused-ignore]
+    import _common as common  # type: ignore[import-not-found, no-redef, unused-ignore]
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "smart-home"
@@ -96,32 +95,16 @@ coordinator: {{replicas: 0}}
 """
 
 
-def rss() -> int:
-    """Resident memory of this process, bytes (``/proc/self/statm``)."""
-    return pid_rss(os.getpid())
-
-
-def pid_rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm", "rb") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def settled_rss() -> int:
-    gc.collect()
-    return rss()
-
-
 def _emit(result: dict[str, Any]) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def _mosquitto() -> Any:
-    from edgeagent.localbroker import Mosquitto  # type: ignore[import-not-found, unused-ignore]
+def _mosquitto() -> common.Broker:
+    return common.private_broker(MOSQUITTO_EXTRA).start()
 
-    return Mosquitto(extra_config=MOSQUITTO_EXTRA).start()
+
+def _broker_rss(broker: common.Broker) -> int:
+    return common.pid_rss(broker.proc.pid) if broker.proc is not None else 0
 
 
 # The heartbeat counter (a separate process) -----------------------------------------------------
@@ -216,7 +199,7 @@ def phase_baseline(args: argparse.Namespace) -> dict[str, Any]:
 
         async def main() -> dict[str, Any]:
             clients: list[aiomqtt.Client] = []
-            before = settled_rss()
+            before = common.settled_rss()
             t0 = time.perf_counter()
             for i in range(n):
                 client = aiomqtt.Client(
@@ -230,7 +213,7 @@ def phase_baseline(args: argparse.Namespace) -> dict[str, Any]:
                 clients.append(client)
             connect_s = time.perf_counter() - t0
             await asyncio.sleep(1.0)
-            after = settled_rss()
+            after = common.settled_rss()
             # For information: the simulator's heartbeat rate, paced by one task.
             interval, window = args.interval, args.duration
             topics = [f"edgeagent/{tag}/dev/{tag}-{i}/health" for i in range(n)]
@@ -255,7 +238,7 @@ def phase_baseline(args: argparse.Namespace) -> dict[str, Any]:
                 "bytes_per_device": (after - before) / n,
                 "connect_s": connect_s,
                 "connect_per_s": n / connect_s,
-                "broker_rss": pid_rss(broker.proc.pid),
+                "broker_rss": _broker_rss(broker),
                 "heartbeat_window_s": w1 - w0,
                 "heartbeats_sent": sent,
                 "heartbeats_seen": seen["in_window"],
@@ -287,7 +270,7 @@ class Watch:
 
     def __call__(self, phase: str, fraction: float) -> None:
         if phase == "starting" and fraction >= 1.0 and not self.t_started:
-            self.rss_started = settled_rss()
+            self.rss_started = common.settled_rss()
             if self.trace:
                 self.snapshot = tracemalloc.take_snapshot()
             self.t_started, self.cpu_started = time.time(), time.process_time()
@@ -330,6 +313,7 @@ def phase_sim(args: argparse.Namespace) -> dict[str, Any]:
     watch = Watch(args.trace)
     seen = [0]
     if embedded:
+        # No public count of the heartbeats the monitor received yet: wrap its handler.
         original: Callable[[Any, Any], None] = runner.Simulation._on_health
 
         def counting(sim: Any, msg: Any) -> None:
@@ -345,7 +329,7 @@ def phase_sim(args: argparse.Namespace) -> dict[str, Any]:
     try:
         if args.trace:
             tracemalloc.start()
-        before = settled_rss()
+        before = common.settled_rss()
         snap0 = tracemalloc.take_snapshot() if args.trace else None
         t0 = time.perf_counter()
         result = simulate(spec, broker=None if broker is None else broker.url, progress=watch)
@@ -391,7 +375,7 @@ def phase_sim(args: argparse.Namespace) -> dict[str, Any]:
                 / max(1, got["in_window"])
                 * 1e6,
                 payload_bytes=got["mean_payload_bytes"],
-                broker_rss=pid_rss(broker.proc.pid),
+                broker_rss=_broker_rss(broker),
             )
         return out
     finally:
@@ -422,7 +406,7 @@ def run_phase(phase: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
     if args.trace:
         cmd.append("--trace")
     _progress(args, f"{phase}: {n} devices …")
-    t0 = time.monotonic()
+    t0 = common.CLOCK.monotonic()
     proc = subprocess.run(
         cmd, capture_output=True, text=True, timeout=PHASE_TIMEOUT_S, cwd=REPO, check=False
     )
@@ -432,14 +416,13 @@ def run_phase(phase: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
         _progress(args, f"{phase}: failed (exit {proc.returncode})\n{tail}")
         return {"phase": phase, "devices": n, "error": tail or f"exit {proc.returncode}"}
     result: dict[str, Any] = json.loads(lines[-1].removeprefix("RESULT "))
-    result["phase_s"] = round(time.monotonic() - t0, 1)
+    result["phase_s"] = round(common.CLOCK.monotonic() - t0, 1)
     _progress(args, f"{phase}: {_fmt(result)}")
     return result
 
 
 def _progress(args: argparse.Namespace, line: str) -> None:
-    if not args.quiet:
-        print(line, file=sys.stderr, flush=True)
+    common.progress(args.quiet, line)
 
 
 def _fmt(r: dict[str, Any]) -> str:
@@ -475,10 +458,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "broker": args.broker_devices,
         "embedded": args.embedded_devices,
     }
-    started = time.monotonic()
+    started = common.CLOCK.monotonic()
     results = {phase: run_phase(phase, sizes[phase], args) for phase in args.phases}
     return {
-        "machine": bench_rr.machine_info(),
+        "machine": common.machine_info(),
+        "code": common.code_state(),
         "config": {
             "sizes": {p: sizes[p] for p in args.phases},
             "health_interval_s": args.health_interval,
@@ -487,7 +471,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "results": results,
         "targets": targets(results),
-        "elapsed_s": round(time.monotonic() - started, 1),
+        "elapsed_s": round(common.CLOCK.monotonic() - started, 1),
     }
 
 
@@ -599,7 +583,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     report = run(args)
     if args.json:
-        print(json.dumps(report, indent=2))
+        common.print_json(report)
     else:
         print_table(report)
 

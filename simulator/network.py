@@ -19,8 +19,11 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..clock import Clock
 from ..transport.base import NO_PROPS, Props, valid_publish_topic
-from ..transport.memory import MemoryBroker, MemoryTransport, _Msg, _Target
+from ..transport.memory import MemoryBroker, MemoryTransport
+from ..transport.memory_broker import BrokerClient, Target
+from ..transport.memory_trie import Msg
 
 _ORDER_S = 1e-7
 """Gap between two messages on one link: asyncio's timer heap is not FIFO for equal times."""
@@ -52,7 +55,7 @@ class SimBroker(MemoryBroker):
     def __init__(
         self,
         *,
-        clock: Callable[[], float],
+        clock: Clock | Callable[[], float],
         rng: random.Random,
         reconnect_delay_s: float = 1.0,
         will_delay_s: float = 45.0,
@@ -84,8 +87,8 @@ class SimBroker(MemoryBroker):
         self._drop(client, publish_will=False)
         client.will = will
         if will is not None and self._loop is not None:
-            self._loop.call_later(self.will_delay_s, self._late_will, client, will.topic)
-        if client._want:
+            self.clock.call_later(self.will_delay_s, self._late_will, client, will.topic)
+        if client.wants_connection:
             self._waiting.append(client)
 
     def _late_will(self, client: MemoryTransport, topic: str) -> None:
@@ -98,9 +101,9 @@ class SimBroker(MemoryBroker):
         if client in self._waiting and self._up:
             self._waiting.remove(client)
             assert self._loop is not None
-            self._loop.call_later(self.reconnect_delay_s, self._reconnect, [client])
+            self.reconnect_later([client])
 
-    def _reconnect(self, clients: list[MemoryTransport]) -> None:
+    def _reconnect(self, clients: list[BrokerClient]) -> None:
         blocked = [c for c in clients if c.client_id in self.blocked]
         self._waiting.extend(c for c in blocked if c not in self._waiting)
         super()._reconnect([c for c in clients if c.client_id not in self.blocked])
@@ -114,7 +117,7 @@ class SimBroker(MemoryBroker):
         qos: int,
         retain: bool,
         props: Props,
-        sender: MemoryTransport | None = None,
+        sender: BrokerClient | None = None,
     ) -> None:
         if sender is None:
             super()._route(topic, payload, qos, retain, props)
@@ -128,23 +131,23 @@ class SimBroker(MemoryBroker):
         if link.lost(self.rng):
             self.lost_messages += 1
             return
-        now = self.clock()
+        now = self.clock.monotonic()
         at = max(now + link.delay(self.rng), link.up_free + _ORDER_S)
         link.up_free = at
         assert self._loop is not None
         if at <= now:
             super()._route(topic, payload, qos, retain, props)
         else:
-            self._loop.call_at(at, self._arrive, topic, payload, qos, retain, props)
+            self.clock.call_later(at - now, self._arrive, topic, payload, qos, retain, props)
 
     def _arrive(self, topic: str, payload: bytes, qos: int, retain: bool, props: Props) -> None:
         # A retained message keeps its expiry relative to when it reached the broker.
         super()._route(topic, payload, qos, retain, props)
 
-    def _schedule(self, targets: list[_Target], msg: _Msg) -> None:
+    def _schedule(self, targets: list[Target], msg: Msg) -> None:
         assert self._loop is not None
-        now = self.clock()
-        plain: list[_Target] = []
+        now = self.clock.monotonic()
+        plain: list[Target] = []
         for target in targets:
             link = self.links.get(target[0].client_id)
             if self.loss and self.rng.random() < self.loss:
@@ -161,6 +164,6 @@ class SimBroker(MemoryBroker):
             if at <= now:
                 plain.append(target)
             else:
-                self._loop.call_at(at, self._deliver, [target], msg, False)
+                self.clock.call_later(at - now, self._deliver, [target], msg, False)
         if plain:
             self._loop.call_soon(self._deliver, plain, msg, False)

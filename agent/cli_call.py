@@ -1,0 +1,196 @@
+"""``edgeagent call`` and ``edgeagent ask``: one skill by device or by skill, plain language.
+
+Registered on the main command in ``cli.py``. Errors come back typed (``CallError``) and leave
+with exit code 2; ``ask`` leaves with 3 when it is not sure and did nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .cli_common import Ctx, run
+from .errors import CallError
+
+
+def read_input(raw: str | None) -> bytes:
+    if raw is None:
+        return b"{}"
+    if raw == "-":
+        return sys.stdin.buffer.read()
+    if raw.startswith("@"):
+        try:
+            return Path(raw[1:]).read_bytes()
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {raw[1:]}: {exc}") from exc
+    try:
+        json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON ({exc}); quote it: '{{\"level\": 40}}'") from exc
+    return raw.encode()
+
+
+@click.command(context_settings={"ignore_unknown_options": False})
+@click.argument("args", nargs=-1, metavar="DEVICE SKILL [JSON] | --skill SKILL [JSON]")
+@click.option("--skill", "by_skill", default=None, help="Route by skill through the coordinator.")
+@click.option(
+    "--where", default=None, metavar="K=V,…", help="With --skill: only devices with these tags."
+)
+@click.option("--all", "fan_out", is_flag=True, help="With --skill: call every matching device.")
+@click.option("--explain", is_flag=True, help="With --skill: print how the call was routed.")
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for a reply.")
+@click.option("--trace", default=None, help="Trace id to attach (echoed by the device).")
+@click.option("--time", "show_time", is_flag=True, help="Print the round-trip time to stderr.")
+@click.option(
+    "--unannounced",
+    is_flag=True,
+    help="Send the call even if DEVICE has never announced itself (a plain MQTT responder); "
+    "without it, an unknown device is not_found at once.",
+)
+@click.pass_obj
+def call(
+    obj: Ctx,
+    args: tuple[str, ...],
+    by_skill: str | None,
+    where: str | None,
+    fan_out: bool,
+    explain: bool,
+    timeout: float,
+    trace: str | None,
+    show_time: bool,
+    unannounced: bool,
+) -> None:
+    """Call a skill and print its JSON output.
+
+    \b
+    edgeagent call DEVICE SKILL [JSON]                 one device, directly
+    edgeagent call --skill SKILL [--where room=kitchen] [--all] [--explain] [JSON]
+                                                       any device that has it, via the coordinator
+
+    JSON may be '-' to read stdin or '@FILE'. Exits 2 with the typed error (bad_request,
+    not_found, busy, timeout, unavailable, internal) on failure.
+    """
+    from .routing import parse_where
+
+    if by_skill is None:
+        if len(args) not in (2, 3):
+            raise click.UsageError("give DEVICE SKILL [JSON], or --skill SKILL [JSON]")
+        device, skill, raw = args[0], args[1], (args[2] if len(args) == 3 else None)
+    else:
+        if len(args) > 1:
+            raise click.UsageError("with --skill, give at most one argument: the JSON input")
+        device, skill, raw = "", by_skill, (args[0] if args else None)
+    if (where or fan_out or explain) and by_skill is None:
+        raise click.UsageError("--where, --all and --explain go with --skill")
+    if unannounced and by_skill is not None:
+        raise click.UsageError("--unannounced goes with DEVICE SKILL, not --skill")
+    try:
+        tags = parse_where(where)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--where") from exc
+    payload = read_input(raw)
+
+    async def go() -> Any:
+        async with obj.make_fleet(timeout) as fleet:
+            started = time.perf_counter()
+            try:
+                if by_skill is not None:
+                    try:
+                        out = await fleet.call_skill(
+                            skill, payload, where=tags, mode="all" if fan_out else "one",
+                            timeout=timeout, trace=trace, explain=explain,
+                        )  # fmt: skip
+                    except CallError as exc:
+                        if explain and exc.route:
+                            click.echo(json.dumps({"route": exc.route}, indent=2), err=True)
+                        raise
+                    if explain:
+                        output, route = out
+                        click.echo(json.dumps({"route": route}, indent=2), err=True)
+                        return output
+                    return out
+                return await fleet.call(
+                    device, skill, payload, timeout=timeout, trace=trace,
+                    check_device=not unannounced,
+                )  # fmt: skip
+            except CallError as exc:
+                if exc.code == "timeout" and by_skill is None:
+                    info = await fleet.device(device)
+                    if info is None:
+                        raise type(exc)(
+                            f"{exc.message}; no device {device!r} has announced itself in fleet "
+                            f"{obj.fleet!r}"
+                        ) from exc
+                    if not info.online:
+                        raise type(exc)(
+                            f"{exc.message}; device {device!r} is {info.status}"
+                        ) from exc
+                if exc.code == "timeout" and by_skill is not None:
+                    raise type(exc)(
+                        f"{exc.message}; is a coordinator running (edgeagent coordinator run)?"
+                    ) from exc
+                raise
+            finally:
+                if show_time:
+                    click.echo(f"{(time.perf_counter() - started) * 1000:.2f} ms", err=True)
+
+    result = run(go())
+    click.echo(json.dumps(result, indent=2 if sys.stdout.isatty() else None))
+
+
+@click.command()
+@click.argument("text")
+@click.option("--threshold", default=0.6, show_default=True, help="Least confidence to act on.")
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for a reply.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was understood and the output.")
+@click.pass_obj
+def ask(obj: Ctx, text: str, threshold: float, timeout: float, as_json: bool) -> None:
+    """Do what TEXT asks ("turn off the kitchen lights") through the coordinator.
+
+    A layered router (exact skill syntax, a grammar, then the zoo's tiny intent model) maps the
+    text to a skill, its input and the devices it is about. Only a command understood with
+    certainty is carried out; otherwise (below --threshold, a question back such as "which
+    lamp?", a statement or condition) nothing is done: the question back is printed, the best
+    candidates go to stderr, and the exit code is 3.
+    """
+
+    async def go() -> Any:
+        async with obj.make_fleet(timeout) as fleet:
+            return await fleet.ask(text, threshold=threshold, timeout=timeout)
+
+    result = run(go())
+    if result.unsure is not None:
+        cands = [
+            {"skill": c.skill, "input": c.input, "where": c.where, "confidence": c.confidence}
+            for c in result.unsure.candidates
+        ]
+        question = getattr(result.unsure, "question", None)
+        if as_json:
+            click.echo(json.dumps({"unsure": True, "reason": result.unsure.reason,
+                                   "question": question, "candidates": cands},
+                                  indent=2))  # fmt: skip
+        else:
+            if question:
+                click.echo(question)  # the question back, on stdout: nothing was done
+            click.echo(f"not sure what you mean: {result.unsure.reason}", err=True)
+            for c in cands:
+                click.echo(f"  maybe: {c['skill']} {json.dumps(c['input'])} where {c['where']} "
+                           f"({c['confidence']:.2f})", err=True)  # fmt: skip
+        sys.exit(3)
+    i = result.interpretation
+    if as_json:
+        click.echo(json.dumps({
+            "skill": i.skill, "input": i.input, "where": i.where, "mode": i.mode,
+            "confidence": i.confidence, "layer": i.layer, "explanation": i.explanation,
+            "output": result.output,
+        }, indent=2))  # fmt: skip
+        return
+    where = ",".join(f"{k}={v}" for k, v in sorted(i.where.items())) or "any device"
+    click.echo(f"{i.skill} {json.dumps(i.input)} on {where} ({i.mode}; {i.layer}, "
+               f"confidence {i.confidence:.2f})", err=True)  # fmt: skip
+    click.echo(json.dumps(result.output))
