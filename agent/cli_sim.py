@@ -140,11 +140,32 @@ def sim_run(
     its profile. Exit codes: 0 all assertions passed, 1 an assertion failed, 2 bad spec or
     options (nothing was started).
     """
+    ours = logging.getLogger("edgeagent")
+    level_before = ours.level
+    if logging.getLogger().level <= logging.WARNING and not _explicit_log_level():
+        ours.setLevel(logging.ERROR)  # faults make agents chatty
+    try:
+        _run_and_report(spec, broker, seed, duration, calibration, shard, secure, report_dir,
+                        as_json, quiet)  # fmt: skip
+    finally:
+        ours.setLevel(level_before)  # the caller's logging as it was (in-process callers, tests)
+
+
+def _run_and_report(
+    spec: Path,
+    broker: str | None,
+    seed: int | None,
+    duration: str | None,
+    calibration: Path | None,
+    shard: str | None,
+    secure: bool,
+    report_dir: Path | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
     from .simulator import load_calibration, simulate
     from .simulator.render import summary_table, write_report
 
-    if logging.getLogger().level <= logging.WARNING and not _explicit_log_level():
-        logging.getLogger("edgeagent").setLevel(logging.ERROR)  # faults make agents chatty
     seconds = parse_duration(duration) if duration is not None else None
     shard_k_n = parse_shard(shard) if shard is not None else (0, 1)
     bar = Bar(enabled=not quiet and not as_json)
