@@ -37,7 +37,19 @@ def read_input(raw: str | None) -> bytes:
 
 @click.command(context_settings={"ignore_unknown_options": False})
 @click.argument("args", nargs=-1, metavar="DEVICE SKILL [JSON] | --skill SKILL [JSON]")
-@click.option("--skill", "by_skill", default=None, help="Route by skill through the coordinator.")
+@click.option(
+    "--skill", "by_skill", default=None, help="Route by skill (through the coordinator: --via)."
+)
+@click.option(
+    "--via",
+    type=click.Choice(["coordinator", "local"]),
+    default="coordinator",
+    show_default=True,
+    help="With --skill: who routes. 'local': this command picks the device with the "
+    "coordinator's rules (tags, load, failover, hedging) and calls it directly, one broker "
+    "crossing instead of two; needs no coordinator, but its identity must be allowed to call "
+    "the skill (docs/coordinator.md).",
+)
 @click.option(
     "--where", default=None, metavar="K=V,…", help="With --skill: only devices with these tags."
 )
@@ -57,6 +69,7 @@ def call(
     obj: Ctx,
     args: tuple[str, ...],
     by_skill: str | None,
+    via: str,
     where: str | None,
     fan_out: bool,
     explain: bool,
@@ -71,6 +84,7 @@ def call(
     edgeagent call DEVICE SKILL [JSON]                 one device, directly
     edgeagent call --skill SKILL [--where room=kitchen] [--all] [--explain] [JSON]
                                                        any device that has it, via the coordinator
+    edgeagent call --skill SKILL --via local [JSON]    routed by this command, no coordinator
 
     JSON may be '-' to read stdin or '@FILE'. Exits 2 with the typed error (bad_request,
     not_found, busy, timeout, unavailable, internal) on failure.
@@ -85,8 +99,8 @@ def call(
         if len(args) > 1:
             raise click.UsageError("with --skill, give at most one argument: the JSON input")
         device, skill, raw = "", by_skill, (args[0] if args else None)
-    if (where or fan_out or explain) and by_skill is None:
-        raise click.UsageError("--where, --all and --explain go with --skill")
+    if (where or fan_out or explain or via != "coordinator") and by_skill is None:
+        raise click.UsageError("--where, --all, --explain and --via go with --skill")
     if unannounced and by_skill is not None:
         raise click.UsageError("--unannounced goes with DEVICE SKILL, not --skill")
     try:
@@ -104,6 +118,7 @@ def call(
                         out = await fleet.call_skill(
                             skill, payload, where=tags, mode="all" if fan_out else "one",
                             timeout=timeout, trace=trace, explain=explain,
+                            via="local" if via == "local" else "coordinator",
                         )  # fmt: skip
                     except CallError as exc:
                         if explain and exc.route:
@@ -130,7 +145,7 @@ def call(
                         raise type(exc)(
                             f"{exc.message}; device {device!r} is {info.status}"
                         ) from exc
-                if exc.code == "timeout" and by_skill is not None:
+                if exc.code == "timeout" and by_skill is not None and via == "coordinator":
                     raise type(exc)(
                         f"{exc.message}; is a coordinator running (edgeagent coordinator run)?"
                     ) from exc

@@ -326,7 +326,7 @@ def _router(answers: dict[str, list[str]], sent: list[tuple[str, str | None]]) -
             elif code == "timeout":
                 future.set_exception(CallTimeout("no reply"))
             else:
-                future.set_result(ErrorReply(code=code, message=f"{device} says {code}"))  # type: ignore[arg-type]
+                future.set_result(ErrorReply(code=code, message=f"{device} says {code}"))
 
         asyncio.get_running_loop().call_soon(answer)
         return future
@@ -398,3 +398,38 @@ def test_fan_out_gathers_results_and_errors_with_a_key_per_device() -> None:
     assert result.route["decisions"][0]["method"] == "all"
     with pytest.raises(BadRequest, match="mode must be one or all"):
         _call(router, mode="some")
+
+
+@pytest.mark.broker
+def test_cli_call_via_local_routes_without_a_coordinator(broker_url: str, fleet_name: str) -> None:
+    from click.testing import CliRunner
+
+    from edgeagent.cli import main as cli
+
+    base = ["--broker", broker_url, "--fleet", fleet_name, "call"]
+
+    def invoke(*args: str) -> Any:
+        return CliRunner().invoke(cli, [*base, *args])
+
+    async def main() -> None:
+        async with (
+            lamp(broker_url, fleet_name, "lamp-k", "kitchen"),
+            lamp(broker_url, fleet_name, "lamp-h", "hall"),
+        ):
+            res = await asyncio.to_thread(
+                invoke, "--skill", "set_brightness", "--where", "room=hall", "--via", "local",
+                "--explain", '{"level": 12}',
+            )  # fmt: skip
+            assert res.exit_code == 0, res.output
+            assert json.loads(res.stdout) == {"on": True, "brightness": 12}
+            route = json.loads(res.stderr)["route"]
+            assert route["decisions"][0]["chosen"] == "lamp-h"
+            # No coordinator runs: the default route times out and says what is missing.
+            res = await asyncio.to_thread(invoke, "--skill", "get_state", "--timeout", "0.3")
+            assert res.exit_code == 2
+            assert "is a coordinator running" in res.stderr
+            res = await asyncio.to_thread(invoke, "lamp-h", "get_state", "--via", "local")
+            assert res.exit_code == 2
+            assert "--via go with --skill" in res.output
+
+    asyncio.run(main())
