@@ -39,6 +39,7 @@ from edgeagent.transport.session import (
     Event,
     Pong,
     PublishAcked,
+    PublishQueueFull,
     ReceiveMaximumReached,
     SessionError,
     Subscribed,
@@ -226,6 +227,59 @@ def test_the_brokers_receive_maximum_bounds_messages_in_flight() -> None:
     events = client.receive_data(broker.release(), 1.0)
     assert events == [PublishAcked(ids[0][0]), PublishAcked(ids[1][0])]
     assert client.send_quota == 2
+
+
+def _published(broker: Broker) -> list[tuple[bytes, int]]:
+    return [(p.payload, p.qos) for p in broker.received if isinstance(p, Publish)]
+
+
+def test_messages_beyond_the_receive_maximum_wait_and_go_out_at_qos1_as_acks_free_slots() -> None:
+    broker = Broker(receive_maximum=2, hold_acks=True)
+    client = connected(broker)
+    for i in range(5):
+        pid, data = client.publish_or_queue("m", b"%d" % i, qos=1)
+        assert bool(pid) == bool(data) == (i < 2)  # two now, three held
+        send(client, broker, data)
+    assert client.queued_messages == 3
+    assert client.inflight == len(broker.held) == 2  # the broker never sees more than 2
+    acked: list[Event] = []
+    while broker.held:
+        acked += client.receive_data(broker.release(), 1.0)  # acks free slots...
+        send(client, broker, client.data_to_send())  # ...which the held messages take
+        assert client.inflight == len(broker.held) <= 2
+    assert [type(e) for e in acked] == [PublishAcked] * 5
+    assert _published(broker) == [(b"%d" % i, 1) for i in range(5)]  # in order, all at QoS 1
+    assert (client.queued_messages, client.queued, client.pending) == (0, None, None)
+
+
+def test_the_receive_maximum_queue_is_bounded_and_qos0_does_not_wait() -> None:
+    broker = Broker(receive_maximum=1, hold_acks=True)
+    client = connected(broker, max_queued=3)
+    send(client, broker, client.publish_or_queue("m", b"in flight", qos=1)[1])
+    for i in range(3):
+        assert client.publish_or_queue("m", b"%d" % i, qos=1) == (0, b"")
+    with pytest.raises(PublishQueueFull):
+        client.publish_or_queue("m", b"one too many", qos=1)
+    pid, data = client.publish_or_queue("m", b"qos 0", qos=0)
+    assert pid == 0
+    assert data == encode(Publish("m", b"qos 0"))
+    assert client.queued_messages == 3
+    assert client.connection_lost() == (1,)  # the queue goes with the connection
+    assert client.queued_messages == 0
+
+
+def test_a_message_sent_now_does_not_overtake_one_released_from_the_queue() -> None:
+    broker = Broker(receive_maximum=2, hold_acks=True)
+    client = connected(broker)
+    for payload in (b"a", b"b", b"c"):
+        send(client, broker, client.publish_or_queue("m", payload, qos=1)[1])
+    assert client.queued_messages == 1
+    client.receive_data(broker.release(), 1.0)  # both acks in one read: "c" goes to the outbox
+    assert client.inflight == 1
+    pid, data = client.publish_or_queue("m", b"d", qos=1)  # a free slot: sent at once...
+    assert pid
+    send(client, broker, data)  # ...after "c", which the outbox still held
+    assert _published(broker) == [(b"a", 1), (b"b", 1), (b"c", 1), (b"d", 1)]
 
 
 def test_packet_ids_skip_those_in_use_wrap_and_survive_a_reconnect() -> None:

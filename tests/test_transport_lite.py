@@ -152,9 +152,34 @@ def test_many_qos1_in_flight_respect_the_brokers_receive_maximum() -> None:
         assert t._session.receive_maximum == 5
         await asyncio.gather(*(t.publish("flow/x", b"%d" % i, qos=1) for i in range(300)))
         for _ in range(20):
-            t.publish_nowait("flow/y", b"n", qos=1)  # beyond the limit: sent at QoS 0
+            t.publish_nowait("flow/y", b"n", qos=1)  # beyond the limit: queued, then sent
         await until(lambda: len(got) == 320, what="every message")
         assert t.statistics().disconnects == 0
+        await t.close()
+
+    with Mosquitto(extra_config="\nmax_inflight_messages 5\n") as broker:
+        run(lambda: main(broker.url))
+
+
+def test_publish_nowait_beyond_the_receive_maximum_waits_and_goes_out_at_qos1(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def main(url: str) -> None:
+        t = lite(url)
+        got: list[Inbound] = []
+        await t.subscribe("flow/#", got.append, qos=1)
+        await t.connect()
+        assert t._session.receive_maximum == 5
+        t._session.max_queued = 20
+        with caplog.at_level(logging.WARNING, logger="edgeagent.transport.lite"):
+            for i in range(30):  # back to back: 5 in flight, 20 queued, 5 dropped
+                t.publish_nowait("flow/n", b"%d" % i, qos=1)
+        assert t._session.queued_messages == 20
+        assert caplog.text.count("dropped message to flow/n") == 5
+        await until(lambda: len(got) == 25, what="every message sent")
+        assert [m.payload for m in got] == [b"%d" % i for i in range(25)]  # in order
+        assert {m.qos for m in got} == {1}  # none downgraded to QoS 0
+        assert t._session.queued_messages == 0
         await t.close()
 
     with Mosquitto(extra_config="\nmax_inflight_messages 5\n") as broker:

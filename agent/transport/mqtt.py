@@ -17,9 +17,11 @@ paho's on loopback (extra queues and futures per message). paho stays as the bas
 benchmarks.
 
 Differences from the paho-based transport it replaced, none visible to the agent, client or
-coordinator: ``publish_nowait`` at QoS 1 beyond the broker's Receive Maximum sends at QoS 0
-(paho queued it), and ``publish`` raises :class:`~edgeagent.errors.TransportError` when the
-broker's PUBACK refuses the message (paho ignored the reason code).
+coordinator: ``publish_nowait`` at QoS 1 or 2 beyond the broker's Receive Maximum waits, as
+with paho, but in a bounded queue (:data:`~edgeagent.transport.session.MAX_QUEUED` messages,
+a logged drop past it; dropped too if the connection is lost before it goes out), and
+``publish`` raises :class:`~edgeagent.errors.TransportError` when the broker's PUBACK refuses
+the message (paho ignored the reason code).
 
 Socket and TLS errors are translated into :class:`~edgeagent.errors.TransportError` in the
 adapter, and nowhere else.

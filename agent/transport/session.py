@@ -6,26 +6,27 @@ before it (handle them, then close the connection).
 
 The asyncio adapters (:mod:`~edgeagent.transport.lite`, :mod:`~edgeagent.transport.mqtt`) own
 sockets, TLS, timers and reconnects; everything the protocol decides lives here: packet
-identifier allocation, the broker's Receive Maximum, acknowledgements owed to the broker
-(queued in an outbox: :meth:`ClientSession.data_to_send`), QoS 2 handshakes, and keepalive
-(:meth:`ClientSession.keepalive_due`: when to ping, when the broker is overdue).
+identifier allocation, the broker's Receive Maximum (with a bounded queue of messages waiting
+for it: :meth:`ClientSession.publish_or_queue`, :data:`MAX_QUEUED`), acknowledgements owed to
+the broker (queued in an outbox: :meth:`ClientSession.data_to_send`), QoS 2 handshakes, and
+keepalive (:meth:`ClientSession.keepalive_due`: when to ping, when the broker is overdue).
 ``tests/test_mqtt_session.py`` runs it back to back against a broker-side state machine.
 
 Errors: :class:`~edgeagent.transport.codec.MalformedPacket` for bytes that are not MQTT 5,
-:class:`SessionError` for a packet or call the current state does not allow.
+:class:`SessionError` (and its subclasses, drawn in :mod:`~edgeagent.transport.session_events`)
+for a packet or call the current state does not allow. The events and errors live in
+:mod:`~edgeagent.transport.session_events` and are re-exported here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Literal
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar, Literal
 
-from ..errors import TransportError
 from .base import NO_PROPS, Inbound, Props, Will
 from .codec import (
     MAX_VARINT,
-    Auth,
     ConnAck,
     Connect,
     Decoder,
@@ -33,7 +34,6 @@ from .codec import (
     MalformedPacket,
     Packet,
     PingResp,
-    PropMap,
     PubAck,
     PubComp,
     PubRec,
@@ -48,96 +48,50 @@ from .codec import (
     encode_publish,
     unpack_publish,
 )
+from .session_events import (
+    REASONS,
+    BrokerDisconnected,
+    Connected,
+    ConnectionRefused,
+    Event,
+    Pong,
+    PublishAcked,
+    PublishQueueFull,
+    ReceiveMaximumReached,
+    SessionError,
+    Subscribed,
+    Unsubscribed,
+    reason_text,
+)
+
+__all__ = [
+    "MAX_QUEUED",
+    "REASONS",
+    "BrokerDisconnected",
+    "ClientSession",
+    "Connected",
+    "ConnectionRefused",
+    "Event",
+    "Pong",
+    "PublishAcked",
+    "PublishQueueFull",
+    "ReceiveMaximumReached",
+    "SessionError",
+    "State",
+    "Subscribed",
+    "Unsubscribed",
+    "reason_text",
+]
 
 State = Literal["disconnected", "connecting", "connected"]
 
-REASONS = {
-    0x80: "Unspecified error", 0x81: "Malformed Packet", 0x82: "Protocol Error",
-    0x83: "Implementation specific error", 0x84: "Unsupported Protocol Version",
-    0x85: "Client Identifier not valid", 0x86: "Bad User Name or Password",
-    0x87: "Not authorized", 0x88: "Server unavailable", 0x89: "Server busy", 0x8A: "Banned",
-    0x8B: "Server shutting down", 0x8D: "Keep Alive timeout", 0x8E: "Session taken over",
-    0x8F: "Topic Filter invalid", 0x90: "Topic Name invalid", 0x93: "Receive Maximum exceeded",
-    0x95: "Packet too large", 0x97: "Quota exceeded", 0x99: "Payload format invalid",
-    0x9A: "Retain not supported", 0x9B: "QoS not supported", 0x9C: "Use another server",
-    0x9D: "Server moved", 0x9E: "Shared Subscriptions not supported",
-    0x9F: "Connection rate exceeded", 0xA2: "Wildcard Subscriptions not supported",
-}  # fmt: skip
-
-
-def reason_text(code: int) -> str:
-    """A reason code as the specification names it."""
-    return REASONS.get(code, f"reason code 0x{code:02X}")
-
-
-class SessionError(TransportError):
-    """A call or a packet that the session's state does not allow."""
-
-
-class ReceiveMaximumReached(SessionError):
-    """A QoS 1 or 2 publish while the broker's Receive Maximum is in flight."""
-
-
-# Events -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Connected:
-    session_present: bool
-    receive_maximum: int
-    keepalive: int
-    properties: PropMap = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionRefused:
-    reason_code: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class PublishAcked:
-    """The end of an outgoing QoS 1 (PUBACK) or QoS 2 (PUBCOMP) publish."""
-
-    packet_id: int
-    reason_code: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Subscribed:
-    packet_id: int
-    reason_codes: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Unsubscribed:
-    packet_id: int
-    reason_codes: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Pong:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerDisconnected:
-    reason_code: int
-    reason: str
-
-
-Event = (
-    Connected
-    | ConnectionRefused
-    | Inbound
-    | PublishAcked
-    | Subscribed
-    | Unsubscribed
-    | Pong
-    | BrokerDisconnected
-)
+MAX_QUEUED = 1000
+"""QoS 1/2 messages :meth:`ClientSession.publish_or_queue` holds, at most, while the broker's
+Receive Maximum is in flight; past it the message is refused (:class:`PublishQueueFull`)."""
 
 _PUBLISH, _PUBREL, _SUBSCRIBE, _UNSUBSCRIBE = 3, 6, 8, 10  # what a pending identifier awaits
+_Queued = tuple[str, bytes, int, bool, Props]  # topic, payload, qos, retain, props
+_Handler = Callable[["ClientSession", Any, list[Event]], None]
 
 
 class ClientSession:
@@ -150,9 +104,9 @@ class ClientSession:
     """
 
     __slots__ = (
-        "clean_start", "client_id", "decoder", "inflight", "keepalive",
-        "last_in", "last_out", "max_packet_size", "next_pid", "outbox", "password", "pending",
-        "pinging", "receive_maximum", "state", "username", "will",
+        "clean_start", "client_id", "decoder", "inflight", "keepalive", "last_in", "last_out",
+        "max_packet_size", "max_queued", "next_pid", "outbox", "password", "pending", "pinging",
+        "queued", "receive_maximum", "state", "username", "will",
     )  # fmt: skip
 
     def __init__(
@@ -165,6 +119,7 @@ class ClientSession:
         password: str | None = None,
         will: Will | None = None,
         max_packet_size: int = MAX_VARINT + 5,
+        max_queued: int = MAX_QUEUED,
     ) -> None:
         self.client_id = client_id
         self.keepalive = keepalive
@@ -178,6 +133,8 @@ class ClientSession:
         self.decoder = Decoder(max_packet_size)
         self.pending: dict[int, int] | None = None  # packet id -> awaited packet type
         self.outbox: bytearray | None = None
+        self.queued: deque[_Queued] | None = None  # publish_or_queue() at the Receive Maximum
+        self.max_queued = max_queued
         self.next_pid = self.inflight = 0
         self.receive_maximum = 65535
         self.last_in = self.last_out = 0.0
@@ -218,6 +175,43 @@ class ClientSession:
             self.inflight += 1
         return pid, encode_publish(topic, payload, qos, retain, pid, props, False)
 
+    def publish_or_queue(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 0,
+        retain: bool = False,
+        props: Props = NO_PROPS,
+    ) -> tuple[int, bytes]:
+        """As :meth:`publish`, but a QoS 1/2 message beyond the broker's Receive Maximum waits
+        (in order, at most ``max_queued``, else :class:`PublishQueueFull`) and goes out at its
+        QoS when an ack frees a slot, through :meth:`data_to_send`. ``(0, b"")`` when queued.
+
+        The bytes returned start with whatever :meth:`data_to_send` held (acks, messages
+        released from the queue), so a message sent now never overtakes one queued before it.
+        """
+        if qos and (self.queued or self.inflight >= self.receive_maximum):
+            if self.state != "connected":
+                raise SessionError("publish() while not connected")
+            queued = self.queued
+            if queued is None:
+                queued = self.queued = deque()
+            elif len(queued) >= self.max_queued:
+                raise PublishQueueFull(
+                    f"{len(queued)} QoS {qos} messages already wait for the Receive Maximum"
+                )
+            queued.append((topic, payload, qos, retain, props))
+            return 0, b""
+        pid, data = self.publish(topic, payload, qos, retain, props)
+        if self.outbox:
+            return pid, self.data_to_send() + data
+        return pid, data
+
+    @property
+    def queued_messages(self) -> int:
+        """How many messages :meth:`publish_or_queue` holds for the Receive Maximum."""
+        return len(self.queued) if self.queued else 0
+
     @property
     def send_quota(self) -> int:
         """How many more QoS 1/2 messages the broker's Receive Maximum allows now."""
@@ -242,10 +236,12 @@ class ClientSession:
         return encode(Disconnect(reason_code))
 
     def connection_lost(self) -> tuple[int, ...]:
-        """The connection is gone: the packet ids that will never be acknowledged."""
+        """The connection is gone: the packet ids that will never be acknowledged. Messages
+        still queued for the Receive Maximum are dropped (read :attr:`queued_messages` first):
+        unacknowledged QoS 1/2 messages are not resent after a reconnect either."""
         lost = tuple(self.pending or ())
         self.state = "disconnected"
-        self.pending = self.outbox = None
+        self.pending = self.outbox = self.queued = None
         self.inflight = 0
         self.decoder = Decoder(self.max_packet_size)
         return lost
@@ -288,6 +284,18 @@ class ClientSession:
         if self.outbox is None:
             self.outbox = bytearray()
         self.outbox += data
+
+    def _acked(self, pid: int, reason_code: int, events: list[Event]) -> None:
+        """An outgoing QoS 1/2 message is over: its slot goes to the next queued message."""
+        self.inflight -= 1
+        events.append(PublishAcked(pid, reason_code))
+        queued = self.queued
+        if queued:
+            topic, payload, qos, retain, props = queued.popleft()
+            if not queued:
+                self.queued = None
+            pid, data = self.publish(topic, payload, qos, retain, props)
+            self._owe(data)
 
     # Keepalive ----------------------------------------------------------------------------------
 
@@ -353,42 +361,61 @@ class ClientSession:
             self._owe((b"\x40\x02" if qos == 1 else b"\x50\x02") + pid.to_bytes(2, "big"))
 
     def _packet(self, packet: Packet, events: list[Event]) -> None:
-        if isinstance(packet, PubAck | PubComp):
-            want = _PUBLISH if isinstance(packet, PubAck) else _PUBREL
-            if self._settle(packet.packet_id, want):
-                self.inflight -= 1
-                events.append(PublishAcked(packet.packet_id, packet.reason_code))
-        elif isinstance(packet, PubRec):
-            pending = self.pending
-            if pending is not None and pending.get(packet.packet_id) == _PUBLISH:
-                if packet.reason_code >= 0x80:
-                    self._settle(packet.packet_id, _PUBLISH)
-                    self.inflight -= 1
-                    events.append(PublishAcked(packet.packet_id, packet.reason_code))
-                else:
-                    pending[packet.packet_id] = _PUBREL
-                    self._owe(encode(PubRel(packet.packet_id)))
-        elif isinstance(packet, PubRel):
-            self._owe(b"\x70\x02" + packet.packet_id.to_bytes(2, "big"))
-        elif isinstance(packet, UnsubAck):
+        handler = self._handlers.get(type(packet))
+        if handler is None:
+            raise SessionError(f"unexpected {type(packet).__name__.upper()} from the broker")
+        handler(self, packet, events)
+
+    def _on_puback(self, packet: PubAck, events: list[Event]) -> None:
+        if self._settle(packet.packet_id, _PUBLISH):
+            self._acked(packet.packet_id, packet.reason_code, events)
+
+    def _on_pubcomp(self, packet: PubComp, events: list[Event]) -> None:
+        if self._settle(packet.packet_id, _PUBREL):
+            self._acked(packet.packet_id, packet.reason_code, events)
+
+    def _on_pubrec(self, packet: PubRec, events: list[Event]) -> None:
+        pending = self.pending
+        if pending is None or pending.get(packet.packet_id) != _PUBLISH:
+            return
+        if packet.reason_code >= 0x80:  # refused: the exchange ends here
+            self._settle(packet.packet_id, _PUBLISH)
+            self._acked(packet.packet_id, packet.reason_code, events)
+        else:
+            pending[packet.packet_id] = _PUBREL
+            self._owe(encode(PubRel(packet.packet_id)))
+
+    def _on_pubrel(self, packet: PubRel, events: list[Event]) -> None:
+        self._owe(b"\x70\x02" + packet.packet_id.to_bytes(2, "big"))
+
+    def _on_suback(self, packet: SubAck, events: list[Event]) -> None:
+        if isinstance(packet, UnsubAck):
             if self._settle(packet.packet_id, _UNSUBSCRIBE):
                 events.append(Unsubscribed(packet.packet_id, packet.reason_codes))
-        elif isinstance(packet, SubAck):
-            if self._settle(packet.packet_id, _SUBSCRIBE):
-                events.append(Subscribed(packet.packet_id, packet.reason_codes))
-        elif isinstance(packet, PingResp):
-            events.append(Pong())
-        elif isinstance(packet, ConnAck):
-            events.append(self._connack(packet))
-        elif isinstance(packet, Disconnect) and not isinstance(packet, Auth):
-            self.connection_lost()
-            text = packet.properties.get(0x1F)
-            reason = text if isinstance(text, str) else reason_text(packet.reason_code)
-            if not packet.reason_code and text is None:
-                reason = "Normal disconnection"
-            events.append(BrokerDisconnected(packet.reason_code, reason))
-        else:
-            raise SessionError(f"unexpected {type(packet).__name__.upper()} from the broker")
+        elif self._settle(packet.packet_id, _SUBSCRIBE):
+            events.append(Subscribed(packet.packet_id, packet.reason_codes))
+
+    def _on_pingresp(self, packet: PingResp, events: list[Event]) -> None:
+        events.append(Pong())
+
+    def _on_connack(self, packet: ConnAck, events: list[Event]) -> None:
+        events.append(self._connack(packet))
+
+    def _on_disconnect(self, packet: Disconnect, events: list[Event]) -> None:
+        self.connection_lost()
+        text = packet.properties.get(0x1F)
+        reason = text if isinstance(text, str) else reason_text(packet.reason_code)
+        if not packet.reason_code and text is None:
+            reason = "Normal disconnection"
+        events.append(BrokerDisconnected(packet.reason_code, reason))
+
+    _handlers: ClassVar[Mapping[type[Packet], _Handler]] = {
+        PubAck: _on_puback, PubComp: _on_pubcomp, PubRec: _on_pubrec, PubRel: _on_pubrel,
+        SubAck: _on_suback, UnsubAck: _on_suback, PingResp: _on_pingresp, ConnAck: _on_connack,
+        Disconnect: _on_disconnect,
+    }  # fmt: skip
+    """What the session does with each packet type from the broker, by exact type (AUTH, a
+    subclass of DISCONNECT, is unexpected like any type missing here)."""
 
     def _connack(self, packet: ConnAck) -> Connected | ConnectionRefused:
         if self.state != "connecting":
