@@ -40,7 +40,7 @@ from . import __version__
 from .admission import MAX_HOP, PING_SKILL
 from .clock import SYSTEM_CLOCK, Clock
 from .config import AgentConfig, load_skills
-from .device_calls import CALL_LOG, CallServer
+from .device_calls import CallServer
 from .idempotency import IDEMPOTENCY_KEYS_KEPT, IDEMPOTENCY_WAITERS
 from .protocol import (
     HOP_PROPERTY,
@@ -67,8 +67,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-# The limiter of refused and failed calls (kept under its old name for the tests that read it).
-_limited = CALL_LOG
 
 
 @dataclass(frozen=True, slots=True)

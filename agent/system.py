@@ -118,6 +118,21 @@ class SystemSkills(SkillSet):
         self._last: dict[str, Any] | None = None
         self._reported = 0.0  # when download progress was last published (monotonic)
 
+    @property
+    def started(self) -> bool:
+        """Whether :meth:`run` has the agent: until then every system skill is ``unavailable``."""
+        return self._agent is not None
+
+    @property
+    def update_task(self) -> asyncio.Task[None] | None:
+        """The task of the last update accepted (running or done); None until one is."""
+        return self._task
+
+    @property
+    def last_report(self) -> dict[str, Any] | None:
+        """The last update status published (``system.info`` returns it as ``update``)."""
+        return self._last
+
     # facts ---------------------------------------------------------------------------------
 
     def _info(self) -> dict[str, Any]:
@@ -388,7 +403,7 @@ class SystemSkills(SkillSet):
         while not self._agent.transport.connected:  # noqa: ASYNC110
             await asyncio.sleep(0.2)
         try:
-            await self._self_test()
+            await self.self_test()
         except Exception as exc:
             log.warning("self-test of %s failed: %s (the tool's timer rolls back)", version, exc)
             self._publish("failed", version, error=f"self-test: {exc}")
@@ -401,7 +416,7 @@ class SystemSkills(SkillSet):
             error = (result or {}).get("error", "no answer from the device tool")
             self._publish("failed", version, error=f"commit: {error}")
 
-    async def _self_test(self) -> None:
+    async def self_test(self) -> None:
         """A call to this agent's own ``_ping`` through the broker: subscriptions, skill
         dispatch and the connection all work."""
         agent = self._agent

@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,7 +79,7 @@ class BuildOptions:
     log: Callable[[str], None] = lambda _: None
 
 
-def _top_module_files(base: Path, module: str) -> list[tuple[Path, str]]:
+def top_module_files(base: Path, module: str) -> list[tuple[Path, str]]:
     """The files of the top-level module or package ``module`` lives in, next to the config."""
     top = module.split(":", 1)[0].split(".", 1)[0]
     pkg, single = base / top, base / f"{top}.py"
@@ -135,6 +135,62 @@ def _skill_names(cfg: AgentConfig, log: Callable[[str], None]) -> tuple[list[str
     return sorted(s.name for s in skills), list(sets)
 
 
+def _ship_models(
+    raw_cfg: dict[str, Any], base: Path, config_path: Path, entries: dict[str, _Entry]
+) -> set[str]:
+    """Add the models the config names by path to ``entries`` (under app/models/) and point
+    ``raw_cfg``'s options at them there; the runtime extras the shipped models need."""
+    extras: set[str] = set()
+    for i, src in enumerate(raw_cfg.get("skills") or []):
+        model = (src.get("options") or {}).get("model") if isinstance(src, dict) else None
+        if isinstance(model, str) and not model.startswith("zoo:"):
+            p = Path(model) if Path(model).is_absolute() else base / model
+            if not p.exists():
+                raise BundleError(f"{config_path}: skills.{i}.options.model: {model} not found")
+            model_files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file())
+            root = p if p.is_dir() else p.parent
+            rel_dest = f"models/{p.name}"
+            for f in model_files:
+                rel = rel_dest if p.is_file() else f"{rel_dest}/{f.relative_to(root).as_posix()}"
+                entries["app/" + rel] = _Entry("app/" + rel, f, "model")
+                extras.update(e for s, e in _MODEL_SUFFIX_RUNTIME.items() if f.suffix == s)
+            src["options"]["model"] = rel_dest
+        elif isinstance(model, str):
+            extras.add("onnx")
+    return extras
+
+
+def _hash_entries(entries: Iterable[_Entry]) -> None:
+    """Fill in each entry's sha256 and size, from its data or its source file."""
+    for e in entries:
+        if e.data is not None:
+            e.sha256, e.size = hashlib.sha256(e.data).hexdigest(), len(e.data)
+        else:
+            assert e.source is not None
+            e.sha256, e.size = file_sha256(e.source), e.source.stat().st_size
+
+
+def _write_store(store: Path, entries: list[_Entry]) -> None:
+    """The files by hash: stale ones removed, missing ones written (atomically), present ones
+    of the right size left alone (a rebuild copies only what changed)."""
+    store.mkdir(exist_ok=True)
+    wanted = {e.sha256 for e in entries}
+    for stale in store.iterdir():
+        if stale.name not in wanted:
+            stale.unlink()
+    for e in entries:
+        dest = store / e.sha256
+        if dest.is_file() and dest.stat().st_size == e.size:
+            continue
+        tmp = dest.with_name(dest.name + ".tmp")
+        if e.data is not None:
+            tmp.write_bytes(e.data)
+        else:
+            assert e.source is not None
+            shutil.copyfile(e.source, tmp)
+        os.replace(tmp, dest)
+
+
 def build_bundle(
     config_path: Path,
     profile_name: str,
@@ -163,7 +219,7 @@ def build_bundle(
 
     entries: dict[str, _Entry] = {}
     for src in cfg.skills:
-        for source, path in _top_module_files(base, src.module):
+        for source, path in top_module_files(base, src.module):
             entries[path] = _Entry(path, source, "app")
 
     skills: list[str] | None = None
@@ -177,23 +233,7 @@ def build_bundle(
     if not isinstance(raw_cfg, dict):
         raise BundleError(f"{config_path}: not a YAML mapping")
     raw_cfg["profile"] = profile.name
-    extras: set[str] = set()
-    for i, src in enumerate(raw_cfg.get("skills") or []):
-        model = (src.get("options") or {}).get("model") if isinstance(src, dict) else None
-        if isinstance(model, str) and not model.startswith("zoo:"):
-            p = Path(model) if Path(model).is_absolute() else base / model
-            if not p.exists():
-                raise BundleError(f"{config_path}: skills.{i}.options.model: {model} not found")
-            model_files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file())
-            root = p if p.is_dir() else p.parent
-            rel_dest = f"models/{p.name}"
-            for f in model_files:
-                rel = rel_dest if p.is_file() else f"{rel_dest}/{f.relative_to(root).as_posix()}"
-                entries["app/" + rel] = _Entry("app/" + rel, f, "model")
-                extras.update(e for s, e in _MODEL_SUFFIX_RUNTIME.items() if f.suffix == s)
-            src["options"]["model"] = rel_dest
-        elif isinstance(model, str):
-            extras.add("onnx")
+    extras = _ship_models(raw_cfg, base, config_path, entries)
     for m in models:
         extras.update(e for s, e in _MODEL_SUFFIX_RUNTIME.items() if Path(m["path"]).suffix == s)
     config_text = yaml.safe_dump(raw_cfg, sort_keys=False)
@@ -206,12 +246,7 @@ def build_bundle(
     for w in [own, *(w.path for w in wheels)]:
         entries[f"wheels/{w.name}"] = _Entry(f"wheels/{w.name}", w, "wheel")
 
-    for e in entries.values():
-        if e.data is not None:
-            e.sha256, e.size = hashlib.sha256(e.data).hexdigest(), len(e.data)
-        else:
-            assert e.source is not None
-            e.sha256, e.size = file_sha256(e.source), e.source.stat().st_size
+    _hash_entries(entries.values())
     files = [
         {"path": e.path, "sha256": e.sha256, "size": e.size, "role": e.role}
         for e in sorted(entries.values(), key=lambda e: e.path)
@@ -251,23 +286,7 @@ def build_bundle(
     raw = _canonical(manifest, indent=True)
 
     out.mkdir(parents=True, exist_ok=True)
-    store = out / "files"
-    store.mkdir(exist_ok=True)
-    wanted = {e.sha256 for e in entries.values()}
-    for stale in store.iterdir():
-        if stale.name not in wanted:
-            stale.unlink()
-    for e in entries.values():
-        dest = store / e.sha256
-        if dest.is_file() and dest.stat().st_size == e.size:
-            continue
-        tmp = dest.with_name(dest.name + ".tmp")
-        if e.data is not None:
-            tmp.write_bytes(e.data)
-        else:
-            assert e.source is not None
-            shutil.copyfile(e.source, tmp)
-        os.replace(tmp, dest)
+    _write_store(out / "files", list(entries.values()))
     (out / "bundle.json").write_bytes(raw)
     sig_path = out / "bundle.json.minisig"
     signed_by = None

@@ -90,6 +90,18 @@ def check_manifest(raw: bytes) -> dict[str, Any]:
     files = data.get("files")
     if not isinstance(files, list) or not files:
         raise Refused("bundle.json: no files")
+    seen = _check_file_entries(files)
+    config = data.get("config")
+    if not isinstance(config, str) or config not in seen:
+        raise Refused(f"bundle.json: config {config!r} is not one of its files")
+    env = data.get("env")
+    if not isinstance(env, str) or not _HEX64.fullmatch(env):
+        raise Refused("bundle.json: bad env id")
+    return data
+
+
+def _check_file_entries(files: list[Any]) -> set[str]:
+    """Check the manifest's file list (safe, unique paths; hash, size, role); its paths."""
     seen: set[str] = set()
     for i, f in enumerate(files):
         if not isinstance(f, dict):
@@ -106,13 +118,7 @@ def check_manifest(raw: bytes) -> dict[str, Any]:
             raise Refused(f"bundle.json: {path}: bad size")
         if role not in _ROLES:
             raise Refused(f"bundle.json: {path}: unknown role {role!r}")
-    config = data.get("config")
-    if not isinstance(config, str) or config not in seen:
-        raise Refused(f"bundle.json: config {config!r} is not one of its files")
-    env = data.get("env")
-    if not isinstance(env, str) or not _HEX64.fullmatch(env):
-        raise Refused("bundle.json: bad env id")
-    return data
+    return seen
 
 
 def _safe_path(path: str) -> bool:
@@ -532,6 +538,12 @@ _PRECHECK = (
 )
 
 
+def unit_text(user: str, root: Path) -> str:
+    """The agent's systemd unit for a device root: ``setup`` installs it, and the image's
+    first-boot installer writes the same text when it installs into a fake root."""
+    return _UNIT.format(user=user, root=root, precheck=_PRECHECK.format(root=root))
+
+
 def cmd_setup(dev: Device, args: argparse.Namespace) -> dict[str, Any]:
     """First contact: layout, trusted keys, the service user and unit."""
     for name in (args.device, args.profile):
@@ -548,9 +560,7 @@ def cmd_setup(dev: Device, args: argparse.Namespace) -> dict[str, Any]:
         if subprocess.run(["id", "-u", user], capture_output=True, check=False).returncode:
             _run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", user])
         unit_path = Path("/etc/systemd/system/edgeagent@.service")
-        unit_path.write_text(
-            _UNIT.format(user=user, root=dev.root, precheck=_PRECHECK.format(root=dev.root))
-        )
+        unit_path.write_text(unit_text(user, dev.root))
         # The agent's own update requests (system.update, issue 12): it cannot write here, so
         # it writes request.json into its state folder and this path unit applies it as root.
         Path("/etc/systemd/system/edgeagent-apply@.path").write_text(_APPLY_PATH)

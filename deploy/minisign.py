@@ -128,11 +128,12 @@ class SecretKey:
     def generate(cls) -> SecretKey:
         return cls(secrets.token_bytes(8), secrets.token_bytes(32))
 
-    def _private(self) -> Ed25519PrivateKey:
+    def signing_key(self) -> Ed25519PrivateKey:
+        """The key as ``cryptography`` signs with it (:func:`sign` uses it)."""
         return Ed25519PrivateKey.from_private_bytes(self.seed)
 
     def public_key(self) -> PublicKey:
-        raw = self._private().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        raw = self.signing_key().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         return PublicKey(self.key_id, raw)
 
     def to_text(self, comment: str = "minisign secret key (unencrypted)") -> str:
@@ -230,7 +231,7 @@ def sign(
     Raises SignatureFormatError if a comment is not one line or is too long."""
     tc = _one_line(trusted_comment, "trusted comment", MAX_COMMENT, SignatureFormatError)
     _one_line(untrusted_comment, "untrusted comment", MAX_UNTRUSTED_COMMENT, SignatureFormatError)
-    private = key._private()
+    private = key.signing_key()
     sig = private.sign(_fmt.prehash(data))
     global_sig = private.sign(sig + tc)
     body = base64.b64encode(_fmt.ALG_PREHASHED + key.key_id + sig).decode("ascii")

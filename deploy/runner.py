@@ -182,13 +182,13 @@ async def run_jobs(
 def watched_files(config: Path) -> list[Path]:
     """The config and every file of the skill modules next to it (what a bundle ships)."""
     from ..config import load_config
-    from .bundle import _top_module_files
+    from .bundle import top_module_files
 
     cfg = load_config(config)
     base = cfg.base_dir or config.resolve().parent
     files = [config.resolve()]
     for src in cfg.skills:
-        files.extend(p for p, _ in _top_module_files(base, src.module))
+        files.extend(p for p, _ in top_module_files(base, src.module))
     return sorted(set(files))
 
 

@@ -212,11 +212,7 @@ class Installer:
             sys.path.insert(0, str(self.root / "bin"))
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
-            text = module._UNIT.format(
-                user=enrol["service_user"],
-                root=self.root,
-                precheck=module._PRECHECK.format(root=self.root),
-            )
+            text = module.unit_text(enrol["service_user"], self.root)
             self.write(systemd / "edgeagent@.service", text, 0o644, None)
             wants = systemd / "multi-user.target.wants" / f"edgeagent@{device}.service"
             wants.parent.mkdir(parents=True, exist_ok=True)

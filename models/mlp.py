@@ -124,10 +124,70 @@ def has_conv(model: onnx.ModelProto) -> bool:
     return any(node.op_type in _CONV_OPS for node in model.graph.node)
 
 
-def read_mlp_chain(model: onnx.ModelProto) -> MLPChain | str:
-    """The model as a dense chain, or why it is not one."""
+def _gemm(
+    node: onnx.NodeProto, attrs: Mapping[str, onnx.AttributeProto], consts: Arrays, current: str
+) -> Dense | str:
+    """A Gemm node as a dense layer (weight transposed when ``transB``), or why it is not one."""
     import numpy as np
 
+    if (attrs.get("transA") and attrs["transA"].i) or any(
+        name in attrs and attrs[name].f != 1.0 for name in ("alpha", "beta")
+    ):
+        return f"Gemm {node.name} has transA, alpha or beta"
+    if node.input[0] != current or len(node.input) < 2 or node.input[1] not in consts:
+        return f"Gemm {node.name} has no constant weight"
+    w = consts[node.input[1]].astype(np.float32)
+    if w.ndim != 2:
+        return f"Gemm {node.name} weight is not a matrix"
+    if "transB" in attrs and attrs["transB"].i:
+        w = w.T
+    bias = np.zeros(w.shape[1], np.float32)
+    if len(node.input) > 2 and node.input[2]:
+        bias = np.broadcast_to(consts[node.input[2]].astype(np.float32), bias.shape).copy()
+    return Dense(np.ascontiguousarray(w), bias)
+
+
+def _matmul(node: onnx.NodeProto, consts: Arrays, current: str) -> Dense | str:
+    """A MatMul by a constant as a dense layer with a zero bias (an Add may follow), or why not."""
+    import numpy as np
+
+    if node.input[0] != current or node.input[1] not in consts:
+        return f"MatMul {node.name} has no constant weight on the right"
+    w = consts[node.input[1]].astype(np.float32)
+    if w.ndim != 2:
+        return f"MatMul {node.name} weight is not a matrix"
+    return Dense(np.ascontiguousarray(w), np.zeros(w.shape[1], np.float32))
+
+
+def _add_bias(node: onnx.NodeProto, consts: Arrays, layer: Dense) -> bool:
+    """Fold an Add of one constant into ``layer``'s bias; False when it is not a bias."""
+    import numpy as np
+
+    other = [name for name in node.input if name in consts]
+    if len(other) != 1:
+        return False
+    try:
+        b = np.broadcast_to(consts[other[0]].astype(np.float32), layer.bias.shape)
+    except ValueError:
+        return False
+    layer.bias = layer.bias + b
+    return True
+
+
+def _chain_problem(chain: MLPChain, end: str) -> str | None:
+    """Why a chain read up to ``end`` is not a whole, consistent MLP (None when it is)."""
+    if end != chain.output or not chain.layers:
+        return "the chain does not end at the graph output"
+    for before, after in zip(chain.layers, chain.layers[1:], strict=False):
+        if before.weight.shape[1] != after.weight.shape[0]:
+            return "layer widths do not chain"
+    if any(d.activation == "softmax" for d in chain.layers[:-1]):
+        return "Softmax before the last layer"
+    return None
+
+
+def read_mlp_chain(model: onnx.ModelProto) -> MLPChain | str:
+    """The model as a dense chain, or why it is not one."""
     inputs = graph_inputs(model)
     if len(inputs) != 1 or len(model.graph.output) != 1:
         return (
@@ -145,40 +205,18 @@ def read_mlp_chain(model: onnx.ModelProto) -> MLPChain | str:
         if data != [current]:
             return f"node {node.name or op} ({op}) does not continue the chain"
         attrs = {a.name: a for a in node.attribute}
-        if op == "Gemm":
-            if (attrs.get("transA") and attrs["transA"].i) or any(
-                name in attrs and attrs[name].f != 1.0 for name in ("alpha", "beta")
-            ):
-                return f"Gemm {node.name} has transA, alpha or beta"
-            if node.input[0] != current or len(node.input) < 2 or node.input[1] not in consts:
-                return f"Gemm {node.name} has no constant weight"
-            w = consts[node.input[1]].astype(np.float32)
-            if w.ndim != 2:
-                return f"Gemm {node.name} weight is not a matrix"
-            if "transB" in attrs and attrs["transB"].i:
-                w = w.T
-            bias = np.zeros(w.shape[1], np.float32)
-            if len(node.input) > 2 and node.input[2]:
-                bias = np.broadcast_to(consts[node.input[2]].astype(np.float32), bias.shape).copy()
-            chain.layers.append(Dense(np.ascontiguousarray(w), bias))
-            pending_add = None
-        elif op == "MatMul":
-            if node.input[0] != current or node.input[1] not in consts:
-                return f"MatMul {node.name} has no constant weight on the right"
-            w = consts[node.input[1]].astype(np.float32)
-            if w.ndim != 2:
-                return f"MatMul {node.name} weight is not a matrix"
-            pending_add = Dense(np.ascontiguousarray(w), np.zeros(w.shape[1], np.float32))
-            chain.layers.append(pending_add)
+        if op in ("Gemm", "MatMul"):
+            if op == "Gemm":
+                layer = _gemm(node, attrs, consts, current)
+            else:
+                layer = _matmul(node, consts, current)
+            if isinstance(layer, str):
+                return layer
+            chain.layers.append(layer)
+            pending_add = layer if op == "MatMul" else None  # a MatMul's bias is the next Add
         elif op == "Add" and pending_add is not None:
-            other = [name for name in node.input if name in consts]
-            if len(other) != 1:
+            if not _add_bias(node, consts, pending_add):
                 return f"Add {node.name} is not a bias"
-            try:
-                b = np.broadcast_to(consts[other[0]].astype(np.float32), pending_add.bias.shape)
-            except ValueError:
-                return f"Add {node.name} is not a bias"
-            pending_add.bias = pending_add.bias + b
             pending_add = None
         elif op in _ACTIVATIONS and chain.layers and chain.layers[-1].activation is None:
             if op == "Softmax" and "axis" in attrs and attrs["axis"].i not in (-1, 1):
@@ -190,14 +228,7 @@ def read_mlp_chain(model: onnx.ModelProto) -> MLPChain | str:
         else:
             return f"node {node.name or op} ({op}) is not Gemm/MatMul/Add/activation"
         current = node.output[0]
-    if current != chain.output or not chain.layers:
-        return "the chain does not end at the graph output"
-    for before, after in zip(chain.layers, chain.layers[1:], strict=False):
-        if before.weight.shape[1] != after.weight.shape[0]:
-            return "layer widths do not chain"
-    if any(d.activation == "softmax" for d in chain.layers[:-1]):
-        return "Softmax before the last layer"
-    return chain
+    return _chain_problem(chain, current) or chain
 
 
 def chain_to_onnx(chain: MLPChain, template: onnx.ModelProto) -> onnx.ModelProto:

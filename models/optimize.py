@@ -134,6 +134,79 @@ def _command(
     return shlex.join(args)
 
 
+def _load_onnx(onnx: Any, model: Path) -> Any:
+    """The fp32 model as an ONNX proto, or an error that says what ``model`` is instead."""
+    if model.suffix.lower() != ".onnx" or not model.is_file():
+        raise OptimizeError(f"{model}: the optimizer takes an existing fp32 .onnx file")
+    try:
+        return onnx.load(str(model))
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise OptimizeError(f"{model}: not an ONNX model ({exc})") from exc
+
+
+def _variant_names(
+    variants: Sequence[str] | None, calibrated: bool, inputs: Sequence[object]
+) -> list[str]:
+    """The variants to build (all when None): known ones, with calibration data if they need it."""
+    names = list(variants) if variants is not None else list(ALL_VARIANTS)
+    unknown = [n for n in names if n not in ALL_VARIANTS]
+    if unknown:
+        raise OptimizeError(f"unknown variant(s) {unknown}; known: {', '.join(ALL_VARIANTS)}")
+    if not calibrated and NEEDS_CALIBRATION & set(names):
+        expected = ", ".join(str(s) for s in inputs)
+        raise OptimizeError(
+            f"{', '.join(sorted(NEEDS_CALIBRATION & set(names)))} need calibration data: pass "
+            f"--calibration FILE.npz with a few hundred typical inputs as arrays named after the "
+            f"model's inputs ({expected}), or leave them out with --variants"
+        )
+    return names
+
+
+def _method(
+    runs: int, warmup: int, profile: DeviceProfile, checked: bool, fidelity_data: str
+) -> list[str]:
+    """How the figures were made, and what limits them on this machine, for the card."""
+    method = [note.format(runs=runs, warmup=warmup) for note in METHOD_NOTES]
+    here = os.cpu_count() or 1
+    if profile.threads > here:
+        method.append(
+            f"the profile's {profile.threads} threads ran on {here} CPUs here: "
+            "multi-threaded latency on this machine is pessimistic"
+        )
+    if not checked:
+        method.append(
+            "accuracy was not checked (no --eval): the quality rule uses top-1 disagreement "
+            f"with the fp32 outputs on the {fidelity_data} data"
+        )
+    return method
+
+
+def _measurer(
+    profile: DeviceProfile,
+    cal: Mapping[str, Any] | None,
+    ev: Mapping[str, Any] | None,
+    in_names: list[str],
+    *,
+    runs: int,
+    warmup: int,
+) -> Measurer:
+    """A measurer fed one sample of the calibration data (else of the evaluation data) for
+    timing, and the whole of both data sets for the outputs it compares."""
+    source = cal if cal is not None else ev
+    datasets = {}
+    if cal is not None:
+        datasets["calibration"] = {n: cal[n] for n in in_names}
+    if ev is not None:
+        datasets["eval"] = {n: ev[n] for n in in_names}
+    return Measurer(
+        profile,
+        None if source is None else {n: source[n][:1] for n in in_names},
+        datasets,
+        runs=runs,
+        warmup=warmup,
+    )
+
+
 def optimize(
     model: Path,
     profile: DeviceProfile,
@@ -154,24 +227,9 @@ def optimize(
     require("numpy")
     require("onnxruntime")
     say = progress or (lambda _msg: None)
-    if model.suffix.lower() != ".onnx" or not model.is_file():
-        raise OptimizeError(f"{model}: the optimizer takes an existing fp32 .onnx file")
-    try:
-        proto = onnx.load(str(model))
-    except Exception as exc:  # protobuf's DecodeError and friends
-        raise OptimizeError(f"{model}: not an ONNX model ({exc})") from exc
+    proto = _load_onnx(onnx, model)
     inputs = model_inputs(proto)
-    names = list(variants) if variants is not None else list(ALL_VARIANTS)
-    unknown = [n for n in names if n not in ALL_VARIANTS]
-    if unknown:
-        raise OptimizeError(f"unknown variant(s) {unknown}; known: {', '.join(ALL_VARIANTS)}")
-    if calibration is None and NEEDS_CALIBRATION & set(names):
-        expected = ", ".join(str(s) for s in inputs)
-        raise OptimizeError(
-            f"{', '.join(sorted(NEEDS_CALIBRATION & set(names)))} need calibration data: pass "
-            f"--calibration FILE.npz with a few hundred typical inputs as arrays named after the "
-            f"model's inputs ({expected}), or leave them out with --variants"
-        )
+    names = _variant_names(variants, calibration is not None, inputs)
     cal = cal_info = ev = ev_info = None
     if calibration is not None:
         cal, cal_info = load_data(calibration, "calibration", inputs, labels=False)
@@ -191,18 +249,7 @@ def optimize(
 
     in_names = [s.name for s in inputs]
     source = cal if cal is not None else ev
-    datasets = {}
-    if cal is not None:
-        datasets["calibration"] = {n: cal[n] for n in in_names}
-    if ev is not None:
-        datasets["eval"] = {n: ev[n] for n in in_names}
-    measurer = Measurer(
-        profile,
-        None if source is None else {n: source[n][:1] for n in in_names},
-        datasets,
-        runs=runs,
-        warmup=warmup,
-    )
+    measurer = _measurer(profile, cal, ev, in_names, runs=runs, warmup=warmup)
     fidelity_data = "calibration" if cal is not None else "eval"
     records: list[VariantRecord] = []
     reference: Timing | None = None
@@ -252,18 +299,7 @@ def optimize(
         shutil.copyfile(pick.path, target)
         chosen_file = target.name
 
-    method = [note.format(runs=runs, warmup=warmup) for note in METHOD_NOTES]
-    here = os.cpu_count() or 1
-    if profile.threads > here:
-        method.append(
-            f"the profile's {profile.threads} threads ran on {here} CPUs here: "
-            "multi-threaded latency on this machine is pessimistic"
-        )
-    if not checked:
-        method.append(
-            "accuracy was not checked (no --eval): the quality rule uses top-1 disagreement "
-            f"with the fp32 outputs on the {fidelity_data} data"
-        )
+    method = _method(runs, warmup, profile, checked, fidelity_data)
     card = ModelCard(
         created=datetime.now(UTC).replace(microsecond=0),
         model=ModelInfo(

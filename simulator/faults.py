@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 from typing import Protocol
 
 from ..errors import ConfigError
@@ -20,6 +21,7 @@ from .metrics import Recorder
 from .spec import Fault
 
 NETWORK_FAULTS = frozenset({"link_loss", "delay", "message_loss"})
+Thunk = Callable[[], None]
 
 
 class FaultActions(Protocol):
@@ -125,48 +127,70 @@ class FaultScheduler:
         if f.group is None and not self.lead:
             return
         self.applied += 1
+        if f.kind == "crash":
+            await asyncio.gather(*(self.actions.crash(d) for d in targets))
+            await asyncio.sleep(f.duration_s)
+            await asyncio.gather(*(self.actions.restart(d) for d in targets))
+        elif f.kind == "flap":
+            await self._flap(targets, t0 + f.duration_s, f.period_s)
+        else:
+            held = self._held(f, targets)
+            if held is None:
+                return
+            begin, end = held
+            begin()
+            await asyncio.sleep(f.duration_s)
+            end()
+
+    def _held(self, f: Fault, targets: list[SimDevice]) -> tuple[Thunk, Thunk] | None:
+        """A fault that holds for its duration: what starts it and what ends it."""
         a = self.actions
         kind = f.kind
-        if kind == "crash":
-            await asyncio.gather(*(a.crash(d) for d in targets))
-            await asyncio.sleep(f.duration_s)
-            await asyncio.gather(*(a.restart(d) for d in targets))
-        elif kind == "slow":
-            for d in targets:
-                d.slowdown *= f.factor
-            await asyncio.sleep(f.duration_s)
-            for d in targets:
-                d.slowdown /= f.factor
-        elif kind in ("link_loss", "delay"):
+        if kind == "slow":
+            return _slow(targets, f.factor)
+        if kind in ("link_loss", "delay"):
             loss = f.loss if kind == "link_loss" else 0.0
             delay = f.delay_ms / 1000 if kind == "delay" else 0.0
-            for d in targets:
-                a.link(d, loss=loss, delay_s=delay)
-            await asyncio.sleep(f.duration_s)
-            for d in targets:
-                a.link(d, loss=0.0, delay_s=0.0)
-        elif kind == "partition":
+            return _each(targets, lambda d: a.link(d, loss=loss, delay_s=delay)), _each(
+                targets, lambda d: a.link(d, loss=0.0, delay_s=0.0)
+            )
+        if kind == "partition":
+            return _each(targets, a.partition), _each(targets, a.heal)
+        if kind == "message_loss":
+            return (lambda: a.message_loss(f.loss)), (lambda: a.message_loss(0.0))
+        if kind == "broker_restart":
+            return a.broker_down, a.broker_up
+        return None
+
+    async def _flap(self, targets: list[SimDevice], end: float, period_s: float) -> None:
+        """Partition and heal the targets every ``period_s`` until ``end``."""
+        a = self.actions
+        while self._now() < end:
             for d in targets:
                 a.partition(d)
-            await asyncio.sleep(f.duration_s)
+            await asyncio.sleep(min(period_s, max(0.0, end - self._now())))
             for d in targets:
                 a.heal(d)
-        elif kind == "flap":
-            end = t0 + f.duration_s
-            while self._now() < end:
-                for d in targets:
-                    a.partition(d)
-                await asyncio.sleep(min(f.period_s, max(0.0, end - self._now())))
-                for d in targets:
-                    a.heal(d)
-                if self._now() >= end:
-                    break
-                await asyncio.sleep(min(f.period_s, max(0.0, end - self._now())))
-        elif kind == "message_loss":
-            a.message_loss(f.loss)
-            await asyncio.sleep(f.duration_s)
-            a.message_loss(0.0)
-        elif kind == "broker_restart":
-            a.broker_down()
-            await asyncio.sleep(f.duration_s)
-            a.broker_up()
+            if self._now() >= end:
+                break
+            await asyncio.sleep(min(period_s, max(0.0, end - self._now())))
+
+
+def _slow(targets: list[SimDevice], factor: float) -> tuple[Thunk, Thunk]:
+    def begin() -> None:
+        for d in targets:
+            d.slowdown *= factor
+
+    def end() -> None:
+        for d in targets:
+            d.slowdown /= factor
+
+    return begin, end
+
+
+def _each(targets: list[SimDevice], action: Callable[[SimDevice], None]) -> Thunk:
+    def run() -> None:
+        for d in targets:
+            action(d)
+
+    return run

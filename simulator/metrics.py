@@ -117,7 +117,8 @@ def _online_at(
     return len(devices) - len(down)
 
 
-_OPS: dict[str, Callable[[float, float], bool]] = {
+# The comparison of an assertion ("p99_ms < 300"): also the rollout checks' (rollout.py).
+OPS: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
     "==": operator.eq, "!=": operator.ne,
 }  # fmt: skip
@@ -147,7 +148,7 @@ def evaluate(a: Assertion, recorder: Recorder, spec: FleetSpec) -> dict[str, Any
     metric, op, bound = a.parsed()
     stats = _stats(records)
     value = sum(stats["errors"].values()) if metric == "errors" else stats[metric]
-    passed = value is not None and _OPS[op](float(value), bound)
+    passed = value is not None and OPS[op](float(value), bound)
     return {"text": a.describe(), "passed": passed, "value": value, "calls": len(records)}
 
 

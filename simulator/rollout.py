@@ -275,6 +275,6 @@ def evaluate_rollout(a: Assertion, rollout: Mapping[str, Any] | None) -> dict[st
 
 
 def _cmp(op: str, value: float, bound: float) -> bool:
-    from .metrics import _OPS
+    from .metrics import OPS
 
-    return _OPS[op](value, bound)
+    return OPS[op](value, bound)

@@ -302,53 +302,89 @@ class FleetSpec(_Strict):
         return path if path.is_absolute() or self.base_dir is None else self.base_dir / path
 
 
-def _references(spec: FleetSpec) -> list[tuple[tuple[str | int, ...], str]]:
-    """Cross-references a schema cannot check: (location, problem) pairs."""
-    out: list[tuple[tuple[str | int, ...], str]] = []
-    names = [g.name for g in spec.groups]
+Problem = tuple[tuple[str | int, ...], str]
+"""Where in the spec (a path of keys and indexes) and what is wrong there."""
+
+
+def _references(spec: FleetSpec) -> list[Problem]:
+    """Cross-references a schema cannot check: (location, problem) pairs, section by section."""
     groups = {g.name: g for g in spec.groups}
-    for i, g in enumerate(spec.groups):
-        if names.index(g.name) != i:
-            out.append((("groups", i, "name"), f"group name {g.name!r} is used twice"))
+    return [
+        *_group_problems(spec),
+        *_fault_problems(spec, groups),
+        *_assertion_problems(spec, groups),
+        *_rollout_problems(spec, groups),
+        *(
+            (("assertions", i, "check"), "a rollout check needs a 'rollout' section")
+            for i, a in enumerate(spec.assertions)
+            if a.is_rollout and spec.rollout is None
+        ),
+        *_workload_problems(spec),
+    ]
+
+
+def _group_problems(spec: FleetSpec) -> list[Problem]:
+    names = [g.name for g in spec.groups]
+    return [
+        (("groups", i, "name"), f"group name {g.name!r} is used twice")
+        for i, g in enumerate(spec.groups)
+        if names.index(g.name) != i
+    ]
+
+
+def _fault_problems(spec: FleetSpec, groups: dict[str, Group]) -> list[Problem]:
+    out: list[Problem] = []
     for i, f in enumerate(spec.faults):
         group = groups.get(f.group) if f.group is not None else None
         if f.group is not None and group is None:
-            out.append(
-                (("faults", i, "group"), f"no group {f.group!r} (groups: {', '.join(names)})")
-            )
+            known = ", ".join(g.name for g in spec.groups)
+            out.append((("faults", i, "group"), f"no group {f.group!r} (groups: {known})"))
         if f.at_s is not None and f.at_s >= spec.duration_s:
             out.append((("faults", i, "at_s"), f"{f.at_s:g} s is after the run ends"))
         if group is not None and f.count is not None and f.count > group.count:
             out.append(
                 (("faults", i, "count"), f"{f.count} devices, but {f.group!r} has {group.count}")
             )
+    return out
+
+
+def _assertion_problems(spec: FleetSpec, groups: dict[str, Group]) -> list[Problem]:
     fault_names = [f.label for f in spec.faults]
+    out: list[Problem] = []
     for i, a in enumerate(spec.assertions):
         if a.during is not None and a.during not in fault_names:
             known = ", ".join(fault_names) or "none"
             out.append((("assertions", i, "during"), f"no fault {a.during!r} (faults: {known})"))
         if a.group is not None and a.group not in groups:
             out.append((("assertions", i, "group"), f"no group {a.group!r}"))
-    r = spec.rollout
-    if r is not None:
-        if r.group is not None and r.group not in groups:
-            out.append((("rollout", "group"), f"no group {r.group!r}"))
-        if r.start_s >= spec.duration_s:
-            out.append((("rollout", "start_s"), f"{r.start_s:g} s is after the run ends"))
-        for j, name in enumerate(r.bad.groups if r.bad else ()):
-            if name not in groups:
-                out.append((("rollout", "bad", "groups", j), f"no group {name!r}"))
-        for j, name in enumerate(r.bad.devices if r.bad else ()):
-            if spec.device_group(name) is None:
-                out.append((("rollout", "bad", "devices", j), f"no device {name!r}"))
-    for i, a in enumerate(spec.assertions):
-        if a.is_rollout and r is None:
-            out.append((("assertions", i, "check"), "a rollout check needs a 'rollout' section"))
-    labels = [w.label for w in spec.workload]
-    for i, w in enumerate(spec.workload):
-        if labels.index(w.label) != i:
-            out.append((("workload", i), f"workload {w.label!r} twice: give each a 'name'"))
     return out
+
+
+def _rollout_problems(spec: FleetSpec, groups: dict[str, Group]) -> list[Problem]:
+    r = spec.rollout
+    if r is None:
+        return []
+    out: list[Problem] = []
+    if r.group is not None and r.group not in groups:
+        out.append((("rollout", "group"), f"no group {r.group!r}"))
+    if r.start_s >= spec.duration_s:
+        out.append((("rollout", "start_s"), f"{r.start_s:g} s is after the run ends"))
+    for j, name in enumerate(r.bad.groups if r.bad else ()):
+        if name not in groups:
+            out.append((("rollout", "bad", "groups", j), f"no group {name!r}"))
+    for j, name in enumerate(r.bad.devices if r.bad else ()):
+        if spec.device_group(name) is None:
+            out.append((("rollout", "bad", "devices", j), f"no device {name!r}"))
+    return out
+
+
+def _workload_problems(spec: FleetSpec) -> list[Problem]:
+    labels = [w.label for w in spec.workload]
+    return [
+        (("workload", i), f"workload {w.label!r} twice: give each a 'name'")
+        for i, w in enumerate(spec.workload)
+        if labels.index(w.label) != i
+    ]
 
 
 def _check_references(spec: FleetSpec, text: str, source: str) -> None:

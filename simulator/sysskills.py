@@ -17,7 +17,7 @@ the same retained ``…/dev/{device}/update`` reports (its ``_publish``, self-te
    times 5 attempts) fails the fetch;
 3. *applying*: the device tool (a task of the device, not of its agent) switches the release,
    stops the agent and starts the new one after the restart time, with a deadline to confirm;
-4. *verifying*: the new agent calls its own ``_ping`` through the broker (``_self_test``); a bad
+4. *verifying*: the new agent calls its own ``_ping`` through the broker (``self_test``); a bad
    release fails here. Healthy: commit. Not confirmed by the deadline: the tool switches back and
    the old release's agent reports ``rolled_back``. A device that crashes while a release is
    switched but unconfirmed comes back on its previous release (the unit's pre-start check).
@@ -322,7 +322,7 @@ class SimSystemSkills(SystemSkills):
             )
             return
         try:
-            await self._self_test()
+            await self.self_test()
         except Exception as exc:
             self._publish("failed", version, error=f"self-test: {exc}")
             return

@@ -13,7 +13,7 @@ def lamp(broker: MemoryBroker) -> DeviceAgent:
     cfg = AgentConfig(
         device="lamp",
         fleet="mem",
-        skills=[{"module": "smarthome.lamp:Lamp"}],  # type: ignore[list-item]
+        skills=[{"module": "smarthome.lamp:Lamp"}],
         health_interval_s=0.05,
     )
     return DeviceAgent(cfg, transport=MemoryTransport(broker, "dev-lamp"))
@@ -85,7 +85,7 @@ def test_release_is_announced_and_ping_answers_without_being_a_skill() -> None:
         cfg = AgentConfig(
             device="lamp",
             fleet="mem",
-            skills=[{"module": "smarthome.lamp:Lamp"}],  # type: ignore[list-item]
+            skills=[{"module": "smarthome.lamp:Lamp"}],
             release="0.1.0+abcdef123456",
         )
         agent = DeviceAgent(cfg, transport=MemoryTransport(broker, "dev-lamp"))

@@ -40,6 +40,12 @@ ACTS: list[Any] = ["relu", "relu", "none"]
 SIGNATURE_IN = "x: float32[?, 64]"
 
 
+def assert_close(actual: npt.NDArray[Any], desired: npt.NDArray[Any]) -> None:
+    """``assert_allclose`` at the tolerance of float32 inference, for any array: the backends'
+    outputs are typed as generic arrays, which numpy's stubs do not accept as numbers."""
+    np.testing.assert_allclose(actual, desired, rtol=1e-5, atol=1e-5)
+
+
 def random_layers(dims: tuple[int, ...], seed: int = 0) -> Layers:
     rng = np.random.default_rng(seed)
     return [
@@ -132,14 +138,14 @@ def test_outputs_match_numpy(session: Session, layers: Layers, n: int) -> None:
     assert list(out) == ["logits"]
     assert out["logits"].shape == (n, DIMS[-1])
     assert out["logits"].dtype == np.float32
-    np.testing.assert_allclose(out["logits"], numpy_mlp(layers, ACTS, x), rtol=1e-5, atol=1e-5)
+    assert_close(out["logits"], numpy_mlp(layers, ACTS, x))
 
 
 def test_backends_agree(onnx_path: Path, tflite_path: Path) -> None:
     x = batch(16, seed=7)
     a = load_model(onnx_path).run({"x": x})["logits"]
     b = load_model(tflite_path).run({"x": x})["logits"]
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert_close(a, b)
     assert np.argmax(a, axis=1).tolist() == np.argmax(b, axis=1).tolist()
 
 
@@ -163,7 +169,7 @@ def test_tflite_writer_matches_numpy(
     # Scaled so that ReLU inputs go well past 6: a RELU6 or no activation would not pass.
     x = (10 * np.random.default_rng(3).standard_normal((4, dims[0]))).astype(np.float32)
     got = session.run({"x": x})[output]
-    np.testing.assert_allclose(got, numpy_mlp(layers, acts, x, softmax), rtol=1e-5, atol=1e-5)
+    assert_close(got, numpy_mlp(layers, acts, x, softmax))
     if softmax:
         np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-5)
 
@@ -252,7 +258,7 @@ def test_non_contiguous_input(session: Session, layers: Layers) -> None:
     for x in (wide[:, ::2], np.asfortranarray(wide[:, :64])):
         assert not x.flags.c_contiguous
         got = session.run({"x": x})["logits"]
-        np.testing.assert_allclose(got, numpy_mlp(layers, ACTS, x), rtol=1e-5, atol=1e-5)
+        assert_close(got, numpy_mlp(layers, ACTS, x))
 
 
 def test_runtime_failure_is_a_model_error(tmp_path: Path, layers: Layers) -> None:
@@ -346,9 +352,7 @@ def test_litert_falls_back_to_tflite_runtime(
     monkeypatch.setattr(importlib, "import_module", import_module)
     session = load_model(tflite_path)
     x = batch(2)
-    np.testing.assert_allclose(
-        session.run({"x": x})["logits"], numpy_mlp(layers, ACTS, x), rtol=1e-5, atol=1e-5
-    )
+    assert_close(session.run({"x": x})["logits"], numpy_mlp(layers, ACTS, x))
 
 
 def test_importing_the_package_imports_no_runtime_and_no_numpy() -> None:
@@ -418,7 +422,8 @@ def test_bad_thread_count(onnx_path: Path, tflite_path: Path, threads: int) -> N
 
 
 def test_settings_for_profile() -> None:
-    profile = DeviceProfile.model_construct(name="test", threads=3, runtimes=["onnxruntime"])
+    # Only the fields settings_for reads: a partial profile on purpose.
+    profile = DeviceProfile.model_construct(name="test", threads=3, runtimes=["onnxruntime"])  # type: ignore[call-arg]
     assert settings_for(profile) == RuntimeSettings(threads=3, spin=False)
     assert settings_for(profile, model_bytes=200_000) == RuntimeSettings(threads=3, spin=False)
     assert settings_for(profile, model_bytes=6 * 1024 * 1024).spin is True
@@ -450,6 +455,6 @@ def test_litert_batch_resize(tflite_path: Path, layers: Layers) -> None:
         x = batch(n, seed=n)
         got = session.run({"x": x})["logits"]
         assert got.shape == (n, 10)
-        np.testing.assert_allclose(got, numpy_mlp(layers, ACTS, x), rtol=1e-5, atol=1e-5)
+        assert_close(got, numpy_mlp(layers, ACTS, x))
         assert list(session.interpreter.get_input_details()[0]["shape"]) == [n, 64]
     assert session.inputs[0].shape == (None, 64), "the signature stays dynamic"

@@ -24,8 +24,8 @@ def doorbell(url: str, fleet: str, max_payload: int = 1 << 20) -> DeviceAgent:
     cfg = AgentConfig(
         device="door",
         fleet=fleet,
-        broker={"url": url},  # type: ignore[arg-type]
-        skills=[{"module": "smarthome.doorbell:Doorbell"}],  # type: ignore[list-item]
+        broker={"url": url},
+        skills=[{"module": "smarthome.doorbell:Doorbell"}],
         max_payload=max_payload,
     )
     return DeviceAgent(cfg)

@@ -31,9 +31,9 @@ def lamp(url: str, fleet: str, device: str, room: str) -> DeviceAgent:
     cfg = AgentConfig(
         device=device,
         fleet=fleet,
-        broker={"url": url},  # type: ignore[arg-type]
+        broker={"url": url},
         tags={"room": room, "kind": "lamp"},
-        skills=[{"module": "smarthome.lamp:Lamp"}],  # type: ignore[list-item]
+        skills=[{"module": "smarthome.lamp:Lamp"}],
     )
     return DeviceAgent(cfg)
 
@@ -42,9 +42,9 @@ def custom(url: str, fleet: str, device: str, skills: Sequence[Skill]) -> Device
     cfg = AgentConfig(
         device=device,
         fleet=fleet,
-        broker={"url": url},  # type: ignore[arg-type]
+        broker={"url": url},
         tags={"kind": "worker"},
-        skills=[{"module": "unused"}],  # type: ignore[list-item]
+        skills=[{"module": "unused"}],
     )
     return DeviceAgent(cfg, skills=list(skills))
 
@@ -241,9 +241,9 @@ def test_rules_turn_the_hall_lamp_on_when_the_doorbell_rings(
         cfg = AgentConfig(
             device="doorbell-front",
             fleet=fleet_name,
-            broker={"url": broker_url},  # type: ignore[arg-type]
+            broker={"url": broker_url},
             tags={"room": "hall", "kind": "doorbell"},
-            skills=[{"module": "smarthome.doorbell:Doorbell"}],  # type: ignore[list-item]
+            skills=[{"module": "smarthome.doorbell:Doorbell"}],
         )
         return DeviceAgent(cfg)
 

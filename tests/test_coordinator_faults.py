@@ -7,6 +7,7 @@ import json
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,8 +41,8 @@ def test_malformed_calls_get_typed_errors_and_the_coordinator_keeps_serving(
         cfg = AgentConfig(
             device="e1",
             fleet=fleet_name,
-            broker={"url": broker_url},  # type: ignore[arg-type]
-            skills=[{"module": "smarthome.echo"}],  # type: ignore[list-item]
+            broker={"url": broker_url},
+            skills=[{"module": "smarthome.echo"}],
         )
         async with (
             DeviceAgent(cfg),
@@ -79,7 +80,7 @@ def test_device_vanishing_mid_call_fails_over_without_waiting_for_the_deadline(
     ):
         procs = {"e1": e1, "e2": e2}
 
-        async def main() -> tuple[str, str, float, dict[str, object]]:
+        async def main() -> tuple[str, str, float, dict[str, Any]]:
             async with (
                 coordinator(broker_url, fleet_name, hedge=False),
                 Fleet(broker_url, fleet=fleet_name) as fleet,
@@ -109,7 +110,7 @@ def test_device_vanishing_mid_call_fails_over_without_waiting_for_the_deadline(
         victim, out, waited, route = asyncio.run(main())
         other = "e2" if victim == "e1" else "e1"
         assert out == "hi"
-        attempts = [(a["device"], a["outcome"]) for a in route["attempts"]]  # type: ignore[index]
+        attempts = [(a["device"], a["outcome"]) for a in route["attempts"]]
         assert attempts == [(victim, "timeout"), (other, "ok")], json.dumps(route)
         assert waited < 5, waited  # failed over at the will, not at the 20 s deadline
 
@@ -123,8 +124,8 @@ def test_coordinator_survives_a_broker_restart(
         cfg = AgentConfig(
             device="e1",
             fleet=fleet_name,
-            broker={"url": url},  # type: ignore[arg-type]
-            skills=[{"module": "smarthome.echo"}],  # type: ignore[list-item]
+            broker={"url": url},
+            skills=[{"module": "smarthome.echo"}],
         )
         async with DeviceAgent(cfg), coordinator(url, fleet_name) as coord:
             async with Fleet(url, fleet=fleet_name) as fleet:
@@ -152,7 +153,7 @@ def test_a_hung_device_that_stays_connected_is_failed_over_in_time(
     ):
         procs = {"e1": e1, "e2": e2}
 
-        async def main() -> tuple[dict[str, object], float, str]:
+        async def main() -> tuple[dict[str, Any], float, str]:
             async with (
                 coordinator(broker_url, fleet_name, hedge=False) as coord,
                 Fleet(broker_url, fleet=fleet_name) as fleet,
@@ -181,7 +182,7 @@ def test_a_hung_device_that_stays_connected_is_failed_over_in_time(
         finally:
             for p in procs.values():
                 p.send_signal(signal.SIGCONT)
-        attempts = [(a["device"], a["outcome"]) for a in route["attempts"]]  # type: ignore[index]
+        attempts = [(a["device"], a["outcome"]) for a in route["attempts"]]
         other = "e2" if hung == "e1" else "e1"
         assert attempts == [(hung, "timeout"), (other, "ok")], attempts
         assert took < 2.0, took  # patience is 8 x p95 (at least 0.25 s), not the 10 s deadline

@@ -27,8 +27,8 @@ def echo(url: str, fleet: str, device: str) -> DeviceAgent:
     cfg = AgentConfig(
         device=device,
         fleet=fleet,
-        broker={"url": url},  # type: ignore[arg-type]
-        skills=[{"module": "smarthome.echo"}],  # type: ignore[list-item]
+        broker={"url": url},
+        skills=[{"module": "smarthome.echo"}],
     )
     return DeviceAgent(cfg)
 

@@ -18,11 +18,12 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from edgeagent.deploy import devicetool, minisign
-from edgeagent.deploy.deployer import DeployOptions, deploy, remote_command
+from edgeagent.deploy.deployer import DeployOptions, DeployResult, deploy, remote_command
 from edgeagent.deploy.errors import HealthCheckFailed, ProfileMismatch, RemoteError
 from tests.broker.mosquitto import Mosquitto
 from tests.deployapp import (
@@ -67,12 +68,12 @@ class Lab:
         base.update(kw)
         return DeployOptions(**base)  # type: ignore[arg-type]
 
-    def deploy(self, bundle: Path, **kw: object) -> object:
+    def deploy(self, bundle: Path, **kw: object) -> DeployResult:
         return asyncio.run(
             deploy(bundle, self.host.target, self.host.options(), self.options(**kw))
         )
 
-    def tool(self, *args: str) -> dict[str, object]:
+    def tool(self, *args: str) -> dict[str, Any]:
         return asyncio.run(
             remote_command(self.host.target, self.host.options(), str(self.root), *args)
         )
@@ -119,7 +120,7 @@ def test_first_deploy_runs_the_lamp_and_second_sends_one_file(lab: Lab) -> None:
     r1 = lab.deploy(b1.folder)
     assert r1.healthy
     assert r1.version == b1.version
-    assert r1.sent_bytes == r1.bundle_bytes  # type: ignore[attr-defined]  # first contact
+    assert r1.sent_bytes == r1.bundle_bytes  # first contact
     assert lab.current() == b1.version
     out = call(lab.broker.url, lab.fleet, lab.device, "set_brightness", {"level": 40})
     assert out == {"on": True, "brightness": 40}
@@ -141,9 +142,9 @@ def test_first_deploy_runs_the_lamp_and_second_sends_one_file(lab: Lab) -> None:
     assert r2.healthy
     assert r2.sent_files == 1
     echo = next(f for f in b2.manifest["files"] if f["path"] == "app/smarthome/echo.py")
-    assert r2.sent_bytes == echo["size"]  # type: ignore[attr-defined]
-    assert r2.sent_bytes / r2.bundle_bytes < 0.05  # type: ignore[attr-defined]
-    assert not r2.env_built  # type: ignore[attr-defined]  # same wheels: same environment
+    assert r2.sent_bytes == echo["size"]
+    assert r2.sent_bytes / r2.bundle_bytes < 0.05
+    assert not r2.env_built  # same wheels: same environment
     assert call(lab.broker.url, lab.fleet, lab.device, "version_marker", {"data": "x"}) == "v2:x"
     status = lab.tool("status")
     assert status["current"] == b2.version
@@ -158,7 +159,7 @@ def test_first_deploy_runs_the_lamp_and_second_sends_one_file(lab: Lab) -> None:
     assert "broken on purpose" in info.value.logs
     assert lab.current() == b2.version
     assert call(lab.broker.url, lab.fleet, lab.device, "version_marker", {"data": "y"}) == "v2:y"
-    events = [e["event"] for e in lab.tool("history", "--limit", "50")["history"]]  # type: ignore[index,union-attr]
+    events = [e["event"] for e in lab.tool("history", "--limit", "50")["history"]]
     assert events[-1] == "rolled_back"
     assert "healthy" in events
 
@@ -247,7 +248,7 @@ def test_unconfirmed_switch_is_undone_by_the_device(lab: Lab) -> None:
     while lab.current() != cur and time.monotonic() < deadline:
         time.sleep(0.2)
     assert lab.current() == cur
-    events = [e for e in lab.tool("history")["history"]]  # type: ignore[union-attr]
+    events = [e for e in lab.tool("history")["history"]]
     assert events[-1]["event"] == "rolled_back"
     assert "not confirmed" in events[-1]["reason"]
 
@@ -269,7 +270,7 @@ def test_an_earlier_switchs_timer_leaves_a_later_switch_alone(lab: Lab) -> None:
     time.sleep(5)  # B's timer has fired by now (its process looks once a second)
     assert lab.current() == other
     assert lab.tool("status")["pending"] == later
-    events = [e["event"] for e in lab.tool("history")["history"]]  # type: ignore[union-attr]
+    events = [e["event"] for e in lab.tool("history")["history"]]
     last_switch = len(events) - 1 - events[::-1].index("activated")
     assert "rolled_back" not in events[last_switch:], events[last_switch:]
     lab.tool("commit", other)
@@ -396,7 +397,7 @@ def test_interrupted_deploy_puts_the_old_release_back(lab: Lab) -> None:
 
     asyncio.run(go())
     assert lab.current() == before
-    last = lab.tool("history")["history"][-1]  # type: ignore[index]
+    last = lab.tool("history")["history"][-1]
     assert last["event"] == "rolled_back"
     assert last["reason"] == "deploy interrupted"
 

@@ -83,6 +83,8 @@ def test_cli_call_and_typed_errors(
 @pytest.mark.skipif(RR is None or SUB is None, reason="mosquitto-clients not installed")
 def test_foreign_mqtt5_client_calls_a_skill(broker_url: str, fleet_name: str) -> None:
     """mosquitto_rr, with nothing but the documented protocol, calls a skill."""
+    assert RR is not None  # the skipif above
+    assert SUB is not None
     port = str(port_of(broker_url))
     base = f"edgeagent/{fleet_name}/dev/lamp-kitchen"
     with running_agent("lamp-kitchen.yaml", broker_url, fleet_name, "lamp-kitchen"):
@@ -211,7 +213,9 @@ def test_agent_reconnects_and_reannounces_after_broker_restart(
             manifest = watch.wait_for(
                 f"edgeagent/{fleet_name}/dev/lamp-kitchen/manifest", "device", "lamp-kitchen"
             )
-            assert {s["name"] for s in manifest["skills"]} >= {"turn_on", "set_brightness"}
+            skills = manifest["skills"]
+            assert isinstance(skills, list)
+            assert {s["name"] for s in skills} >= {"turn_on", "set_brightness"}
         finally:
             watch.close()
         ok = cli("--fleet", fleet_name, "call", "lamp-kitchen", "turn_on", env=env)

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from edgeagent import AgentConfig, BrokerConfig, DeviceAgent, Fleet, skill
-from edgeagent import device as device_module
 from edgeagent.coordinator import Coordinator
+from edgeagent.device_calls import CALL_LOG
 from edgeagent.errors import BadRequest, CallTimeout
 from edgeagent.limits import CoordinatorLimits
 from edgeagent.protocol import (
@@ -49,9 +49,9 @@ def agent(
     cfg = AgentConfig(
         device=device,
         fleet=fleet,
-        broker={"url": url},  # type: ignore[arg-type]
+        broker={"url": url},
         tags=tags or {"kind": "worker"},
-        skills=[{"module": "smarthome.lamp:Lamp"}],  # type: ignore[list-item]
+        skills=[{"module": "smarthome.lamp:Lamp"}],
         health_interval_s=health_s,
     )
     return DeviceAgent(cfg, skills=None if skills is None else list(skills))
@@ -340,12 +340,12 @@ def test_idempotency_keys_are_scoped_by_caller_skill_and_input(
             topic = alice.topics.call("w", "echo")
             props = ((IDEMPOTENCY_PROPERTY, "D"),)
             raw = await alice.request(topic, b'{"text": "x"}', timeout=5, user_properties=props)
-            assert raw.output == "echo:x"  # type: ignore[union-attr]
+            assert raw.output == "echo:x"
             raw = await alice.request(topic, b'{"text": "y"}', timeout=5, user_properties=props)
-            assert raw.code == "bad_request"  # type: ignore[union-attr]
+            assert raw.code == "bad_request"
             other = (*props, (CALLER_PROPERTY, "someone-else"))
             raw = await alice.request(topic, b'{"text": "y"}', timeout=5, user_properties=other)
-            assert raw.output == "echo:y"  # type: ignore[union-attr]
+            assert raw.output == "echo:y"
 
     asyncio.run(main())
 
@@ -368,7 +368,7 @@ def test_huge_keys_are_refused_and_logs_stay_small(
             raw = await fleet.request(
                 topic, b'{"text": 1}', timeout=5, user_properties=((IDEMPOTENCY_PROPERTY, key),)
             )
-            assert raw.code == "bad_request"  # type: ignore[union-attr]
+            assert raw.code == "bad_request"
             # A flood of bad requests: every one answered, few logged.
             replies = await asyncio.gather(
                 *(fleet.request(topic, b'{"text": 5}', timeout=10) for _ in range(2000))
@@ -376,14 +376,14 @@ def test_huge_keys_are_refused_and_logs_stay_small(
             assert all(r.code == "bad_request" for r in replies)
             assert counts == {}
 
-    before = device_module._limited.suppressed_total.get("call-bad_request", 0)
+    before = CALL_LOG.suppressed_total.get("call-bad_request", 0)
     with caplog.at_level(logging.INFO, logger="edgeagent"):
         asyncio.run(main())
     records = [r for r in caplog.records if r.name.startswith("edgeagent.device")]
     assert len(records) < 30, len(records)
     assert max(len(r.getMessage()) for r in caplog.records) < 2_000
     # Counted, not written (and reported with the next record of the kind that is written).
-    after = device_module._limited.suppressed_total["call-bad_request"]
+    after = CALL_LOG.suppressed_total["call-bad_request"]
     assert after - before >= 1_980
 
 

@@ -341,7 +341,7 @@ def test_refusals_name_what_is_missing(tmp_path: Path, keys: tuple[Path, Path]) 
     truncated.write_bytes((tmp_path / "empty.img").read_bytes()[: 6 * MiB])
     with pytest.raises(NotAnImage, match="past the end of the file"):
         build(request(truncated, tmp_path / "o5.img", config, key))
-    bad = [
+    bad: list[tuple[dict[str, object], str]] = [
         ({"hostname": "Bad_Host"}, "--hostname"),
         ({"wifi_ssid": "x", "wifi_psk": "short", "country": "GB"}, "8 to 63"),
         ({"wifi_ssid": "x", "wifi_psk": WIFI_PASS}, "--country"),

@@ -19,9 +19,9 @@ def agent(url: str, fleet: str, device: str, source: str, profile: str) -> Devic
     cfg = AgentConfig(
         device=device,
         fleet=fleet,
-        broker={"url": url},  # type: ignore[arg-type]
+        broker={"url": url},
         profile=profile,
-        skills=[{"module": source, "options": {"profile": profile}}],  # type: ignore[list-item]
+        skills=[{"module": source, "options": {"profile": profile}}],
         health_interval_s=0.2,
     )
     return DeviceAgent(cfg)

@@ -4,6 +4,7 @@ error codes map to exception classes both ways, and MQTT topic filters match as 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
 import types
 import typing
@@ -37,7 +38,7 @@ from edgeagent.transport.base import strip_share, topic_matches, validate_filter
 # into an INTERNALERROR hiding the real failure. Import it here once, quietly.
 with warnings.catch_warnings(), contextlib.suppress(ImportError):
     warnings.simplefilter("ignore", DeprecationWarning)
-    import libcst  # noqa: F401
+    importlib.import_module("libcst")  # optional: by name, so mypy needs no stubs for it
 
 SETTINGS = settings(
     max_examples=200,
@@ -52,8 +53,9 @@ SETTINGS = settings(
 
 def message_classes() -> list[type[BaseModel]]:
     """Every member of ``Message`` (``Annotated[A | B | …, Field(discriminator=…)]``)."""
-    assert get_origin(Message) is typing.Annotated
-    union = get_args(Message)[0]
+    alias: object = Message  # the runtime Annotated[...] object, not the union mypy sees
+    assert get_origin(alias) is typing.Annotated
+    union = get_args(alias)[0]
     assert get_origin(union) in (Union, types.UnionType)
     members = list(get_args(union))
     assert all(inspect.isclass(m) and issubclass(m, BaseModel) for m in members)

@@ -58,8 +58,8 @@ def test_readme_client_snippet_runs_against_a_real_agent(broker_url: str) -> Non
     cfg = AgentConfig(
         device="lamp-kitchen",
         fleet="home",
-        broker={"url": broker_url},  # type: ignore[arg-type]
-        skills=[{"module": "smarthome.lamp:Lamp"}],  # type: ignore[list-item]
+        broker={"url": broker_url},
+        skills=[{"module": "smarthome.lamp:Lamp"}],
     )
 
     async def main() -> Any:

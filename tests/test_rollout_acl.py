@@ -30,7 +30,7 @@ from edgeagent.securebroker import SecureBroker, Wanted, start_secure
 from edgeagent.skills import collect_skills
 from edgeagent.system import SystemSkills
 from edgeagent.transport.base import Inbound
-from tests.test_trust import ALLOWED, LAMP_SKILLS, Probe, _need_mosquitto
+from tests.test_trust import ALLOWED, LAMP_SKILLS, Probe, need_mosquitto
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
 
@@ -66,7 +66,7 @@ os.replace(spool / ".result.tmp", spool / "result.json")
 
 @pytest.fixture(scope="module")
 def secure() -> Iterator[SecureBroker]:
-    _need_mosquitto()
+    need_mosquitto()
     broker = start_secure(IDENTITIES, fleet=FLEET)
     try:
         yield broker
@@ -222,7 +222,7 @@ def _deployed_lamp(secure: SecureBroker, root: Path) -> tuple[DeviceAgent, Syste
         device="lamp-a",
         fleet=FLEET,
         broker=secure.broker_config("lamp-a"),
-        skills=[{"module": "smarthome.lamp:Lamp"}],  # type: ignore[list-item]
+        skills=[{"module": "smarthome.lamp:Lamp"}],
         release="1.0",
         grace_s=0,
     )
@@ -267,7 +267,7 @@ def test_operator_updates_a_device_through_the_secured_broker(
 
             await ops.transport.subscribe(f"{BASE}/dev/lamp-a/update", on_report, qos=1)
             for _ in range(250):  # the system skills start a moment after the agent is online
-                if system._agent is not None:
+                if system.started:
                     break
                 await asyncio.sleep(0.02)
             # Refused by the broker: the device never sees these calls.
@@ -293,7 +293,7 @@ def test_operator_updates_a_device_through_the_secured_broker(
             assert reports[-1]["error"] == "refused by the test's tool"
             assert server.stats.bytes_served == len(content)
             assert (system.spool / "stage" / "store" / sha).read_bytes() == content
-            await system._self_test()  # the agent's call to its own _ping, answered
+            await system.self_test()  # the agent's call to its own _ping, answered
             await server.stop()
 
     asyncio.run(main())

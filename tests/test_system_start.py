@@ -83,7 +83,7 @@ async def lab(tmp_path: Path, url: str, fleet: str) -> AsyncIterator[Lab]:
         device=DEVICE,
         fleet=fleet,
         broker=BrokerConfig.from_url(url),
-        skills=[{"module": "smarthome.lamp:Lamp"}],  # type: ignore[list-item]
+        skills=[{"module": "smarthome.lamp:Lamp"}],
         release=RELEASE,
         grace_s=0,
     )
@@ -111,7 +111,7 @@ def test_system_skills_are_unavailable_until_started(
             for skill, data in calls:
                 with pytest.raises(Unavailable, match="starting"):
                     await t.fleet.call(DEVICE, skill, data, timeout=5)
-            assert t.system._task is None  # nothing was accepted
+            assert t.system.update_task is None  # nothing was accepted
             assert t.agent.statistics().failed == len(calls)
             assert not (t.system.spool / "request.json").exists()
             await t.started()
@@ -177,6 +177,6 @@ def test_driver_gives_up_after_a_few_unavailable_answers(
             assert isinstance(event, UpdateFailed)
             assert event.device == DEVICE
             assert event.reason == f"system.update: unavailable: {STARTING}"
-            assert t.system._task is None
+            assert t.system.update_task is None
 
     asyncio.run(main())

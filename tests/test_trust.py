@@ -25,6 +25,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from click.testing import CliRunner
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -58,7 +59,7 @@ SETTLE_S = 0.4  # long enough for a loopback message to arrive (they take about 
 pytestmark = pytest.mark.timeout(120)
 
 
-def _need_mosquitto() -> None:
+def need_mosquitto() -> None:
     if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
         pytest.skip("mosquitto is not installed")
 
@@ -75,7 +76,7 @@ IDENTITIES = [
 
 @pytest.fixture(scope="module")
 def secure() -> Iterator[SecureBroker]:
-    _need_mosquitto()
+    need_mosquitto()
     broker = start_secure(IDENTITIES, fleet=FLEET)
     try:
         yield broker
@@ -93,7 +94,7 @@ class Probe:
     def __init__(self, cfg: BrokerConfig, client_id: str | None = None, will: str | None = None):
         self.cfg = cfg
         self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=client_id or f"probe-{uuid.uuid4().hex[:8]}",
             protocol=mqtt.MQTTv5,
         )
@@ -171,7 +172,7 @@ class Probe:
         """Publish at QoS 1; the PUBACK reason (mosquitto answers "Not authorized" to MQTT 5)."""
         props = None
         if reply_to:
-            props = Properties(PacketTypes.PUBLISH)
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho
             props.ResponseTopic = reply_to
         info = self.client.publish(topic, payload, qos=1, retain=retain, properties=props)
         return self._wait_ack(info.mid)
@@ -229,14 +230,14 @@ def test_unenrolled_clients_cannot_connect(secure: SecureBroker, tmp_path: Path)
     (tmp_path / "f.crt").write_bytes(forged.cert_pem)
     (tmp_path / "f.key").write_bytes(forged.key_pem)
     tls = {"ca_file": ca, "cert_file": tmp_path / "f.crt", "key_file": tmp_path / "f.key"}
-    rogue = Probe(BrokerConfig(url=secure.url, tls=tls))  # type: ignore[arg-type]
+    rogue = Probe(BrokerConfig(url=secure.url, tls=tls))
     assert rogue.connect() != "Success"
     # Anonymous and made-up users on the password listener.
     anon = Probe(BrokerConfig(url=secure.password_url, tls={"ca_file": ca}))
     assert anon.connect() == "Not authorized"
     made_up = BrokerConfig(
         url=secure.password_url, username="lamp-a", password="guess", tls={"ca_file": ca}
-    )  # type: ignore[arg-type]
+    )
     assert Probe(made_up).connect() == "Not authorized"
 
 
@@ -381,7 +382,7 @@ def test_replies_go_only_to_client_folders(probes: Any) -> None:
 
 
 def test_revoked_identity_cannot_connect_after_restart() -> None:
-    _need_mosquitto()
+    need_mosquitto()
     wanted = [
         Wanted("gone", "client"),
         Wanted("stays", "client"),
@@ -455,7 +456,7 @@ def test_agent_coordinator_and_clients_with_enrolled_credentials(secure: SecureB
 
 
 def test_simulator_broker_mode_runs_on_the_secured_broker() -> None:
-    _need_mosquitto()
+    need_mosquitto()
     from edgeagent.simulator import simulate
     from edgeagent.simulator.spec import parse_spec
 
@@ -700,7 +701,7 @@ def test_demo_runs_on_a_secured_broker() -> None:
     own certificate to a broker enforcing the ACL, and the whole tour still works."""
     import sys
 
-    _need_mosquitto()
+    need_mosquitto()
     root = Path(__file__).resolve().parent.parent
     done = subprocess.run(
         [sys.executable, "-m", "edgeagent", "demo", "--secure"],

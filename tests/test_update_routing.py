@@ -52,7 +52,7 @@ def lamp_config(url: str, fleet: str, device: str, room: str, **kw: Any) -> Agen
         fleet=fleet,
         broker=BrokerConfig(url=url),
         tags={"room": room, "kind": "lamp"},
-        skills=[{"module": "smarthome.lamp:Lamp"}],  # type: ignore[list-item]
+        skills=[{"module": "smarthome.lamp:Lamp"}],
         grace_s=0,
         **kw,
     )
@@ -139,9 +139,9 @@ def test_coordinator_routes_around_a_device_while_it_updates(
             # The tool refuses the switch: the old release serves on, and says so.
             (system.spool / "go").write_text("")
             await until("online again", lambda: status_of(coord, "lamp-k") == "online")
-            assert system._last is not None
-            assert system._last["state"] == "failed"
-            assert "bad signature" in system._last["error"]
+            assert system.last_report is not None
+            assert system.last_report["state"] == "failed"
+            assert "bad signature" in system.last_report["error"]
             assert set(await routed_to(fleet, 3, room="kitchen")) == {"lamp-k"}
             assert statuses == ["online", "updating", "online"]
 
@@ -169,7 +169,7 @@ def test_updating_is_kept_across_reconnects_and_health() -> None:
         cfg = AgentConfig(
             device="lamp-k",
             fleet="mem",
-            skills=[{"module": "smarthome.lamp:Lamp"}],  # type: ignore[list-item]
+            skills=[{"module": "smarthome.lamp:Lamp"}],
             health_interval_s=0.02,
             grace_s=0,
         )
@@ -213,7 +213,7 @@ def test_updating_is_kept_across_reconnects_and_health() -> None:
 def test_registry_never_routes_to_an_updating_device() -> None:
     """Pure: an ``updating`` state keeps a device out of the candidates, and health (which an
     updating agent still sends) does not bring it back; ``online`` does."""
-    cfg = AgentConfig(device="lamp-k", skills=[{"module": "smarthome.lamp:Lamp"}])  # type: ignore[list-item]
+    cfg = AgentConfig(device="lamp-k", skills=[{"module": "smarthome.lamp:Lamp"}])
     manifest = DeviceAgent(cfg, transport=MemoryTransport(MemoryBroker(), "x")).manifest()
     reg = Registry()
     reg.apply(manifest, 0.0)
