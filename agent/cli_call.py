@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from .cli_common import Ctx, run
+from .client import Fleet
 from .errors import CallError
 
 
@@ -91,6 +92,48 @@ def call(
     """
     from .routing import parse_where
 
+    device, skill, raw = _call_args(args, by_skill, where, fan_out, explain, via, unannounced)
+    try:
+        tags = parse_where(where)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--where") from exc
+    payload = read_input(raw)
+
+    async def go() -> Any:
+        async with obj.make_fleet(timeout) as fleet:
+            started = time.perf_counter()
+            try:
+                if by_skill is not None:
+                    return await _call_by_skill(
+                        fleet, skill, payload, where=tags, fan_out=fan_out, timeout=timeout,
+                        trace=trace, explain=explain, via=via,
+                    )  # fmt: skip
+                return await fleet.call(
+                    device, skill, payload, timeout=timeout, trace=trace,
+                    check_device=not unannounced,
+                )  # fmt: skip
+            except CallError as exc:
+                if exc.code == "timeout":
+                    await _explain_timeout(exc, fleet, obj.fleet, device, by_skill, via)
+                raise
+            finally:
+                if show_time:
+                    click.echo(f"{(time.perf_counter() - started) * 1000:.2f} ms", err=True)
+
+    result = run(go())
+    click.echo(json.dumps(result, indent=2 if sys.stdout.isatty() else None))
+
+
+def _call_args(
+    args: tuple[str, ...],
+    by_skill: str | None,
+    where: str | None,
+    fan_out: bool,
+    explain: bool,
+    via: str,
+    unannounced: bool,
+) -> tuple[str, str, str | None]:
+    """(device, skill, raw JSON) from the arguments, or a usage error for a bad combination."""
     if by_skill is None:
         if len(args) not in (2, 3):
             raise click.UsageError("give DEVICE SKILL [JSON], or --skill SKILL [JSON]")
@@ -103,59 +146,58 @@ def call(
         raise click.UsageError("--where, --all, --explain and --via go with --skill")
     if unannounced and by_skill is not None:
         raise click.UsageError("--unannounced goes with DEVICE SKILL, not --skill")
+    return device, skill, raw
+
+
+async def _call_by_skill(
+    fleet: Fleet,
+    skill: str,
+    payload: bytes,
+    *,
+    where: dict[str, str],
+    fan_out: bool,
+    timeout: float,
+    trace: str | None,
+    explain: bool,
+    via: str,
+) -> Any:
+    """A call routed by skill; with ``explain`` the route goes to stderr, even on failure."""
     try:
-        tags = parse_where(where)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--where") from exc
-    payload = read_input(raw)
+        out = await fleet.call_skill(
+            skill, payload, where=where, mode="all" if fan_out else "one",
+            timeout=timeout, trace=trace, explain=explain,
+            via="local" if via == "local" else "coordinator",
+        )  # fmt: skip
+    except CallError as exc:
+        if explain and exc.route:
+            click.echo(json.dumps({"route": exc.route}, indent=2), err=True)
+        raise
+    if explain:
+        output, route = out
+        click.echo(json.dumps({"route": route}, indent=2), err=True)
+        return output
+    return out
 
-    async def go() -> Any:
-        async with obj.make_fleet(timeout) as fleet:
-            started = time.perf_counter()
-            try:
-                if by_skill is not None:
-                    try:
-                        out = await fleet.call_skill(
-                            skill, payload, where=tags, mode="all" if fan_out else "one",
-                            timeout=timeout, trace=trace, explain=explain,
-                            via="local" if via == "local" else "coordinator",
-                        )  # fmt: skip
-                    except CallError as exc:
-                        if explain and exc.route:
-                            click.echo(json.dumps({"route": exc.route}, indent=2), err=True)
-                        raise
-                    if explain:
-                        output, route = out
-                        click.echo(json.dumps({"route": route}, indent=2), err=True)
-                        return output
-                    return out
-                return await fleet.call(
-                    device, skill, payload, timeout=timeout, trace=trace,
-                    check_device=not unannounced,
-                )  # fmt: skip
-            except CallError as exc:
-                if exc.code == "timeout" and by_skill is None:
-                    info = await fleet.device(device)
-                    if info is None:
-                        raise type(exc)(
-                            f"{exc.message}; no device {device!r} has announced itself in fleet "
-                            f"{obj.fleet!r}"
-                        ) from exc
-                    if not info.online:
-                        raise type(exc)(
-                            f"{exc.message}; device {device!r} is {info.status}"
-                        ) from exc
-                if exc.code == "timeout" and by_skill is not None and via == "coordinator":
-                    raise type(exc)(
-                        f"{exc.message}; is a coordinator running (edgeagent coordinator run)?"
-                    ) from exc
-                raise
-            finally:
-                if show_time:
-                    click.echo(f"{(time.perf_counter() - started) * 1000:.2f} ms", err=True)
 
-    result = run(go())
-    click.echo(json.dumps(result, indent=2 if sys.stdout.isatty() else None))
+async def _explain_timeout(
+    exc: CallError, fleet: Fleet, fleet_name: str, device: str, by_skill: str | None, via: str
+) -> None:
+    """Raise a timeout again with the likely cause (device unknown or offline, no coordinator).
+
+    Returns without raising when there is nothing to add; the caller then re-raises ``exc``.
+    """
+    if by_skill is None:
+        info = await fleet.device(device)
+        if info is None:
+            raise type(exc)(
+                f"{exc.message}; no device {device!r} has announced itself in fleet {fleet_name!r}"
+            ) from exc
+        if not info.online:
+            raise type(exc)(f"{exc.message}; device {device!r} is {info.status}") from exc
+    if by_skill is not None and via == "coordinator":
+        raise type(exc)(
+            f"{exc.message}; is a coordinator running (edgeagent coordinator run)?"
+        ) from exc
 
 
 @click.command()

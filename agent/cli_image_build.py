@@ -9,13 +9,16 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from .cli_deploy import default_key
 from .cli_sim import Bar
 from .errors import EdgeAgentError
+
+if TYPE_CHECKING:
+    from .images.customize import BuildResult
 
 
 @click.command("build")
@@ -160,17 +163,8 @@ def build(
     try:
         if start is not None and name is None:
             raise click.UsageError("--start numbers the ids of --name: give --name too")
-        psk = None
-        if wifi_psk_env is not None:
-            psk = os.environ.get(wifi_psk_env)
-            if not psk:
-                raise click.UsageError(f"--wifi-psk-env: ${wifi_psk_env} is not set")
-        keys = []
-        for path in ssh_keys:
-            try:
-                keys += [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
-            except OSError as exc:
-                raise click.UsageError(f"--ssh-key {path}: {exc.strerror or exc}") from exc
+        psk = _wifi_psk(wifi_psk_env)
+        keys = _ssh_keys(ssh_keys)
         from .config import load_config
 
         device = load_config(config).device if out is None or many else ""
@@ -236,6 +230,32 @@ def build(
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     bar.close()
+    _summary(result, as_json)
+
+
+def _wifi_psk(wifi_psk_env: str | None) -> str | None:
+    """The Wi-Fi passphrase from the environment variable named (never from the command line)."""
+    if wifi_psk_env is None:
+        return None
+    psk = os.environ.get(wifi_psk_env)
+    if not psk:
+        raise click.UsageError(f"--wifi-psk-env: ${wifi_psk_env} is not set")
+    return psk
+
+
+def _ssh_keys(paths: tuple[Path, ...]) -> list[str]:
+    """The public keys in the files, one a non-blank line."""
+    keys = []
+    for path in paths:
+        try:
+            keys += [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+        except OSError as exc:
+            raise click.UsageError(f"--ssh-key {path}: {exc.strerror or exc}") from exc
+    return keys
+
+
+def _summary(result: BuildResult, as_json: bool) -> None:
+    """What one customised image holds, or its summary as JSON."""
     summary = result.summary()
     if as_json:
         click.echo(json.dumps(summary, indent=1))

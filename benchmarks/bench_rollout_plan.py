@@ -147,6 +147,20 @@ class Naive:
         for d in self.devices.values():
             if d["state"] == "updating" and d["last"] + self.spec.deadline <= now:
                 d["state"], d["reason"] = "failed", "no report"
+        self._check_failures(actions)
+        if self.phase == "halted":
+            for name, d in self.devices.items():
+                if d["state"] == "failed" and not d["rb"]:
+                    d["rb"] = True
+                    actions.append(RollBack(name))
+        while self.phase == "running":
+            self._start(now, actions)
+            if not self._next_wave(actions):
+                break
+        return actions
+
+    def _check_failures(self, actions: list[Action]) -> None:
+        """Halt on a failed canary or too many failures (a full count, every tick)."""
         c = self.counts()
         failures = c["failed"] + c["rolled_back"]
         attempted = failures + c["updating"] + c["healthy"]
@@ -161,51 +175,51 @@ class Naive:
             for d in self.devices.values():
                 if d["state"] == "offline":
                     d["state"] = "pending"
-        if self.phase == "halted":
-            for name, d in self.devices.items():
-                if d["state"] == "failed" and not d["rb"]:
-                    d["rb"] = True
-                    actions.append(RollBack(name))
-        while self.phase == "running":
-            updating = sum(d["state"] == "updating" for d in self.devices.values())
-            for name, d in self.devices.items():
-                if updating >= self.spec.parallel:
-                    break
-                if not 0 < d["wave"] <= self.wave:
-                    continue
-                if d["state"] == "pending" or (d["state"] == "offline" and d["online"]):
-                    if d["release"] == self.spec.version:
-                        d["state"] = "skipped"
-                    elif d["online"]:
-                        d["state"], d["last"] = "updating", now
-                        updating += 1
-                        actions.append(StartUpdate(name))
-                    else:
-                        d["state"] = "offline"
-            busy = any(
-                0 < d["wave"] <= self.wave and d["state"] in ("pending", "updating")
-                for d in self.devices.values()
-            )
-            if busy:
+
+    def _start(self, now: float, actions: list[Action]) -> None:
+        """Start the current waves' pending devices, up to ``parallel`` updating (a full scan)."""
+        updating = sum(d["state"] == "updating" for d in self.devices.values())
+        for name, d in self.devices.items():
+            if updating >= self.spec.parallel:
                 break
-            if self.wave == self.nwaves:
-                self.phase = "done"
-                for d in self.devices.values():
-                    if d["state"] == "offline":
-                        d["state"] = "pending"
-                c = self.counts()
-                actions.append(Done(c["healthy"], c["failed"] + c["rolled_back"], c["pending"]))
-                break
-            if self.wave == 1 and not any(
-                d["canary"] and d["state"] in ("healthy", "skipped") for d in self.devices.values()
-            ):
-                break
-            self.wave += 1
-            for d in self.devices.values():
-                if d["wave"] == self.wave and not d["online"] and d["release"] != NEW:
+            if not 0 < d["wave"] <= self.wave:
+                continue
+            if d["state"] == "pending" or (d["state"] == "offline" and d["online"]):
+                if d["release"] == self.spec.version:
+                    d["state"] = "skipped"
+                elif d["online"]:
+                    d["state"], d["last"] = "updating", now
+                    updating += 1
+                    actions.append(StartUpdate(name))
+                else:
                     d["state"] = "offline"
-            actions.append(WaveStarted(self.wave, self.nwaves, 0, False))
-        return actions
+
+    def _next_wave(self, actions: list[Action]) -> bool:
+        """Open the next wave when this one is over (True: start devices again), or finish."""
+        busy = any(
+            0 < d["wave"] <= self.wave and d["state"] in ("pending", "updating")
+            for d in self.devices.values()
+        )
+        if busy:
+            return False
+        if self.wave == self.nwaves:
+            self.phase = "done"
+            for d in self.devices.values():
+                if d["state"] == "offline":
+                    d["state"] = "pending"
+            c = self.counts()
+            actions.append(Done(c["healthy"], c["failed"] + c["rolled_back"], c["pending"]))
+            return False
+        if self.wave == 1 and not any(
+            d["canary"] and d["state"] in ("healthy", "skipped") for d in self.devices.values()
+        ):
+            return False
+        self.wave += 1
+        for d in self.devices.values():
+            if d["wave"] == self.wave and not d["online"] and d["release"] != NEW:
+                d["state"] = "offline"
+        actions.append(WaveStarted(self.wave, self.nwaves, 0, False))
+        return True
 
 
 def schedule(queue: list[tuple[float, int, Event]], seed: int, a: Action, t: float) -> None:

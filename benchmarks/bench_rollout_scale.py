@@ -59,7 +59,7 @@ import time
 import tracemalloc
 import types
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +144,6 @@ class OperatorMeter:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
-        meter = self
         handle_run = asyncio.events.Handle._run
         op_run = RolloutOperator.run
         subs = {cls: cls.subscribe for cls in (MemoryTransport, LiteTransport)}
@@ -156,16 +155,38 @@ class OperatorMeter:
             "_on_fleet_message": (FleetView, "on_message"),
         }
         originals = {key: getattr(owner, attr) for key, (owner, attr) in parts.items()}
+        asyncio.events.Handle._run = self._timed_run(handle_run)  # type: ignore[method-assign]
+        RolloutOperator.run = self._operator_run(op_run)  # type: ignore[method-assign, assignment]
+        for transport, orig in subs.items():
+            transport.subscribe = self._timed_subscribe(orig)  # type: ignore[method-assign]
+        for key, (owner, attr) in parts.items():
+            setattr(owner, attr, self._timed_part(key, originals[key]))
+        try:
+            yield
+        finally:
+            for key, (owner, attr) in parts.items():
+                setattr(owner, attr, originals[key])
+            asyncio.events.Handle._run = handle_run  # type: ignore[method-assign]
+            RolloutOperator.run = op_run  # type: ignore[method-assign]
+            for cls, orig in subs.items():
+                cls.subscribe = orig  # type: ignore[method-assign]
 
-        def part(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
-            def timed_part(*a: Any, **kw: Any) -> Any:
-                t0 = time.thread_time()
-                try:
-                    return func(*a, **kw)
-                finally:
-                    meter.parts[name] = meter.parts.get(name, 0.0) + time.thread_time() - t0
+    def _timed_part(self, name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+        """``func`` with its CPU time added to ``parts[name]``."""
+        meter = self
 
-            return timed_part
+        def timed_part(*a: Any, **kw: Any) -> Any:
+            t0 = time.thread_time()
+            try:
+                return func(*a, **kw)
+            finally:
+                meter.parts[name] = meter.parts.get(name, 0.0) + time.thread_time() - t0
+
+        return timed_part
+
+    def _timed_run(self, handle_run: Callable[[asyncio.Handle], None]) -> Callable[..., None]:
+        """asyncio's ``Handle._run``, timing the steps of the operator's tasks (outermost)."""
+        meter = self
 
         def timed_run(handle: asyncio.Handle) -> None:
             owner = getattr(handle._callback, "__self__", None)  # type: ignore[attr-defined]
@@ -179,6 +200,15 @@ class OperatorMeter:
             finally:
                 meter.cpu += time.thread_time() - t0
                 meter.depth -= 1
+
+        return timed_run
+
+    def _operator_run(
+        self, op_run: Callable[[RolloutOperator], Awaitable[None]]
+    ) -> Callable[[RolloutOperator], Awaitable[None]]:
+        """``RolloutOperator.run`` that marks its task (and those it starts) as the operator's,
+        freezes the fleet out of the collector, and measures memory when the planner is done."""
+        meter = self
 
         def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kw: Any) -> asyncio.Task[Any]:
             task = asyncio.Task(coro, loop=loop, **kw)
@@ -196,20 +226,7 @@ class OperatorMeter:
             gc.freeze()  # the fleet, up: collections triggered by the operator do not walk it
             if meter.trace:
                 tracemalloc.start(FRAMES)
-
-            def on_driver(o: RolloutOperator) -> None:
-                meter.driver = o.driver
-
-                def noted(text: str) -> None:
-                    if meter.memory is None and text.startswith(("done", "halted")):
-                        t0 = time.thread_time()  # measuring is not the operator's work
-                        meter.memory = _operator_memory() if meter.trace else {}
-                        meter.memory["deep"] = deep_sizes(o)
-                        meter.excluded += time.thread_time() - t0
-
-                o.reporter.listener = noted
-
-            op.on_driver = on_driver
+            op.on_driver = self._on_driver
             try:
                 await op_run(op)
             finally:
@@ -217,44 +234,45 @@ class OperatorMeter:
                 if meter.trace:
                     tracemalloc.stop()
 
-        def wrap_subscribe(cls: Any) -> Callable[..., Any]:
-            orig = subs[cls]
+        return run
 
-            async def subscribe(self: Any, topic_filter: str, handler: Any, **kw: Any) -> None:
-                if not str(self.client_id).endswith("sim-operator"):
-                    return await orig(self, topic_filter, handler, **kw)
+    def _on_driver(self, o: RolloutOperator) -> None:
+        """Keep the Driver; measure memory when the reporter first says done or halted."""
+        meter = self
+        self.driver = o.driver
 
-                def timed(msg: Inbound) -> None:
-                    if meter.depth:
-                        handler(msg)
-                        return
-                    meter.depth += 1
-                    t0 = time.thread_time()
-                    try:
-                        handler(msg)
-                    finally:
-                        meter.cpu += time.thread_time() - t0
-                        meter.depth -= 1
+        def noted(text: str) -> None:
+            if meter.memory is None and text.startswith(("done", "halted")):
+                t0 = time.thread_time()  # measuring is not the operator's work
+                meter.memory = _operator_memory() if meter.trace else {}
+                meter.memory["deep"] = deep_sizes(o)
+                meter.excluded += time.thread_time() - t0
 
-                return await orig(self, topic_filter, timed, **kw)
+        o.reporter.listener = noted
 
-            return subscribe
+    def _timed_subscribe(self, orig: Callable[..., Awaitable[None]]) -> Callable[..., Any]:
+        """A transport's ``subscribe`` that times the operator connection's handlers."""
+        meter = self
 
-        asyncio.events.Handle._run = timed_run  # type: ignore[method-assign, assignment]
-        RolloutOperator.run = run  # type: ignore[method-assign, assignment]
-        for transport in subs:
-            transport.subscribe = wrap_subscribe(transport)  # type: ignore[method-assign]
-        for key, (owner, attr) in parts.items():
-            setattr(owner, attr, part(key, originals[key]))
-        try:
-            yield
-        finally:
-            for key, (owner, attr) in parts.items():
-                setattr(owner, attr, originals[key])
-            asyncio.events.Handle._run = handle_run  # type: ignore[method-assign]
-            RolloutOperator.run = op_run  # type: ignore[method-assign]
-            for cls, orig in subs.items():
-                cls.subscribe = orig  # type: ignore[method-assign]
+        async def subscribe(self: Any, topic_filter: str, handler: Any, **kw: Any) -> None:
+            if not str(self.client_id).endswith("sim-operator"):
+                return await orig(self, topic_filter, handler, **kw)
+
+            def timed(msg: Inbound) -> None:
+                if meter.depth:
+                    handler(msg)
+                    return
+                meter.depth += 1
+                t0 = time.thread_time()
+                try:
+                    handler(msg)
+                finally:
+                    meter.cpu += time.thread_time() - t0
+                    meter.depth -= 1
+
+            return await orig(self, topic_filter, timed, **kw)
+
+        return subscribe
 
 
 def _operator_memory() -> dict[str, Any]:
@@ -300,7 +318,7 @@ def deep_sizes(op: RolloutOperator) -> dict[str, int]:
     assert d is not None
     assert op.rollout is not None
     fleet = d.fleet
-    stop = {id(x) for x in (fleet.transport, fleet.clock, d.reporter, d.release, op, d._wake)}
+    stop = {id(x) for x in (fleet.transport, fleet.clock, d.reporter, d.release, op, d.wake)}
     seen: set[int] = set()
     planner = deep_size(op.rollout, seen, stop)
     driver = sum(deep_size(v, seen, stop) for k, v in vars_of(d).items() if k != "fleet")

@@ -63,7 +63,6 @@ import sys
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -302,7 +301,7 @@ def phase_sim(args: argparse.Namespace) -> dict[str, Any]:
     sys.path.insert(0, str(EXAMPLE))
     import smarthome.echo  # type: ignore[import-not-found, unused-ignore]  # noqa: F401
 
-    from edgeagent.simulator import runner, simulate  # type: ignore[import-not-found, unused-ignore]
+    from edgeagent.simulator import simulate  # type: ignore[import-not-found, unused-ignore]
     from edgeagent.simulator.spec import parse_spec  # type: ignore[import-not-found, unused-ignore]
 
     embedded = args.phase == "embedded"
@@ -311,17 +310,6 @@ def phase_sim(args: argparse.Namespace) -> dict[str, Any]:
     text = SPEC.format(fleet=fleet, duration=args.duration, count=n, interval=args.interval)
     spec = parse_spec(text, source="bench", base_dir=EXAMPLE)
     watch = Watch(args.trace)
-    seen = [0]
-    if embedded:
-        # No public count of the heartbeats the monitor received yet: wrap its handler.
-        original: Callable[[Any, Any], None] = runner.Simulation._on_health
-
-        def counting(sim: Any, msg: Any) -> None:
-            original(sim, msg)
-            if 0 <= sim._now() < sim.spec.duration_s:
-                seen[0] += 1
-
-        setattr(runner.Simulation, "_on_health", counting)  # noqa: B010 (a method, for mypy)
     broker = counter = None
     if not embedded:
         broker = _mosquitto()
@@ -357,11 +345,12 @@ def phase_sim(args: argparse.Namespace) -> dict[str, Any]:
             # Devices start at virtual time ~0 and publish at k × interval (k ≥ 1), plus the
             # link latency: those due strictly before the end are counted.
             expected = n * (math.ceil(args.duration / args.interval) - 1)
+            seen = stats.heartbeats
             out.update(
-                heartbeats_seen=seen[0],
+                heartbeats_seen=seen,
                 heartbeats_expected=expected,
-                heartbeat_per_s=seen[0] / window,
-                cpu_us_per_heartbeat=(watch.cpu_ran - watch.cpu_started) / max(1, seen[0]) * 1e6,
+                heartbeat_per_s=seen / window,
+                cpu_us_per_heartbeat=(watch.cpu_ran - watch.cpu_started) / max(1, seen) * 1e6,
             )
         else:
             assert counter is not None

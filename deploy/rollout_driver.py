@@ -146,6 +146,12 @@ class Driver:
         self._pub_key: tuple[str, int] | None = None
         self._dirty = True
 
+    @property
+    def wake(self) -> asyncio.Event:
+        """What wakes the driving loop (an event or command queued). Public so a benchmark's
+        memory accounting can stop at it; setting it from outside is not part of the API."""
+        return self._wake
+
     # -- inputs ------------------------------------------------------------------------------
 
     def _push(self, event: Event) -> None:

@@ -220,7 +220,7 @@ class FileHTTPServer(ThreadingHTTPServer):
         self.stats = HTTPStats()
         self.lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        super().__init__((host, port), _Handler)
+        super().__init__((host, port), FileRequestHandler)
 
     @property
     def url(self) -> str:
@@ -286,7 +286,10 @@ def parse_range(header: str, size: int) -> tuple[int, int] | bool | None:
     return first, min(int(m.group(2)), size - 1) if m.group(2) else size - 1
 
 
-class _Handler(BaseHTTPRequestHandler):
+class FileRequestHandler(BaseHTTPRequestHandler):
+    """GET and HEAD of a file by its sha256, with Range; public so a test can subclass it
+    (e.g. to break a download half-way)."""
+
     server: FileHTTPServer
     protocol_version = "HTTP/1.1"
     server_version = "edgeagent-files"

@@ -163,21 +163,9 @@ class _Fetcher:
                     await self._open(*todo.popleft())
                 if any(f.complete for f in self.active.values()):
                     continue  # an empty file, or one found whole in its partial
-                if now < self.probe_until:
-                    if now - max(self.last_reply, self.last_probe) >= PROBE_S:
-                        self._probe(now)
-                elif now - self.last_reply >= self.timeout:
-                    for i, f in self.active.items():
-                        try:
-                            again = f.retry(now, self.timeout, self.max_attempts)
-                        except TransferError as exc:
-                            raise TransferError(f"from file server {self.server}: {exc}") from None
-                        for r in again:
-                            self._send(i, f, r.offset, r.length, retry=True)
+                self._probe_or_retry(now)
                 if now >= self.pause_until:
-                    for i, f in self.active.items():
-                        for r in f.requests(f.outstanding + self._free(), now):
-                            self._send(i, f, r.offset, r.length, retry=False)
+                    self._request_more(now)
                 if not self.inbox:
                     await self._wait(now)
         finally:
@@ -188,6 +176,28 @@ class _Fetcher:
                 await self.transport.unsubscribe(self.reply)
             self.stats.seconds = self.clock.monotonic() - started
         return self.stats
+
+    def _probe_or_retry(self, now: float) -> None:
+        """Just after (re)connecting, probe while no reply came; later, after ``timeout``
+        without a reply, ask again for the chunks overdue (a TransferError past
+        ``max_attempts``)."""
+        if now < self.probe_until:
+            if now - max(self.last_reply, self.last_probe) >= PROBE_S:
+                self._probe(now)
+        elif now - self.last_reply >= self.timeout:
+            for i, f in self.active.items():
+                try:
+                    again = f.retry(now, self.timeout, self.max_attempts)
+                except TransferError as exc:
+                    raise TransferError(f"from file server {self.server}: {exc}") from None
+                for r in again:
+                    self._send(i, f, r.offset, r.length, retry=True)
+
+    def _request_more(self, now: float) -> None:
+        """Fill the window: new chunk requests for the open files, as many as are free."""
+        for i, f in self.active.items():
+            for r in f.requests(f.outstanding + self._free(), now):
+                self._send(i, f, r.offset, r.length, retry=False)
 
     async def _wait(self, now: float) -> None:
         """Until a reply comes, the next chunk times out, a busy pause ends or the next look

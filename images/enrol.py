@@ -122,26 +122,7 @@ def prepare(
             }
     else:
         source = f"the agent config {config}"
-        b = cfg.broker
-        url = _plain_url(b)
-        username, password = b.credentials()
-        if b.password_env and not password:
-            raise ImageBuildError(
-                f"{config}: broker.password_env names ${b.password_env}, which is not set here: "
-                "set it so the image can carry the password (or use --fleet-dir)"
-            )
-        auth = "password" if password else "none"
-        if password:
-            files["broker.env"] = f"{PASSWORD_ENV}={password}\n"
-        if b.tls is not None:
-            base = cfg.base_dir or config.resolve().parent
-            for field, name in _TLS_FILES.items():
-                path = getattr(b.tls, field)
-                if path is not None:
-                    files[name] = _read_tls(path, base, field, config)
-                    tls[field] = f"{creds}/{name}"
-            if b.tls.insecure:
-                tls["insecure"] = True
+        url, auth, username = _from_config(cfg, config, creds, files, tls)
     broker["url"] = url
     if username:
         broker["username"] = username
@@ -174,6 +155,34 @@ def prepare(
         "trusted_keys": trusted_keys,
     }
     return Enrolment(data, config_text, auth, source)
+
+
+def _from_config(
+    cfg: AgentConfig, config: Path, creds: str, files: dict[str, str], tls: dict[str, Any]
+) -> tuple[str, str, str | None]:
+    """The config's own credentials: URL, auth, username; the password and TLS files it names
+    go into ``files`` (read here, they travel in the image) and their paths into ``tls``."""
+    b = cfg.broker
+    url = _plain_url(b)
+    username, password = b.credentials()
+    if b.password_env and not password:
+        raise ImageBuildError(
+            f"{config}: broker.password_env names ${b.password_env}, which is not set here: "
+            "set it so the image can carry the password (or use --fleet-dir)"
+        )
+    auth = "password" if password else "none"
+    if password:
+        files["broker.env"] = f"{PASSWORD_ENV}={password}\n"
+    if b.tls is not None:
+        base = cfg.base_dir or config.resolve().parent
+        for field, name in _TLS_FILES.items():
+            path = getattr(b.tls, field)
+            if path is not None:
+                files[name] = _read_tls(path, base, field, config)
+                tls[field] = f"{creds}/{name}"
+        if b.tls.insecure:
+            tls["insecure"] = True
+    return url, auth, username
 
 
 def _from_fleet(

@@ -26,6 +26,63 @@ TIE = 0.05
 EPSILON = 1e-9
 
 
+class _Rules:
+    """The variants still in the running and the record of the rules applied so far."""
+
+    def __init__(self) -> None:
+        self.rules: list[str] = []
+        self.eliminated: dict[str, str] = {}
+        self.alive: dict[str, tuple[VariantRecord, Figures]] = {}
+
+    def apply(self, title: str, test: dict[str, str | None]) -> None:
+        """Eliminate every alive variant whose entry in ``test`` is a reason."""
+        alive = self.alive
+        out = {name: why for name, why in test.items() if why is not None and name in alive}
+        for name, why in out.items():
+            self.eliminated[name] = f"{title}: {why}"
+            del alive[name]
+        if out:
+            listed = "; ".join(f"{name} ({why})" for name, why in out.items())
+            self.rules.append(f"{title}: eliminated {listed}")
+        else:
+            self.rules.append(f"{title}: all {len(alive)} remaining pass")
+
+
+def _quality(f: Figures, budget: float) -> str | None:
+    if f.drop is None:
+        return None
+    if f.drop > budget + EPSILON:
+        return f"drop {f.drop:.2f} > {budget:g}"
+    return None
+
+
+def _fits_ram(f: Figures, ram: float) -> str | None:
+    if f.peak_memory_mb is None or f.peak_memory_mb <= ram:
+        return None
+    return f"peak {f.peak_memory_mb:.1f} MiB > {ram:g} MiB"
+
+
+def _int8_pays(
+    v: VariantRecord,
+    f: Figures,
+    figures: dict[str, Figures],
+    size_failed: set[str],
+    forced: list[str],
+) -> str | None:
+    """Rule 6: why an int8 variant slower than its counterpart is out (None: it stays); one
+    kept only because its counterpart does not fit is noted in ``forced``."""
+    if v.precision != "int8":
+        return None
+    ref = v.base if v.base in figures else "fp32"
+    ref_f = figures.get(ref)
+    if ref_f is None or f.estimate_p50_ms <= ref_f.estimate_p50_ms:
+        return None
+    if ref in size_failed:
+        forced.append(f"{v.name} is slower than {ref} but {ref} does not fit")
+        return None
+    return f"est. {f.estimate_p50_ms:.4g} ms > {ref} {ref_f.estimate_p50_ms:.4g} ms and {ref} fits"
+
+
 def choose(
     variants: Sequence[VariantRecord],
     profile: DeviceProfile,
@@ -35,21 +92,8 @@ def choose(
     tie: float = TIE,
 ) -> ChoiceRecord:
     """Apply the rules of the module docstring; pure."""
-    rules: list[str] = []
-    eliminated: dict[str, str] = {}
-    alive: dict[str, tuple[VariantRecord, Figures]] = {}
-
-    def apply(title: str, test: dict[str, str | None]) -> None:
-        """Eliminate every alive variant whose entry in ``test`` is a reason."""
-        out = {name: why for name, why in test.items() if why is not None and name in alive}
-        for name, why in out.items():
-            eliminated[name] = f"{title}: {why}"
-            del alive[name]
-        if out:
-            listed = "; ".join(f"{name} ({why})" for name, why in out.items())
-            rules.append(f"{title}: eliminated {listed}")
-        else:
-            rules.append(f"{title}: all {len(alive)} remaining pass")
+    state = _Rules()
+    rules, eliminated, alive, apply = state.rules, state.eliminated, state.alive, state.apply
 
     unmeasured = []
     for v in variants:
@@ -64,18 +108,11 @@ def choose(
         + (f"; out: {'; '.join(unmeasured)}" if unmeasured else "")
     )
 
-    def quality(f: Figures) -> str | None:
-        if f.drop is None:
-            return None
-        if f.drop > budget + EPSILON:
-            return f"drop {f.drop:.2f} > {budget:g}"
-        return None
-
     have_drop = any(f.drop is not None for _, f in alive.values())
     title = f"quality within {budget:g} {budget_unit} of fp32"
     if not have_drop:
         title += " (no quality figure available: rule not applied)"
-    apply(title, {n: quality(f) for n, (_, f) in alive.items()})
+    apply(title, {n: _quality(f, budget) for n, (_, f) in alive.items()})
 
     apply(
         f"runtime available on {profile.name} ({', '.join(profile.runtimes)})",
@@ -88,12 +125,7 @@ def choose(
     size_failed: set[str] = set()
     ram = profile.model_budget_mb.value
 
-    def fits_ram(f: Figures) -> str | None:
-        if f.peak_memory_mb is None or f.peak_memory_mb <= ram:
-            return None
-        return f"peak {f.peak_memory_mb:.1f} MiB > {ram:g} MiB"
-
-    test = {n: fits_ram(f) for n, (_, f) in alive.items()}
+    test = {n: _fits_ram(f, ram) for n, (_, f) in alive.items()}
     size_failed |= {n for n, why in test.items() if why}
     apply(f"fits the RAM budget ({ram:g} MiB)", test)
 
@@ -110,23 +142,9 @@ def choose(
     figures = {v.name: v.figures for v in variants if v.figures is not None}
     forced: list[str] = []
 
-    def int8_pays(v: VariantRecord, f: Figures) -> str | None:
-        if v.precision != "int8":
-            return None
-        ref = v.base if v.base in figures else "fp32"
-        ref_f = figures.get(ref)
-        if ref_f is None or f.estimate_p50_ms <= ref_f.estimate_p50_ms:
-            return None
-        if ref in size_failed:
-            forced.append(f"{v.name} is slower than {ref} but {ref} does not fit")
-            return None
-        return (
-            f"est. {f.estimate_p50_ms:.4g} ms > {ref} {ref_f.estimate_p50_ms:.4g} ms and {ref} fits"
-        )
-
     apply(
         "int8 only when faster than its fp32 counterpart (unless size forces it)",
-        {n: int8_pays(v, f) for n, (v, f) in alive.items()},
+        {n: _int8_pays(v, f, figures, size_failed, forced) for n, (v, f) in alive.items()},
     )
     if forced:
         rules[-1] += f"; kept because size forces it: {'; '.join(forced)}"
@@ -141,7 +159,24 @@ def choose(
             qualified=[],
         )
 
-    ranked = sorted(alive.values(), key=lambda vf: (vf[1].estimate_p50_ms, vf[0].name))
+    return _fastest(
+        list(alive.values()), profile, budget, budget_unit, tie, rules, eliminated, forced
+    )
+
+
+def _fastest(
+    alive: list[tuple[VariantRecord, Figures]],
+    profile: DeviceProfile,
+    budget: float,
+    budget_unit: str,
+    tie: float,
+    rules: list[str],
+    eliminated: dict[str, str],
+    forced: list[str],
+) -> ChoiceRecord:
+    """Rule 7 over the variants that passed the others (at least one): the fastest, the
+    smallest among those tied; appends its line to ``rules``."""
+    ranked = sorted(alive, key=lambda vf: (vf[1].estimate_p50_ms, vf[0].name))
     best_p50 = ranked[0][1].estimate_p50_ms
     tied = [vf for vf in ranked if vf[1].estimate_p50_ms <= best_p50 * (1 + tie) + EPSILON]
     pick, pf = min(tied, key=lambda vf: (vf[1].size_bytes, vf[1].p99_ms, vf[0].name))

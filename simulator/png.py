@@ -318,20 +318,11 @@ def line_chart(
     canvas.rect(left, bottom, right, bottom, AXIS_COLOUR)
 
     for i, (_, vs) in enumerate(series):
-        colour = PALETTE[i % len(PALETTE)]
         points = [
             (px(xv), py(v)) if v is not None and math.isfinite(v) else None
             for xv, v in zip(x, vs, strict=False)
         ]
-        for j, p in enumerate(points):
-            if p is None:
-                continue
-            prev = points[j - 1] if j else None
-            nxt = points[j + 1] if j + 1 < len(points) else None
-            if prev is not None:
-                canvas.line(prev[0], prev[1], p[0], p[1], colour, thick=2)
-            elif nxt is None:  # an isolated point: a small square
-                canvas.rect(p[0] - 1, p[1] - 1, p[0] + 1, p[1] + 1, colour)
+        _polyline(canvas, points, PALETTE[i % len(PALETTE)])
 
     canvas.text((width - text_width(title, 2)) // 2, 6, title, TEXT_COLOUR, scale=2)
     canvas.text(6, (top + bottom + text_width(y_label)) // 2, y_label, TEXT_COLOUR, vertical=True)
@@ -345,10 +336,28 @@ def line_chart(
         lx = min(max(px(t) - text_width(label) // 2, 0), width - text_width(label))
         canvas.text(lx, bottom + 8, label, TEXT_COLOUR)
     canvas.text(right - text_width(x_label), bottom + 22, x_label, TEXT_COLOUR)
+    _draw_legend(canvas, legend, left, bottom + 22)
+    return encode_png(width, height, canvas.pixels)
+
+
+def _polyline(canvas: _Canvas, points: list[tuple[int, int] | None], colour: Colour) -> None:
+    """One series: lines between neighbouring points (None is a gap), a dot for a lone one."""
+    for j, p in enumerate(points):
+        if p is None:
+            continue
+        prev = points[j - 1] if j else None
+        nxt = points[j + 1] if j + 1 < len(points) else None
+        if prev is not None:
+            canvas.line(prev[0], prev[1], p[0], p[1], colour, thick=2)
+        elif nxt is None:  # an isolated point: a small square
+            canvas.rect(p[0] - 1, p[1] - 1, p[0] + 1, p[1] + 1, colour)
+
+
+def _draw_legend(canvas: _Canvas, legend: list[list[tuple[int, str]]], left: int, y: int) -> None:
+    """The legend rows (of :func:`_legend_rows`) from ``(left, y)`` down: swatch, then name."""
     for r, row in enumerate(legend):
-        lx, ly = left, bottom + 22 + 12 * r
+        lx, ly = left, y + 12 * r
         for i, name in row:
             canvas.rect(lx, ly, lx + 8, ly + 6, PALETTE[i % len(PALETTE)])
             canvas.text(lx + 14, ly, name, TEXT_COLOUR)
             lx += 14 + text_width(name) + 14
-    return encode_png(width, height, canvas.pixels)

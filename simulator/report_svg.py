@@ -16,6 +16,29 @@ def _text(x: float, y: float, cls: str, text: str) -> str:
     return f'<text x="{x}" y="{y}" class="{cls}">{_e(text)}</text>'
 
 
+def _colour(j: int) -> str:
+    c = png.PALETTE[j % len(png.PALETTE)]
+    return f"#{c[0]:02x}{c[1]:02x}{c[2]:02x}"
+
+
+def _runs(points: list[str | None]) -> list[str]:
+    """One series' points ("x,y"; None is a gap) as polylines, a lone point as a dot."""
+    runs: list[list[str]] = [[]]
+    for point in points:
+        if point is None:
+            runs.append([])
+        else:
+            runs[-1].append(point)
+    out: list[str] = []
+    for run in runs:
+        if len(run) == 1:
+            cx, cy = run[0].split(",")
+            out.append(f'<circle cx="{cx}" cy="{cy}" r="2"/>')
+        elif run:
+            out.append(f'<polyline fill="none" points="{" ".join(run)}"/>')
+    return out
+
+
 def svg_chart(
     title: str,
     x: list[float],
@@ -33,10 +56,6 @@ def svg_chart(
     def px(v: float) -> float:
         return round(left + (v - x_lo) / (x_hi - x_lo) * (w - left - right), 1)
 
-    def colour(j: int) -> str:
-        c = png.PALETTE[j % len(png.PALETTE)]
-        return f"#{c[0]:02x}{c[1]:02x}{c[2]:02x}"
-
     out = [f'<svg class="chart" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img">']
     out.append(_text(w / 2, 16, "ct", title))
     for i, (label, series) in enumerate(panels):
@@ -52,7 +71,7 @@ def svg_chart(
         lx = w - right
         for j, (name, _) in reversed(list(enumerate(series))):
             lx -= 7 * len(name) + 22
-            out.append(f'<rect x="{lx}" y="{y0 - 14}" width="10" height="10" fill="{colour(j)}"/>')
+            out.append(f'<rect x="{lx}" y="{y0 - 14}" width="10" height="10" fill="{_colour(j)}"/>')
             out.append(_text(lx + 14, y0 - 5, "lg", name))
         for b0, b1, name in bands:
             a, b = px(max(b0, x_lo)), px(min(b1, x_hi))
@@ -71,19 +90,11 @@ def svg_chart(
             f'<rect x="{left}" y="{y0}" width="{w - left - right}" height="{ph}" class="ax"/>'
         )
         for j, (name, vs) in enumerate(series):
-            out.append(f'<g stroke="{colour(j)}" fill="{colour(j)}"><title>{_e(name)}</title>')
-            runs: list[list[str]] = [[]]
-            for xv, v in zip(x, vs, strict=False):
-                if v is None:
-                    runs.append([])
-                else:
-                    runs[-1].append(f"{px(xv)},{py(v)}")
-            for run in runs:
-                if len(run) == 1:
-                    cx, cy = run[0].split(",")
-                    out.append(f'<circle cx="{cx}" cy="{cy}" r="2"/>')
-                elif run:
-                    out.append(f'<polyline fill="none" points="{" ".join(run)}"/>')
+            out.append(f'<g stroke="{_colour(j)}" fill="{_colour(j)}"><title>{_e(name)}</title>')
+            points = [
+                f"{px(xv)},{py(v)}" if v is not None else None for xv, v in zip(x, vs, strict=False)
+            ]
+            out += _runs(points)
             out.append("</g>")
         out += labels
         if not vals:

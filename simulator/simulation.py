@@ -50,6 +50,9 @@ class RunStats:
     devices: int
     calls: int
     messages_lost: int
+    heartbeats: int = 0
+    """Health messages the monitor received inside the run's window (0 for a follower shard,
+    which does not watch them): what a heartbeat benchmark divides its CPU by."""
 
 
 class Simulation(ModeActions):
@@ -88,6 +91,7 @@ class Simulation(ModeActions):
         self._t0 = self.clock.monotonic()
         self._bucket = self.spec.bucket()
         self.stats: RunStats | None = None
+        self._heartbeats = 0
         self.rollout: RolloutOperator | None = None
 
     # Lifecycle ----------------------------------------------------------------------------------
@@ -227,7 +231,7 @@ class Simulation(ModeActions):
         lost = self.broker.lost_messages if self.broker is not None else 0
         self.stats = RunStats(
             round(time.perf_counter() - wall0, 3), round(start_wall, 3), len(devices),
-            len(self.recorder.calls), lost,
+            len(self.recorder.calls), lost, self._heartbeats,
         )  # fmt: skip
         return report
 
@@ -335,6 +339,10 @@ class Simulation(ModeActions):
             self.recorder.came_online(state.device, t)
 
     def _on_health(self, msg: Inbound) -> None:
+        now = self._now()
+        in_window = 0 <= now < self.spec.duration_s
+        if in_window:
+            self._heartbeats += 1
         try:
             health = decode(msg.payload)
         except ValueError:
@@ -342,8 +350,7 @@ class Simulation(ModeActions):
         if not isinstance(health, Health):
             return
         group = self.plan.device_group.get(health.device)
-        now = self._now()
-        if group is not None and 0 <= now < self.spec.duration_s:
+        if group is not None and in_window:
             self.recorder.queue_depth(group, int(now // self._bucket), health.queue_depth)
 
     # Fault actions ------------------------------------------------------------------------------

@@ -66,43 +66,58 @@ class Broker:
         out: list[Packet] = []
         for packet in self.decoder.feed(data):
             self.received.append(packet)
-            if isinstance(packet, Connect):
-                props = {}
-                if self.receive_maximum is not None:
-                    props[0x21] = self.receive_maximum
-                if self.keepalive is not None:
-                    props[0x13] = self.keepalive
-                out.append(ConnAck(False, self.refuse, props))
-            elif isinstance(packet, Subscribe):
-                codes = []
-                for sub in packet.subscriptions:
-                    if sub.topic_filter.startswith("closed/"):
-                        codes.append(0x87)
-                    else:
-                        self.subs[sub.topic_filter] = sub.qos
-                        codes.append(sub.qos)
-                out.append(SubAck(packet.packet_id, tuple(codes)))
-            elif isinstance(packet, Unsubscribe):
-                codes = [
-                    0 if self.subs.pop(f, None) is not None else 0x11 for f in packet.topic_filters
-                ]
-                out.append(UnsubAck(packet.packet_id, tuple(codes)))
-            elif isinstance(packet, Publish):
-                ack: Packet | None = None
-                if packet.qos == 1:
-                    ack = PubAck(packet.packet_id)
-                elif packet.qos == 2:
-                    ack = PubRec(packet.packet_id)
-                if ack is not None and self.hold_acks:
-                    self.held.append(ack)
-                elif ack is not None:
-                    out.append(ack)
-                out.extend(self.route(packet))
-            elif isinstance(packet, PubRel):
-                out.append(PubComp(packet.packet_id))
-            elif isinstance(packet, PingReq):
-                out.append(PingResp())
+            out.extend(self.answer(packet))
         return b"".join(encode(p) for p in out)
+
+    def answer(self, packet: Packet) -> list[Packet]:
+        """What the broker sends back for one packet from the client."""
+        if isinstance(packet, Connect):
+            props = {}
+            if self.receive_maximum is not None:
+                props[0x21] = self.receive_maximum
+            if self.keepalive is not None:
+                props[0x13] = self.keepalive
+            return [ConnAck(False, self.refuse, props)]
+        if isinstance(packet, Subscribe):
+            return [self.grant(packet)]
+        if isinstance(packet, Unsubscribe):
+            codes = [
+                0 if self.subs.pop(f, None) is not None else 0x11 for f in packet.topic_filters
+            ]
+            return [UnsubAck(packet.packet_id, tuple(codes))]
+        if isinstance(packet, Publish):
+            return self.published(packet)
+        if isinstance(packet, PubRel):
+            return [PubComp(packet.packet_id)]
+        if isinstance(packet, PingReq):
+            return [PingResp()]
+        return []
+
+    def grant(self, packet: Subscribe) -> SubAck:
+        """Grant every filter but ``closed/…``, at the QoS asked."""
+        codes = []
+        for sub in packet.subscriptions:
+            if sub.topic_filter.startswith("closed/"):
+                codes.append(0x87)
+            else:
+                self.subs[sub.topic_filter] = sub.qos
+                codes.append(sub.qos)
+        return SubAck(packet.packet_id, tuple(codes))
+
+    def published(self, packet: Publish) -> list[Packet]:
+        """Its acknowledgement (held with ``hold_acks``), then the message routed back."""
+        out: list[Packet] = []
+        ack: Packet | None = None
+        if packet.qos == 1:
+            ack = PubAck(packet.packet_id)
+        elif packet.qos == 2:
+            ack = PubRec(packet.packet_id)
+        if ack is not None and self.hold_acks:
+            self.held.append(ack)
+        elif ack is not None:
+            out.append(ack)
+        out.extend(self.route(packet))
+        return out
 
     def route(self, msg: Publish) -> list[Publish]:
         for topic_filter, qos in self.subs.items():

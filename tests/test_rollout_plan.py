@@ -482,6 +482,29 @@ TERMINAL = {State.SKIPPED, State.CONFLICT, State.HEALTHY, State.FAILED, State.RO
             State.PENDING}  # fmt: skip
 
 
+def _random_reports(r: Rollout, rng: random.Random, online: dict[str, bool], t: float) -> None:
+    """A random report (or none) from every device, as a fleet might send them."""
+    for d in r.ids:
+        st = r.state_of(d)
+        x = rng.random()
+        if x < 0.03:
+            r.observe(DeviceOffline(d), t)
+            online[d] = False
+        elif x < 0.08:
+            r.observe(DeviceOnline(d, rng.choice(["1.0", NEW])), t)
+            online[d] = True
+        elif st is State.UPDATING and x < 0.4:
+            y = rng.random()
+            if y < 0.8:
+                r.observe(UpdateHealthy(d, NEW), t)
+            elif y < 0.84:
+                r.observe(UpdateFailed(d, "random"), t)
+            elif y < 0.86:
+                r.observe(UpdateRolledBack(d, "1.0"), t)
+            else:
+                r.observe(UpdateProgress(d), t)
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_invariants_under_random_runs(seed: int) -> None:
     rng = random.Random(seed)
@@ -507,25 +530,7 @@ def test_invariants_under_random_runs(seed: int) -> None:
     t = 0.0
     for _ in range(3000):
         t += rng.choice([0.5, 1.0, 3.0])
-        for d in r.ids:  # random reports
-            st = r.state_of(d)
-            x = rng.random()
-            if x < 0.03:
-                r.observe(DeviceOffline(d), t)
-                online[d] = False
-            elif x < 0.08:
-                r.observe(DeviceOnline(d, rng.choice(["1.0", NEW])), t)
-                online[d] = True
-            elif st is State.UPDATING and x < 0.4:
-                y = rng.random()
-                if y < 0.8:
-                    r.observe(UpdateHealthy(d, NEW), t)
-                elif y < 0.84:
-                    r.observe(UpdateFailed(d, "random"), t)
-                elif y < 0.86:
-                    r.observe(UpdateRolledBack(d, "1.0"), t)
-                else:
-                    r.observe(UpdateProgress(d), t)
+        _random_reports(r, rng, online, t)
         x = rng.random()
         if x < 0.02 and r.phase == "running":
             r.pause()

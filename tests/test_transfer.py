@@ -29,7 +29,7 @@ from edgeagent.deploy.transfer import (
 )
 from edgeagent.deploy.transfer_http import (
     FileHTTPServer,
-    _Handler,
+    FileRequestHandler,
     fetch_files_http,
     fetch_files_http_async,
     parse_range,
@@ -740,7 +740,7 @@ def test_http_resumes_a_broken_download(tmp_path: Path) -> None:
     big = put(served, blob(600_000, seed=20))
     broken: list[str] = []
 
-    class Breaks(_Handler):
+    class Breaks(FileRequestHandler):
         def do_GET(self) -> None:
             if broken:
                 return super().do_GET()

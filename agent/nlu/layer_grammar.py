@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from ._constants import NO_VERB
 from .catalog import Interpretation, skill_choices
@@ -17,6 +18,67 @@ from .numbers import has_time_number
 from .readings import Candidate, Readings
 from .slots import Lexicon, Request, Slots
 from .targets import Target, Targets, skills_of, where_text
+
+
+class _Action(NamedTuple):
+    """What the text asks to do, before any skill: the action and how sure the grammar is."""
+
+    action: str | None
+    strength: int
+    ambiguous: bool
+    implied: bool
+    cue: str | None
+
+
+def _action(norm: str, stripped: str, slots: Slots, said: dict[str, str]) -> _Action:
+    """The action: a question, a number to set, or the strongest verb. Records it in ``said``."""
+    asked = QUESTION.match(stripped)
+    # A question with an actuating verb ("how about turning the heating up?") asks for an
+    # action: it is read as one (and not carried out), never answered with a read.
+    indirect = active_command(norm) if asked and _SUGGESTION.match(stripped) else None
+    if asked and indirect is None:
+        said["question"] = stripped.split()[0]
+        return _Action("query_state", 5, False, False, None)
+    if slots.number is not None and re.search(
+        rf"(?:\b(?:to|at)\s+-?\d|%|\bpercent\b|\bdegrees?\b|°|{SET_VERBS})", norm
+    ):
+        said["number"] = slots.number.text
+        return _Action("set_level", 4, False, False, None)
+    return _verb_action(norm, said)
+
+
+def _verb_action(norm: str, said: dict[str, str]) -> _Action:
+    """The strongest verb rule that matches; two different actions as strong are ambiguous."""
+    action: str | None = None
+    strength = 0
+    ambiguous = False
+    implied = False
+    cue: str | None = None
+    for rule in RULES:
+        m = rule.pattern.search(norm)
+        if m is None or rule.strength < strength:
+            continue
+        if rule.strength == strength and action is not None and rule.action != action:
+            ambiguous = True
+            continue
+        if rule.strength > strength:
+            ambiguous = False
+        action, strength = rule.action, rule.strength
+        cue, implied = rule.cue or cue, rule.implied
+        said["verb"] = m.group(0).strip()
+    return _Action(action, strength, ambiguous, implied, cue)
+
+
+def _confidence(act: _Action) -> float:
+    """How sure a verb reading is: an implied verb or a weak one less, an ambiguous one 0.5."""
+    confidence = 0.95
+    if act.implied:
+        confidence = 0.8
+    elif act.strength <= 1:
+        confidence = 0.85
+    if act.ambiguous:
+        confidence = 0.5
+    return confidence
 
 
 class GrammarLayer:
@@ -33,43 +95,9 @@ class GrammarLayer:
         stripped = POLITE.sub("", norm.strip())
         said = dict(slots.said)
         # The action: a question, a number to set, a verb, or a skill's own name.
-        action: str | None = None
-        strength = 0
-        ambiguous = False
-        implied = False
-        cue: str | None = None
-        asked = QUESTION.match(stripped)
-        # A question with an actuating verb ("how about turning the heating up?") asks for an
-        # action: it is read as one (and not carried out), never answered with a read.
-        indirect = active_command(norm) if asked and _SUGGESTION.match(stripped) else None
-        if asked and indirect is None:
-            action, strength = "query_state", 5
-            said["question"] = stripped.split()[0]
-        elif slots.number is not None and re.search(
-            rf"(?:\b(?:to|at)\s+-?\d|%|\bpercent\b|\bdegrees?\b|°|{SET_VERBS})", norm
-        ):
-            action, strength = "set_level", 4
-            said["number"] = slots.number.text
-        else:
-            for rule in RULES:
-                m = rule.pattern.search(norm)
-                if m is None or rule.strength < strength:
-                    continue
-                if rule.strength == strength and action is not None and rule.action != action:
-                    ambiguous = True
-                    continue
-                if rule.strength > strength:
-                    ambiguous = False
-                action, strength = rule.action, rule.strength
-                cue, implied = rule.cue or cue, rule.implied
-                said["verb"] = m.group(0).strip()
-        direct: str | None = None
-        for name, pattern in self.lexicon.skill_phrases.items():  # longest name first
-            m = pattern.search(norm)
-            if m and (action is None or strength <= 3):
-                direct = name
-                said["skill name"] = m.group(0)
-                break
+        act = _action(norm, stripped, slots, said)
+        action, implied, cue = act.action, act.implied, act.cue
+        direct = self._direct(norm, act, said)
         explanation = "grammar: " + ", ".join(f'{k} "{v}"' for k, v in said.items())
         evidence = said.get("verb") or said.get("number") or said.get("skill name")
         in_command = request.mood.acts and (evidence is None or request.mood.in_command(evidence))
@@ -81,13 +109,7 @@ class GrammarLayer:
                 return [], "grammar: a time or duration is not a device command"
             return self._no_verb(slots), "grammar: no command verb recognized"
         cues = [*([cue] if cue else []), *(c for c in slots.cues if c != cue)]
-        confidence = 0.95
-        if implied:
-            confidence = 0.8
-        elif strength <= 1:
-            confidence = 0.85
-        if ambiguous:
-            confidence = 0.5
+        confidence = _confidence(act)
         if direct is not None and (action is None or direct not in skill_choices(action, None)):
             targets, why = self.targets.for_skill(direct, slots)
             action_text = f"skill {direct}"
@@ -115,6 +137,15 @@ class GrammarLayer:
         if any(c.runnable for c in found):
             return found, None
         return found, _why(found)
+
+    def _direct(self, norm: str, act: _Action, said: dict[str, str]) -> str | None:
+        """A skill the text names itself, when no strong verb already says what to do."""
+        for name, pattern in self.lexicon.skill_phrases.items():  # longest name first
+            m = pattern.search(norm)
+            if m and (act.action is None or act.strength <= 3):
+                said["skill name"] = m.group(0)
+                return name
+        return None
 
     def _manifest(
         self,

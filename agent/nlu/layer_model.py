@@ -98,18 +98,7 @@ class ModelLayer:
         # The room: named in the text (the model knows six rooms; the catalog may have others),
         # else the model's room head: a guess, used for reads only (an actuation needs the room
         # from the text, or a kind with one device).
-        guess_p = 1.0
-        guessed = slots
-        room_text = ", room from the text"
-        if not slots.rooms and not slots.foreign_rooms:
-            guess_p = max(room_probs)
-            room = zoo.ROOMS[room_probs.index(guess_p)]
-            room_text = f", room {room} ({fmt_confidence(guess_p)}, for reads)"
-            if room != "none":
-                if room in self.catalog.rooms:
-                    guessed = _with_rooms(slots, (room,), ())
-                else:
-                    guessed = _with_rooms(slots, (), (room,))
+        guess_p, guessed, room_text = self._room_guess(slots, zoo.ROOMS, room_probs)
         candidates: list[Candidate] = []
         reasons: list[str] = []
         top_name = f"{command.intent}/{command.kind}"  # the argmax pair, pairs[0]
@@ -151,10 +140,31 @@ class ModelLayer:
         candidates.sort(key=lambda c: (c.interpretation.confidence, c.runnable), reverse=True)
         if any(c.runnable for c in candidates):
             return candidates, None
-        reasons = list(dict.fromkeys(reasons))[:2]
-        if candidates and candidates[0].problem:
-            reasons.insert(0, f"{candidates[0].interpretation.skill}: {candidates[0].problem}")
-        return candidates, "model: " + ("; ".join(reasons) or f"{top_name}: nothing runs")
+        return candidates, _why(candidates, reasons, top_name)
+
+    def _room_guess(
+        self, slots: Slots, rooms: Sequence[str], room_probs: Sequence[float]
+    ) -> tuple[float, Slots, str]:
+        """(its probability, the slots for reads, a note): the room the text names, else the
+        model's room head's best guess (a room the catalog lacks is a foreign room)."""
+        if slots.rooms or slots.foreign_rooms:
+            return 1.0, slots, ", room from the text"
+        guess_p = max(room_probs)
+        room = rooms[room_probs.index(guess_p)]
+        room_text = f", room {room} ({fmt_confidence(guess_p)}, for reads)"
+        if room == "none":
+            return guess_p, slots, room_text
+        if room in self.catalog.rooms:
+            return guess_p, _with_rooms(slots, (room,), ()), room_text
+        return guess_p, _with_rooms(slots, (), (room,)), room_text
+
+
+def _why(candidates: Sequence[Candidate], reasons: list[str], top_name: str) -> str:
+    """Why nothing runs: the best candidate's problem, then at most two distinct reasons."""
+    reasons = list(dict.fromkeys(reasons))[:2]
+    if candidates and candidates[0].problem:
+        reasons.insert(0, f"{candidates[0].interpretation.skill}: {candidates[0].problem}")
+    return "model: " + ("; ".join(reasons) or f"{top_name}: nothing runs")
 
 
 def _softmax(z: Sequence[float]) -> list[float]:

@@ -12,12 +12,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._constants import MAX_CANDIDATES, NOT_RUNNABLE_CAP, Layer
+from ._constants import MAX_CANDIDATES, NOT_RUNNABLE_CAP, Layer, Mode
 from .catalog import Interpretation
 from .inputs import build_input, properties
 from .mood import Mood
 from .numbers import find_duration, has_time_number
-from .slots import Request
+from .slots import Request, Slots
 from .targets import Target, Targets, not_singled_out, where_text
 
 
@@ -61,68 +61,84 @@ class Readings:
         in_command: bool,
     ) -> list[Candidate]:
         """Each target as a reading, with every reason it cannot be carried out as is."""
-        slots = request.slots
-        out: list[Candidate] = []
         ambiguous = len({t.skill for t in targets}) > 1 or len({str(t.where) for t in targets}) > 1
-        for t in targets:
-            conf = confidence
-            mode = slots.mode
-            notes = [f"{t.skill} on {where_text(t.where)}: {', '.join(t.devices)}"]
-            if ambiguous:
-                conf = min(conf, 0.5)
-                notes.append(f"ambiguous ({len(targets)} readings)")
-            duration = find_duration(request.norm)
-            value, problem, converted = build_input(t.spec, slots.number, duration)
-            if converted:
-                notes.append(converted)
-            question: str | None = None
-            if (
-                problem
-                and slots.number is not None
-                and (slots.number.unknown_unit or "unit" in problem or ", not " in problem)
-            ):
-                question = f"{problem}: what is {slots.number.text} in the unit it takes?"
-            elif problem:
-                question = f"{t.skill} cannot run: {problem}. What value do you want?"
-            if slots.device and t.devices != (slots.device,) and mode == "one":
-                problem = not_singled_out(slots.device, t.devices)
-            for check in (self._place_check, self._mood_check, self._certainty_check):
-                found = check(t, request, value, in_command)
-                if found is not None and problem is None:
-                    problem, question = found
-            if problem is None and mode == "one" and len(t.devices) > 1 and not slots.device:
-                if slots.count == len(t.devices):
-                    mode = "all"
-                    notes.append(f"the {slots.count} of them: all")
-                elif slots.indefinite:
-                    notes.append("any one of them will do")
-                elif slots.rooms and slots.plural:
-                    mode = "all"
-                    notes.append(f"the {' and '.join(slots.rooms)} ones: all of them")
-                else:
-                    problem = (
-                        f"{len(t.devices)} devices match ({', '.join(t.devices)}): which device?"
-                    )
-                    question = self.which(t)
-            if value:
-                notes.append(f"input {json.dumps(value, sort_keys=True)}")
-            if mode == "all":
-                notes.append("mode all")
-            if problem:
-                conf = min(conf, NOT_RUNNABLE_CAP)
-                notes.append(f"cannot run: {problem}")
-            interp = Interpretation(
-                t.skill,
-                value,
-                dict(t.where),
-                mode,
-                round(conf, 4),
-                layer,
-                f"{explanation} → {'; '.join(notes)}",
-            )
-            out.append(Candidate(interp, problem, question))
+        out = [
+            self._candidate(t, len(targets) if ambiguous else 0, request, confidence, layer,
+                            explanation, in_command)
+            for t in targets
+        ]  # fmt: skip
         out.sort(key=lambda c: (c.interpretation.confidence, c.runnable), reverse=True)
         return out
+
+    def _candidate(
+        self,
+        t: Target,
+        ambiguous: int,
+        request: Request,
+        confidence: float,
+        layer: Layer,
+        explanation: str,
+        in_command: bool,
+    ) -> Candidate:
+        """One target as a reading; ``ambiguous`` is the number of readings when it is > 1."""
+        slots = request.slots
+        conf = confidence
+        notes = [f"{t.skill} on {where_text(t.where)}: {', '.join(t.devices)}"]
+        if ambiguous:
+            conf = min(conf, 0.5)
+            notes.append(f"ambiguous ({ambiguous} readings)")
+        duration = find_duration(request.norm)
+        value, problem, converted = build_input(t.spec, slots.number, duration)
+        if converted:
+            notes.append(converted)
+        question = _input_question(t, slots, problem)
+        if slots.device and t.devices != (slots.device,) and slots.mode == "one":
+            problem = not_singled_out(slots.device, t.devices)
+        for check in (self._place_check, self._mood_check, self._certainty_check):
+            found = check(t, request, value, in_command)
+            if found is not None and problem is None:
+                problem, question = found
+        mode = slots.mode
+        if problem is None and mode == "one" and len(t.devices) > 1 and not slots.device:
+            mode, problem, which = self._many_devices(t, slots, notes)
+            question = which if which is not None else question
+        if value:
+            notes.append(f"input {json.dumps(value, sort_keys=True)}")
+        if mode == "all":
+            notes.append("mode all")
+        if problem:
+            conf = min(conf, NOT_RUNNABLE_CAP)
+            notes.append(f"cannot run: {problem}")
+        interp = Interpretation(
+            t.skill,
+            value,
+            dict(t.where),
+            mode,
+            round(conf, 4),
+            layer,
+            f"{explanation} → {'; '.join(notes)}",
+        )
+        return Candidate(interp, problem, question)
+
+    def _many_devices(
+        self, t: Target, slots: Slots, notes: list[str]
+    ) -> tuple[Mode, str | None, str | None]:
+        """(mode, problem, question back) for a one-device reading that matches several.
+
+        A count equal to the matches, or rooms named in the plural, mean all of them; an
+        indefinite article means any one; otherwise ask which. Appends its reason to ``notes``.
+        """
+        if slots.count == len(t.devices):
+            notes.append(f"the {slots.count} of them: all")
+            return "all", None, None
+        if slots.indefinite:
+            notes.append("any one of them will do")
+            return "one", None, None
+        if slots.rooms and slots.plural:
+            notes.append(f"the {' and '.join(slots.rooms)} ones: all of them")
+            return "all", None, None
+        problem = f"{len(t.devices)} devices match ({', '.join(t.devices)}): which device?"
+        return "one", problem, self.which(t)
 
     # Checks: each returns (problem, question back) or None ------------------------------------
 
@@ -226,3 +242,14 @@ def best_interpretations(candidates: Iterable[Candidate]) -> list[Interpretation
         if len(out) == MAX_CANDIDATES:
             break
     return out
+
+
+def _input_question(t: Target, slots: Slots, problem: str | None) -> str | None:
+    """The question back for an input that cannot be built: the unit, or the value itself."""
+    if not problem:
+        return None
+    if slots.number is not None and (
+        slots.number.unknown_unit or "unit" in problem or ", not " in problem
+    ):
+        return f"{problem}: what is {slots.number.text} in the unit it takes?"
+    return f"{t.skill} cannot run: {problem}. What value do you want?"
