@@ -45,7 +45,15 @@ from .routing import Decision
 from .rpc import PendingCalls, request_props
 from .transport.base import Inbound, Props, Transport
 
-__all__ = ["OK_PREFIX", "Attempt", "Forwarder", "RouteFailure", "Trace", "output_of"]
+__all__ = [
+    "OK_PREFIX",
+    "Attempt",
+    "Forwarder",
+    "RouteFailure",
+    "Trace",
+    "output_of",
+    "record_attempt",
+]
 
 log = logging.getLogger("edgeagent.coordinator")  # the coordinator's logger, as before the split
 
@@ -106,6 +114,31 @@ def output_of(raw: bytes) -> Any:
     if isinstance(reply, ErrorReply):  # pragma: no cover - only ok replies are kept raw
         raise CallError.from_reply(reply)
     return reply.output
+
+
+def record_attempt(
+    registry: Registry,
+    trace: Trace,
+    device: str,
+    skill: str,
+    took: float,
+    fut: asyncio.Future[Any],
+) -> None:
+    """Record a settled forward: in the registry (latency, errors) and in the call's trace.
+
+    Shared by the coordinator's forwards and a local router's direct calls, so both keep the
+    same statistics and ``explain`` attempts."""
+    if fut.cancelled():
+        registry.finished(device, skill, took, False, False)
+        return
+    exc = fut.exception()
+    if exc is None:
+        registry.finished(device, skill, took, True)
+        trace.attempts.append(Attempt(device, "ok", round(took * 1000, 3)))
+        return
+    code = exc.code if isinstance(exc, CallError) else "internal"
+    registry.finished(device, skill, took, False, code == "timeout")
+    trace.attempts.append(Attempt(device, code, round(took * 1000, 3)))
 
 
 def remaining_s(clock: Clock, deadline: float, skill: str) -> float:
@@ -187,18 +220,9 @@ class Forwarder:
             waiters.pop(fut, None)
             if not waiters and self._waiting.get(device) is waiters:
                 del self._waiting[device]
-            took = self.clock.monotonic() - started
-            if fut.cancelled():
-                self.registry.finished(device, skill, took, False, False)
-                return
-            exc = fut.exception()
-            if exc is None:
-                self.registry.finished(device, skill, took, True)
-                trace.attempts.append(Attempt(device, "ok", round(took * 1000, 3)))
-                return
-            code = exc.code if isinstance(exc, CallError) else "internal"
-            self.registry.finished(device, skill, took, False, code == "timeout")
-            trace.attempts.append(Attempt(device, code, round(took * 1000, 3)))
+            record_attempt(
+                self.registry, trace, device, skill, self.clock.monotonic() - started, fut
+            )
 
         future.add_done_callback(settled)
         user: tuple[tuple[str, str], ...] = ((TRACE_PROPERTY, tr),) if tr else ()
@@ -214,6 +238,14 @@ class Forwarder:
             ),
         )
         return future
+
+    def output_of(self, reply: bytes) -> Any:
+        """The output of a device's raw ok reply (a :class:`~.coord_route.Launcher` method)."""
+        return output_of(reply)
+
+    def refusal(self, code: ErrorCode, message: str) -> RouteFailure:
+        """The router's own refusals are the coordinator's :class:`RouteFailure`."""
+        return RouteFailure(code, message)
 
     async def forward(
         self,

@@ -1,10 +1,15 @@
 """Routing one call: choose a device, fail over, hedge slow reads, or fan out to all.
 
-Every decision is asked of a pure module and acted on here: which device
+This is the one routing loop of edgeagent (:class:`RoutingLoop`): the coordinator runs it
+(:class:`CallRouter`) over its :class:`~edgeagent.coord_forward.Forwarder`, a client routing locally
+(:class:`~edgeagent.local_routing.LocalRouter`) over its direct sender. Both hand it a
+:class:`Launcher` (how one forward reaches one device), so failover, hedges, idempotency keys
+(``KEY``, ``KEY-h``, ``KEY-DEVICE``), error codes and messages and the ``explain`` record cannot
+drift apart. Every decision is asked of a pure module and acted on here: which device
 (:func:`edgeagent.routing.decide` over the registry's candidates), whether to try another after
 an error, how long to wait for one device, whether and when to hedge (:mod:`edgeagent.failover`).
-What is left is waiting: on :class:`~edgeagent.coord_forward.Forwarder` futures, with timers of
-the injected clock only, so a simulated fleet runs these paths on virtual time.
+What is left is waiting: on the launcher's futures, with timers of the injected clock only, so a
+simulated fleet runs these paths on virtual time.
 """
 
 from __future__ import annotations
@@ -12,10 +17,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from .clock import Clock
-from .coord_forward import Forwarder, RouteFailure, Trace, output_of, remaining_s
+from .coord_forward import Trace
 from .errors import CallError
 from .failover import hedge_after_s, hedges, patience_s, should_retry
 from .limits import CoordinatorLimits
@@ -23,17 +28,58 @@ from .protocol import ErrorCode
 from .registry import Registry
 from .routing import Decision, decide
 
-__all__ = ["CallRouter"]
+__all__ = ["CallRouter", "Launcher", "RoutingLoop"]
 
 log = logging.getLogger("edgeagent.coordinator")  # the coordinator's logger, as before the split
 
+R = TypeVar("R")
 
-class CallRouter:
-    """Routes calls by skill and tags over a :class:`Forwarder`, counting failovers and hedges."""
+
+class Launcher(Protocol[R]):
+    """How one forward reaches one device: what a router needs of the coordinator's
+    :class:`~edgeagent.coord_forward.Forwarder` or of a client's direct sender."""
+
+    def launch(
+        self,
+        device: str,
+        skill: str,
+        payload: bytes,
+        deadline: float,
+        idem: str,
+        tr: str | None,
+        trace: Trace,
+        patience: float | None = None,
+    ) -> asyncio.Future[R]:
+        """Send one forward. The future resolves to the device's ok reply or fails with a
+        CallError (CallTimeout after ``patience`` seconds, or when the device goes away); its
+        outcome is recorded in the registry and ``trace`` when it settles. Cancelling it
+        abandons the forward."""
+        ...
+
+    def maybe_ping(self, device: str) -> None:
+        """Ping a device routing left out until it answers (bounded, in the background)."""
+        ...
+
+    def output_of(self, reply: R) -> Any:
+        """The output of an ok reply (CallError if it is malformed)."""
+        ...
+
+    def refusal(self, code: ErrorCode, message: str) -> Exception:
+        """The router's own refusal (no device, deadline passed) as this side raises it."""
+        ...
+
+
+class RoutingLoop(Generic[R]):
+    """Routes calls by skill and tags over a :class:`Launcher`, counting failovers and hedges.
+
+    ``hedge_alone``: whether a hedged read whose first decision left no second candidate still
+    waits the hedge delay and decides again (a suspect vouched meanwhile can take the hedge:
+    the coordinator) or simply waits for its one device (a local router).
+    """
 
     def __init__(
         self,
-        forwarder: Forwarder,
+        launcher: Launcher[R],
         registry: Registry,
         clock: Clock,
         rng: random.Random,
@@ -41,16 +87,27 @@ class CallRouter:
         *,
         retry_budget: int,
         hedge: bool,
+        hedge_alone: bool = True,
     ) -> None:
-        self.forwarder = forwarder
+        self.launcher = launcher
         self.registry = registry
         self.clock = clock
         self.rng = rng
         self.limits = limits
         self.retry_budget = retry_budget
         self.hedge = hedge
+        self.hedge_alone = hedge_alone
         self.failovers = 0
         self.hedges = 0
+
+    def remaining_s(self, deadline: float, skill: str) -> float:
+        """Seconds left before ``deadline``; the launcher's ``timeout`` refusal if none."""
+        left = deadline - self.clock.monotonic()
+        if left <= 0:
+            raise self.launcher.refusal(
+                "timeout", f"deadline passed before {skill!r} could be forwarded"
+            )
+        return left
 
     def decide(
         self, skill: str, where: dict[str, str], tried: frozenset[str], trace: Trace
@@ -62,17 +119,18 @@ class CallRouter:
         )
         for c in candidates:
             if c.device in decision.rejected:  # left out until it answers a ping
-                self.forwarder.maybe_ping(c.device)
+                self.launcher.maybe_ping(c.device)
         trace.decisions.append(decision)
         return decision
 
-    def no_device(self, skill: str, where: dict[str, str], decision: Decision) -> RouteFailure:
+    def no_device(self, skill: str, where: dict[str, str], rejected: dict[str, str]) -> Exception:
+        refusal = self.launcher.refusal
         if not self.registry.has_skill(skill):
-            return RouteFailure("not_found", f"no device in the fleet has a skill {skill!r}")
-        why = "; ".join(f"{d}: {r}" for d, r in decision.rejected.items()) or "none matches"
-        only_tags = all(r.startswith("tags ") for r in decision.rejected.values())
+            return refusal("not_found", f"no device in the fleet has a skill {skill!r}")
+        why = "; ".join(f"{d}: {r}" for d, r in rejected.items()) or "none matches"
+        only_tags = all(r.startswith("tags ") for r in rejected.values())
         code: ErrorCode = "not_found" if only_tags else "unavailable"
-        return RouteFailure(code, f"no device can take {skill!r} where {where or '{}'}: {why}")
+        return refusal(code, f"no device can take {skill!r} where {where or '{}'}: {why}")
 
     async def route_one(
         self,
@@ -83,34 +141,38 @@ class CallRouter:
         idem: str,
         tr: str | None,
         trace: Trace,
-    ) -> bytes:
-        """Route to one device, failing over; returns its raw ok reply."""
+    ) -> R:
+        """Route to one device, failing over; returns its ok reply."""
         tried: set[str] = set()
         attempts = 0
         last: CallError | None = None
         while True:
-            left = remaining_s(self.clock, deadline, skill)
+            left = self.remaining_s(deadline, skill)
             decision = self.decide(skill, where, frozenset(tried), trace)
             if decision.chosen is None:
                 if last is not None:  # every candidate was tried: the last answer stands
                     raise last
-                raise self.no_device(skill, where, decision)
+                raise self.no_device(skill, where, decision.rejected)
             device = decision.chosen
             spec = self.registry.devices[device].skill(skill)
             assert spec is not None
             tried.add(device)
             try:
-                if hedges(enabled=self.hedge, side_effect=spec.side_effect,
-                          idempotent=spec.idempotent):  # fmt: skip
+                hedged = hedges(
+                    enabled=self.hedge, side_effect=spec.side_effect, idempotent=spec.idempotent
+                )
+                if hedged and (self.hedge_alone or len(decision.scored) > 1):
                     return await self._hedged(device, skill, payload, where, deadline, idem, tr,
                                               trace, tried)  # fmt: skip
-                patience = patience_s(
+                # A hedged skill with no second candidate waits for its one device as the hedge
+                # would (no timer: there is no one to hedge to).
+                patience = None if hedged else patience_s(
                     idempotent=spec.idempotent,
                     budget=self.retry_budget,
                     p95_s=self.registry.p95_s(device, skill),
                     left_s=left,
-                )
-                fwd = self.forwarder.launch(
+                )  # fmt: skip
+                fwd = self.launcher.launch(
                     device, skill, payload, deadline, idem, tr, trace, patience
                 )
                 return await fwd
@@ -135,14 +197,14 @@ class CallRouter:
         tr: str | None,
         trace: Trace,
         tried: set[str],
-    ) -> bytes:
+    ) -> R:
         """Forward; if no answer after the device's p95, also ask a second device."""
-        launch = self.forwarder.launch
+        launch = self.launcher.launch
         first = launch(device, skill, payload, deadline, idem, tr, trace)
         delay = hedge_after_s(
             p95_s=self.registry.p95_s(device, skill), left_s=deadline - self.clock.monotonic()
         )
-        if await self._settled_within(first, min(delay, remaining_s(self.clock, deadline, skill))):
+        if await self._settled_within(first, min(delay, self.remaining_s(deadline, skill))):
             return first.result()
         decision = self.decide(skill, where, frozenset(tried), trace)
         if decision.chosen is None:
@@ -155,12 +217,12 @@ class CallRouter:
         except BaseException:
             first.cancel()
             raise
-        pending: set[asyncio.Future[bytes]] = {first, second}
+        pending: set[asyncio.Future[R]] = {first, second}
         error: BaseException | None = None
         try:
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for d in done:
+                for d in (f for f in (first, second) if f in done):  # in launch order
                     if d.exception() is None:
                         return d.result()
                     error = d.exception()
@@ -212,25 +274,33 @@ class CallRouter:
             }
         )
         if not candidates:
-            raise self.no_device(skill, where, Decision(skill, where, None, "all", [], rejected))
-        forward = self.forwarder.forward
-        results = await asyncio.gather(
-            *(
-                forward(c.device, skill, payload, deadline, f"{idem}-{c.device}", tr, trace)
-                for c in candidates
-            ),
-            return_exceptions=True,
-        )
+            raise self.no_device(skill, where, rejected)
+        futures: list[asyncio.Future[R]] = []
+        try:
+            for d in devices:
+                futures.append(
+                    self.launcher.launch(d, skill, payload, deadline, f"{idem}-{d}", tr, trace)
+                )
+            await asyncio.wait(futures)
+        finally:
+            for f in futures:
+                f.cancel()  # abandoned (a launch failed, or we were cancelled); no-op if done
         out: dict[str, Any] = {"results": {}, "errors": {}}
-        for c, r in zip(candidates, results, strict=True):
-            if isinstance(r, bytes):
+        for device, fut in zip(devices, futures, strict=True):
+            exc = fut.exception()
+            if exc is None:
                 try:
-                    out["results"][c.device] = output_of(r)
+                    out["results"][device] = self.launcher.output_of(fut.result())
                     continue
-                except CallError as exc:
-                    r = exc
-            if isinstance(r, CallError):
-                out["errors"][c.device] = {"code": r.code, "message": r.message}
+                except CallError as bad:
+                    exc = bad
+            if isinstance(exc, CallError):
+                out["errors"][device] = {"code": exc.code, "message": exc.message}
             else:
-                out["errors"][c.device] = {"code": "internal", "message": str(r)}
+                out["errors"][device] = {"code": "internal", "message": str(exc)}
         return out
+
+
+class CallRouter(RoutingLoop[bytes]):
+    """The coordinator's router: over its :class:`~edgeagent.coord_forward.Forwarder`, whose
+    forwards resolve to the device's raw ok reply (relayed as it came when not explained)."""
