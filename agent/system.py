@@ -23,84 +23,52 @@ import json
 import logging
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, Field
+from typing import Any
 
 from .errors import EdgeAgentError, Unavailable
 from .skills import SkillSet, skill
+from .system_models import (
+    MAX_MANIFEST,
+    Done,
+    SystemInfo,
+    UpdateAccepted,
+    UpdateRequest,
+    UpdateState,
+    device_root,
+    last_rollback,
+    parse_manifest,
+)
 from .transport.base import Props
 
 log = logging.getLogger("edgeagent.system")
 
-UpdateState = Literal[
-    "downloading", "applying", "verifying", "healthy", "failed", "rolled_back", "current"
+#: The old private names (simulator/sysskills.py's docstring points at ``_parse_manifest``).
+_parse_manifest = parse_manifest
+_last_rollback = last_rollback
+__all__ = [
+    "APPLY_WAIT",
+    "MAX_MANIFEST",
+    "SELF_TEST_TIMEOUT",
+    "STARTING",
+    "Done",
+    "SystemInfo",
+    "SystemSkills",
+    "UpdateAccepted",
+    "UpdateRequest",
+    "UpdateState",
+    "device_root",
 ]
-_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+\-]{0,127}$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-MAX_MANIFEST = 4 * 1024 * 1024
+
 SELF_TEST_TIMEOUT = 10.0
 APPLY_WAIT = 60.0
 #: What a system skill answers (``unavailable``) before :meth:`SystemSkills.run` has taken hold
 #: of the agent: the agent announces itself online while it connects, a moment before that.
 STARTING = "the system skills are starting (retry in a moment)"
-
-
-class SystemInfo(BaseModel):
-    device: str
-    release: str | None
-    previous: str | None = Field(description="The release a rollback returns to.")
-    pending: str | None = Field(description="A switched release not yet confirmed healthy.")
-    uptime_s: float
-    python: str
-    platform: str
-    machine: str
-    free_bytes: int | None = Field(description="Free space where releases are installed.")
-    service: str | None = Field(description="systemd or process; None when not deployed.")
-    update: dict[str, Any] | None = Field(description="The last update's state, as published.")
-
-
-class UpdateRequest(BaseModel):
-    manifest: str = Field(max_length=MAX_MANIFEST, description="bundle.json, as signed.")
-    signature: str = Field(max_length=4096, description="bundle.json.minisig.")
-    server: str | None = Field(
-        default=None, description="File server id serving the content files over MQTT."
-    )
-    url: str | None = Field(default=None, description="Or an HTTP base URL serving them.")
-    rollout: str | None = Field(default=None, max_length=128)
-    confirm_within_s: float = Field(default=120.0, ge=10, le=3600)
-
-
-class UpdateAccepted(BaseModel):
-    version: str
-    state: UpdateState
-    missing_files: int
-    missing_bytes: int
-
-
-class Done(BaseModel):
-    ok: bool
-    detail: str
-
-
-def device_root() -> Path | None:
-    """The deployed install this agent runs from (``$EDGEAGENT_ROOT``, or the working folder
-    ``ROOT/releases/VERSION/app`` the unit starts it in); None when not deployed."""
-    env = os.environ.get("EDGEAGENT_ROOT")
-    candidates = [Path(env)] if env else []
-    cwd = Path.cwd().resolve()
-    if cwd.name == "app" and cwd.parent.parent.name == "releases":
-        candidates.append(cwd.parent.parent.parent)
-    for root in candidates:
-        if (root / "device.json").is_file():
-            return root
-    return None
 
 
 class SystemSkills(SkillSet):
@@ -198,7 +166,7 @@ class SystemSkills(SkillSet):
     )
     async def update(self, req: UpdateRequest) -> UpdateAccepted:
         self._ready()
-        manifest = _parse_manifest(req.manifest)
+        manifest = parse_manifest(req.manifest)
         version = str(manifest["version"])
         self._check_fits(manifest)
         if version == self.release:
@@ -390,7 +358,7 @@ class SystemSkills(SkillSet):
         if pending is not None and pending == self.release:
             await self._confirm(pending)
             return
-        last = _last_rollback(self.root)
+        last = last_rollback(self.root)
         if last is not None and last.get("version") == self.release and last.get("failed"):
             self._publish("rolled_back", str(last["failed"]), error=str(last.get("reason")))
 
@@ -458,36 +426,3 @@ class SystemSkills(SkillSet):
             return
         topic = f"{agent.topics.device(self._device_id())}/update"
         agent.transport.publish_nowait(topic, json.dumps(status).encode(), qos=1, retain=True)
-
-
-def _parse_manifest(text: str) -> dict[str, Any]:
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise ValueError(f"manifest: not JSON: {exc}") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("files"), list):
-        raise ValueError("manifest: not a bundle.json (no files list)")
-    if not _VERSION.fullmatch(str(data.get("version", ""))):
-        raise ValueError(f"manifest: bad version {data.get('version')!r}")
-    for f in data["files"]:
-        if not isinstance(f, dict) or not _HEX64.fullmatch(str(f.get("sha256", ""))):
-            raise ValueError("manifest: a file without a sha256")
-        if not isinstance(f.get("size"), int) or f["size"] < 0:
-            raise ValueError(f"manifest: file {f.get('sha256')}: bad size")
-    return data
-
-
-def _last_rollback(root: Path) -> dict[str, Any] | None:
-    """The device tool's latest switch event (history.jsonl), when it is a rollback."""
-    try:
-        lines = (root / "history.jsonl").read_text().splitlines()[-20:]
-    except OSError:
-        return None
-    for line in reversed(lines):
-        with contextlib.suppress(ValueError):
-            event = json.loads(line)
-            if isinstance(event, dict) and event.get("event") in ("activated", "healthy"):
-                return None
-            if isinstance(event, dict) and event.get("event") == "rolled_back":
-                return event
-    return None

@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import gzip
 import hashlib
 import json
-import lzma
 import os
 import re
 import shutil
@@ -38,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .bootpart import ImageBuildError
+from .initramfs import INIT_SCRIPT, INITRAMFS_MODULES, make_initramfs, module_closure
 
 RECIPE_VERSION = 6
 """Bump when the build steps change in a way the hashed recipe below does not show."""
@@ -67,9 +66,6 @@ ROOTFS_MB = 2048
 HOSTNAME = "edge-arm64"
 DEVICE_USER = "pi"
 """A login like Raspberry Pi OS's default user: passwordless sudo, the same SSH key as root."""
-INITRAMFS_MODULES = (
-    "virtio", "virtio_ring", "virtio_pci", "virtio_blk", "crc32c_generic", "ext4",
-)  # fmt: skip
 
 FILES: dict[str, str] = {
     "etc/hostname": f"{HOSTNAME}\n",
@@ -91,36 +87,34 @@ FILES: dict[str, str] = {
     f"etc/sudoers.d/010_{DEVICE_USER}-nopasswd": f"{DEVICE_USER} ALL=(ALL) NOPASSWD: ALL\n",
 }
 
-_INIT = """#!/bin/busybox sh
-/bin/busybox mkdir -p /proc /sys /dev /newroot /bin
-/bin/busybox --install -s /bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-fail() { echo "initramfs: $*"; ls -l /dev/vd* 2>&1; sleep 1; poweroff -f; }
-for m in $(cat /modules.order); do insmod "/lib/modules/$m" 2>/dev/null; done
-root=/dev/vda
-for arg in $(cat /proc/cmdline); do case "$arg" in root=*) root="${arg#root=}";; esac; done
-dev=""
-i=0
-while [ -z "$dev" ] && [ $i -lt 300 ]; do
-  case "$root" in
-    LABEL=*|UUID=*) dev=$(findfs "$root" 2>/dev/null) ;;
-    *) [ -b "$root" ] && dev="$root" ;;
-  esac
-  [ -n "$dev" ] || { sleep 0.05; i=$((i+1)); }
-done
-[ -n "$dev" ] || fail "root device $root not found"
-mount -t ext4 -o rw,noatime "$dev" /newroot || fail "cannot mount $dev"
-if data=$(findfs LABEL=edgedata 2>/dev/null); then
-  mkdir -p /newroot/opt/edgeagent
-  mount -t ext4 -o rw,relatime "$data" /newroot/opt/edgeagent || echo "cannot mount $data"
-fi
-umount /sys /proc
-mount --move /dev /newroot/dev
-exec switch_root /newroot /sbin/init
-"""
 
+__all__ = [
+    "DEVICE_USER",
+    "FILES",
+    "HOSTNAME",
+    "INITRAMFS_MODULES",
+    "MASKED_UNITS",
+    "PACKAGES",
+    "PATH_EXCLUDES",
+    "RECIPE_VERSION",
+    "ROOTFS_MB",
+    "SUITE",
+    "Log",
+    "RootImage",
+    "RootfsError",
+    "apt_sources",
+    "build_unavailable",
+    "default_cache_dir",
+    "enable_binfmt",
+    "ensure",
+    "is_cached",
+    "make_initramfs",
+    "module_closure",
+    "recipe",
+    "recipe_key",
+    "run",
+    "safe_rmtree",
+]
 
 Log = Callable[[str], None]
 
@@ -285,7 +279,7 @@ def recipe() -> dict[str, object]:
         "sources": apt_sources(),
         "rootfs_mb": ROOTFS_MB,
         "files": FILES,
-        "init": _INIT,
+        "init": INIT_SCRIPT,
         "initramfs_modules": list(INITRAMFS_MODULES),
     }
 
@@ -461,88 +455,3 @@ def _build(folder: Path, log: Log) -> None:
         log(f"root filesystem ready in {time.monotonic() - t0:.0f} s: {folder}")
     finally:
         safe_rmtree(work, log)
-
-
-# --------------------------------------------------------------------------------------------
-# The initramfs
-
-
-def module_closure(root: Path, kver: str, wanted: Sequence[str]) -> list[str]:
-    """The modules to load for ``wanted`` (names; built-in ones are skipped), dependencies
-    first, as paths relative to ``lib/modules/KVER`` from the root filesystem's modules.dep."""
-    deps: dict[str, list[str]] = {}
-    by_name: dict[str, str] = {}
-    for line in (root / "lib/modules" / kver / "modules.dep").read_text().splitlines():
-        name, _, rest = line.partition(":")
-        deps[name] = rest.split()
-        stem = name.rsplit("/", 1)[-1].split(".ko")[0]
-        by_name[stem.replace("-", "_")] = name
-    order: list[str] = []
-    seen: set[str] = set()
-
-    def add(mod: str) -> None:
-        if mod in seen:
-            return
-        seen.add(mod)
-        for dep in deps.get(mod, []):
-            add(dep)
-        order.append(mod)
-
-    for want in wanted:
-        path = by_name.get(want.replace("-", "_"))
-        if path is not None:
-            add(path)
-    return order
-
-
-def _cpio_newc(entries: Sequence[tuple[str, int, bytes, int, int]]) -> bytes:
-    """A newc cpio archive of (path, mode, data, rdev major, rdev minor) entries."""
-    out = bytearray()
-
-    def pad() -> None:
-        out.extend(b"\0" * (-len(out) % 4))
-
-    for ino, (name, mode, data, major, minor) in enumerate(
-        [*entries, ("TRAILER!!!", 0, b"", 0, 0)], 1
-    ):
-        nb = name.encode() + b"\0"
-        fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, major, minor, len(nb), 0]
-        out.extend(b"070701" + b"".join(b"%08X" % f for f in fields))
-        out.extend(nb)
-        pad()
-        out.extend(data)
-        pad()
-    return bytes(out)
-
-
-def make_initramfs(root: Path, kver: str, modules: Sequence[str] = INITRAMFS_MODULES) -> bytes:
-    """A gzipped newc initramfs: the root filesystem's static busybox, the modules to mount the
-    root (by default on virtio; dependencies from its modules.dep) and an /init that mounts
-    ``root=`` (``LABEL=``, ``UUID=`` or a device path, waiting up to 15 s) and switch_roots."""
-    mods = module_closure(root, kver, modules)
-    entries: list[tuple[str, int, bytes, int, int]] = [
-        (d, 0o40755, b"", 0, 0)
-        for d in ("bin", "dev", "proc", "sys", "newroot", "lib", "lib/modules")
-    ]
-    entries.append(("dev/console", 0o20600, b"", 5, 1))
-    entries.append(("bin/busybox", 0o100755, (root / "bin/busybox").read_bytes(), 0, 0))
-    entries.append(("init", 0o100755, _INIT.encode(), 0, 0))
-    made = {"lib/modules"}
-    names: list[str] = []
-    for mod in mods:
-        data = (root / "lib/modules" / kver / mod).read_bytes()
-        name = mod
-        if mod.endswith(".ko.xz"):
-            data, name = lzma.decompress(data), mod[: -len(".xz")]
-        elif mod.endswith(".ko.gz"):
-            data, name = gzip.decompress(data), mod[: -len(".gz")]
-        parts = name.split("/")[:-1]
-        for i in range(1, len(parts) + 1):
-            d = "lib/modules/" + "/".join(parts[:i])
-            if d not in made:
-                entries.append((d, 0o40755, b"", 0, 0))
-                made.add(d)
-        entries.append((f"lib/modules/{name}", 0o100644, data, 0, 0))
-        names.append(name)
-    entries.append(("modules.order", 0o100644, "".join(f"{n}\n" for n in names).encode(), 0, 0))
-    return gzip.compress(_cpio_newc(entries), compresslevel=9, mtime=0)
