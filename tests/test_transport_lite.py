@@ -27,6 +27,7 @@ from edgeagent.config import AgentConfig
 from edgeagent.errors import TransportError
 from edgeagent.transport.base import Inbound, Props, Transport, Will
 from edgeagent.transport.lite import LITE_BACKOFF, MAX_PACKET, LiteTransport
+from edgeagent.transport.lite_conn import READ_BUFFER_SIZE, Connection, read_buffer
 from edgeagent.transport.mqtt import MqttTransport
 from tests.broker.mosquitto import Mosquitto, free_port
 
@@ -646,5 +647,66 @@ def test_refused_subscriptions_raise_or_are_dropped_on_restore(
             with pytest.raises(ValueError, match="QoS 0 or 1"):
                 await t.subscribe("open/c", lambda m: None, qos=2)
             await t.close()
+
+    run(main)
+
+
+def test_connections_of_one_loop_share_one_read_buffer_and_keep_their_bytes(
+    broker_url: str, fleet_name: str
+) -> None:
+    """Every connection of a loop receives into the same buffer (no 256 KiB allocation per
+    read): two subscribers on one loop, fed interleaved small and large messages (larger than
+    the buffer), each get exactly what was sent to them."""
+
+    async def main() -> None:
+        a, b, pub = lite(broker_url, "a"), lite(broker_url, "b"), lite(broker_url, "p")
+        got: dict[str, list[bytes]] = {"a": [], "b": []}
+        await a.subscribe(f"{fleet_name}/a", lambda m: got["a"].append(m.payload))
+        await b.subscribe(f"{fleet_name}/b", lambda m: got["b"].append(m.payload))
+        for t in (a, b, pub):
+            await t.connect()
+        assert a._proto is not None
+        assert b._proto is not None
+        shared = read_buffer(asyncio.get_running_loop())
+        assert a._proto.get_buffer(-1) is shared
+        assert b._proto.get_buffer(-1) is shared
+        big = bytes(range(256)) * (READ_BUFFER_SIZE // 256 + 300)  # more than one read
+        sent: dict[str, list[bytes]] = {"a": [], "b": []}
+        for i in range(40):
+            for name in ("a", "b"):
+                payload = big + bytes([i]) if i % 10 == 3 else f"{name}{i}".encode() * 40
+                sent[name].append(payload)
+                pub.publish_nowait(f"{fleet_name}/{name}", payload)
+        await until(lambda: len(got["a"]) == len(got["b"]) == 40, what="80 messages")
+        assert got == sent
+        for t in (a, b, pub):
+            await t.close()
+
+    run(main)
+
+
+def test_buffer_updated_hands_the_session_a_copy_of_the_bytes_read() -> None:
+    """The shared buffer is overwritten by the next read: a packet cut across two reads is
+    still whole (nothing keeps a view of the buffer past the callback)."""
+
+    async def main() -> None:
+        t = lite("mqtt://127.0.0.1:1", reconnect=False)
+        got: list[Inbound] = []
+        await t.subscribe("x/#", got.append)
+        conn = Connection(t, t._session, LoopClock(), asyncio.get_running_loop())
+        t._proto = conn
+        t._session.connect(0.0)
+        connack = b"\x20\x03\x00\x00\x00"
+        publish = b"\x30\x08\x00\x03x/y\x00hi"
+        data = connack + publish
+        buf = conn.get_buffer(-1)
+        buf[: len(data)] = data
+        conn.buffer_updated(len(connack) + 3)  # CONNACK and the start of the PUBLISH
+        buf[: len(data)] = b"\xff" * len(data)  # the next read overwrites the buffer
+        buf[: len(publish) - 3] = publish[3:]
+        conn.buffer_updated(len(publish) - 3)
+        assert [(m.topic, m.payload) for m in got] == [("x/y", b"hi")]
+        conn.owner = None
+        t._proto = None
 
     run(main)
