@@ -53,6 +53,7 @@ import asyncio
 import json
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -61,106 +62,58 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-try:
-    from benchmarks import _common as common
-    from benchmarks import bench_rr
-    from benchmarks.coord_failover import (
-        LoadResult,
-        Record,
-        analyse,
-        failover_load,
-        run_failover,
-    )
-    from benchmarks.coord_parts import (
-        CALL_TIMEOUT_S,
-        DEVICE,
-        ECHO_DIR,
-        FLEET,
-        FLOOR_ROUTED_P50_RATIO,
-        FO_DEVICES,
-        FO_VICTIM,
-        INNER_TOPIC,
-        RELAY_TOPIC,
-        REPO,
-        SKILL,
-        TARGET_LIBRARY_P50_RATIO,
-        TARGET_LIBRARY_THROUGHPUT_RATIO,
-        TARGET_ROUTED_P50_RATIO,
-        Meter,
-        RelayRequester,
-        Sample,
-        Summary,
-        agent_cmd,
-        check_alive,
-        coordinator_cmd,
-        measure_direct,
-        measure_library,
-        measure_raw,
-        measure_routed,
-        run_relay,
-        spawn,
-        summarize,
-        wait_coordinator,
-        wait_log,
-        wait_online,
-    )
-    from benchmarks.coord_report import (
-        LABELS,
-        fmt_sample,
-        print_failover,
-        print_overhead,
-        progress,
-    )
-except ModuleNotFoundError:  # run as a script: benchmarks/ is on sys.path, the repo is not
-    import _common as common  # type: ignore[import-not-found, no-redef, unused-ignore]
-    import bench_rr  # type: ignore[import-not-found, no-redef, unused-ignore]
-    from coord_failover import (  # type: ignore[import-not-found, no-redef, unused-ignore]
-        LoadResult,
-        Record,
-        analyse,
-        failover_load,
-        run_failover,
-    )
-    from coord_parts import (  # type: ignore[import-not-found, no-redef, unused-ignore]
-        CALL_TIMEOUT_S,
-        DEVICE,
-        ECHO_DIR,
-        FLEET,
-        FLOOR_ROUTED_P50_RATIO,
-        FO_DEVICES,
-        FO_VICTIM,
-        INNER_TOPIC,
-        RELAY_TOPIC,
-        REPO,
-        SKILL,
-        TARGET_LIBRARY_P50_RATIO,
-        TARGET_LIBRARY_THROUGHPUT_RATIO,
-        TARGET_ROUTED_P50_RATIO,
-        Meter,
-        RelayRequester,
-        Sample,
-        Summary,
-        agent_cmd,
-        check_alive,
-        coordinator_cmd,
-        measure_direct,
-        measure_library,
-        measure_raw,
-        measure_routed,
-        run_relay,
-        spawn,
-        summarize,
-        wait_coordinator,
-        wait_log,
-        wait_online,
-    )
-    from coord_report import (  # type: ignore[import-not-found, no-redef, unused-ignore]
-        LABELS,
-        fmt_sample,
-        print_failover,
-        print_overhead,
-        progress,
-    )
+if not __package__:  # run as a script: the repository goes on sys.path, as with -m
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import _common as common
+from benchmarks import bench_rr
+from benchmarks.coord_failover import (
+    LoadResult,
+    Record,
+    analyse,
+    failover_load,
+    run_failover,
+)
+from benchmarks.coord_parts import (
+    CALL_TIMEOUT_S,
+    DEVICE,
+    ECHO_DIR,
+    FLEET,
+    FLOOR_ROUTED_P50_RATIO,
+    FO_DEVICES,
+    FO_VICTIM,
+    INNER_TOPIC,
+    RELAY_TOPIC,
+    REPO,
+    SKILL,
+    TARGET_LIBRARY_P50_RATIO,
+    TARGET_LIBRARY_THROUGHPUT_RATIO,
+    TARGET_ROUTED_P50_RATIO,
+    Meter,
+    RelayRequester,
+    Sample,
+    Summary,
+    agent_cmd,
+    check_alive,
+    coordinator_cmd,
+    measure_direct,
+    measure_library,
+    measure_raw,
+    measure_routed,
+    run_relay,
+    spawn,
+    summarize,
+    wait_coordinator,
+    wait_log,
+    wait_online,
+)
+from benchmarks.coord_report import (
+    LABELS,
+    fmt_sample,
+    print_failover,
+    print_overhead,
+    progress,
+)
 
 __all__ = [
     "CALL_TIMEOUT_S",

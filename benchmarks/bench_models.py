@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -45,90 +46,50 @@ from edgeagent.devices import load_profile  # type: ignore[import-not-found, unu
 from edgeagent.models.card import ModelCard  # type: ignore[import-not-found, unused-ignore]
 from edgeagent.models.zoo import RECIPES  # type: ignore[import-not-found, unused-ignore]
 
-try:
-    from benchmarks import _common as common
-    from benchmarks.models_compare import (
-        bare_litert,
-        bare_ort,
-        choice,
-        overhead,
-        quantization,
-        skill_path,
-    )
-    from benchmarks.models_mqtt import (
-        meter_agent,
-        mqtt_end_to_end,
-    )
-    from benchmarks.models_parts import (
-        BLOCKS,
-        CALIBRATION_SAMPLES,
-        CALL_TIMEOUT_S,
-        DATA_SEED,
-        EXAMPLES,
-        MQTT_DEVICE,
-        REPO,
-        SLOW_CALL_S,
-        SLOW_ROUND_S,
-        TARGET_CHOICE_RATIO,
-        TARGET_OVERHEAD_PLUS_US,
-        TARGET_OVERHEAD_RATIO,
-        TARGET_SIZE_RATIO,
-        Feeds,
-        interleaved,
-        mkdir,
-        onnx_accuracy,
-        plain_dynamic,
-        plain_static,
-        run_optimizer,
-        say,
-        train_large,
-        write_data,
-    )
-    from benchmarks.models_report import (
-        print_tables,
-    )
-except ModuleNotFoundError:  # run as a script: benchmarks/ is on sys.path, the repo is not
-    import _common as common  # type: ignore[import-not-found, no-redef, unused-ignore]
-    from models_compare import (  # type: ignore[import-not-found, no-redef, unused-ignore]
-        bare_litert,
-        bare_ort,
-        choice,
-        overhead,
-        quantization,
-        skill_path,
-    )
-    from models_mqtt import (  # type: ignore[import-not-found, no-redef, unused-ignore]
-        meter_agent,
-        mqtt_end_to_end,
-    )
-    from models_parts import (  # type: ignore[import-not-found, no-redef, unused-ignore]
-        BLOCKS,
-        CALIBRATION_SAMPLES,
-        CALL_TIMEOUT_S,
-        DATA_SEED,
-        EXAMPLES,
-        MQTT_DEVICE,
-        REPO,
-        SLOW_CALL_S,
-        SLOW_ROUND_S,
-        TARGET_CHOICE_RATIO,
-        TARGET_OVERHEAD_PLUS_US,
-        TARGET_OVERHEAD_RATIO,
-        TARGET_SIZE_RATIO,
-        Feeds,
-        interleaved,
-        mkdir,
-        onnx_accuracy,
-        plain_dynamic,
-        plain_static,
-        run_optimizer,
-        say,
-        train_large,
-        write_data,
-    )
-    from models_report import (  # type: ignore[import-not-found, no-redef, unused-ignore]
-        print_tables,
-    )
+if not __package__:  # run as a script: the repository goes on sys.path, as with -m
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import _common as common
+from benchmarks.models_compare import (
+    bare_litert,
+    bare_ort,
+    choice,
+    overhead,
+    quantization,
+    skill_path,
+)
+from benchmarks.models_mqtt import (
+    meter_agent,
+    mqtt_end_to_end,
+)
+from benchmarks.models_parts import (
+    BLOCKS,
+    CALIBRATION_SAMPLES,
+    CALL_TIMEOUT_S,
+    DATA_SEED,
+    EXAMPLES,
+    MQTT_DEVICE,
+    REPO,
+    SLOW_CALL_S,
+    SLOW_ROUND_S,
+    TARGET_CHOICE_RATIO,
+    TARGET_OVERHEAD_PLUS_US,
+    TARGET_OVERHEAD_RATIO,
+    TARGET_SIZE_RATIO,
+    Feeds,
+    interleaved,
+    mkdir,
+    onnx_accuracy,
+    plain_dynamic,
+    plain_static,
+    run_optimizer,
+    say,
+    train_large,
+    write_data,
+)
+from benchmarks.models_report import (
+    print_tables,
+)
 
 __all__ = [
     "BLOCKS",

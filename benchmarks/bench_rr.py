@@ -49,10 +49,10 @@ from paho.mqtt.properties import Properties
 # mypy cannot follow the editable install's import hook; with MYPYPATH=.mypy_tree it can.
 from edgeagent import Fleet  # type: ignore[import-not-found, unused-ignore]
 
-try:
-    from benchmarks import _common as common
-except ModuleNotFoundError:  # run as a script: benchmarks/ is on sys.path, the repo is not
-    import _common as common  # type: ignore[import-not-found, no-redef, unused-ignore]
+if not __package__:  # run as a script: the repository goes on sys.path, as with -m
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import _common as common
 
 REPO = Path(__file__).resolve().parents[1]
 ECHO_CONFIG = REPO / "examples" / "smart-home" / "echo.yaml"

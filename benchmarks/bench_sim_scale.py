@@ -66,10 +66,10 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-try:
-    from benchmarks import _common as common
-except ModuleNotFoundError:  # run as a script: benchmarks/ is on sys.path, the repo is not
-    import _common as common  # type: ignore[import-not-found, no-redef, unused-ignore]
+if not __package__:  # run as a script: the repository goes on sys.path, as with -m
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import _common as common
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "smart-home"

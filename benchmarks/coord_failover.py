@@ -21,6 +21,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks import _common as common
+from benchmarks.coord_parts import (
+    ECHO_DIR,
+    FO_DEVICES,
+    FO_VICTIM,
+    SKILL,
+    agent_cmd,
+    check_alive,
+    coordinator_cmd,
+    spawn,
+    wait_coordinator,
+    wait_log,
+    wait_online,
+)
+
 # mypy cannot follow the editable install's import hook; with MYPYPATH=.mypy_tree it can.
 from edgeagent import (  # type: ignore[import-not-found, unused-ignore]
     CallError,
@@ -31,37 +46,6 @@ from edgeagent.protocol import (  # type: ignore[import-not-found, unused-ignore
     Health,
     StateMessage,
 )
-
-try:
-    from benchmarks import _common as common
-    from benchmarks.coord_parts import (
-        ECHO_DIR,
-        FO_DEVICES,
-        FO_VICTIM,
-        SKILL,
-        agent_cmd,
-        check_alive,
-        coordinator_cmd,
-        spawn,
-        wait_coordinator,
-        wait_log,
-        wait_online,
-    )
-except ModuleNotFoundError:  # run as a script: benchmarks/ is on sys.path, the repo is not
-    import _common as common  # type: ignore[import-not-found, no-redef, unused-ignore]
-    from coord_parts import (  # type: ignore[import-not-found, no-redef, unused-ignore]
-        ECHO_DIR,
-        FO_DEVICES,
-        FO_VICTIM,
-        SKILL,
-        agent_cmd,
-        check_alive,
-        coordinator_cmd,
-        spawn,
-        wait_coordinator,
-        wait_log,
-        wait_online,
-    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,18 +21,14 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from benchmarks import _common as common
+from benchmarks import bench_rr
+
 # mypy cannot follow the editable install's import hook; with MYPYPATH=.mypy_tree it can.
 from edgeagent import (  # type: ignore[import-not-found, unused-ignore]
     CallError,
     Fleet,
 )
-
-try:
-    from benchmarks import _common as common
-    from benchmarks import bench_rr
-except ModuleNotFoundError:  # run as a script: benchmarks/ is on sys.path, the repo is not
-    import _common as common  # type: ignore[import-not-found, no-redef, unused-ignore]
-    import bench_rr  # type: ignore[import-not-found, no-redef, unused-ignore]
 
 REPO = common.REPO
 Meter = common.CpuMeter

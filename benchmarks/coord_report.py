@@ -10,18 +10,11 @@ import argparse
 import signal
 from typing import Any
 
-try:
-    from benchmarks import _common as common
-    from benchmarks.coord_parts import (
-        FO_VICTIM,
-        Sample,
-    )
-except ModuleNotFoundError:  # run as a script: benchmarks/ is on sys.path, the repo is not
-    import _common as common  # type: ignore[import-not-found, no-redef, unused-ignore]
-    from coord_parts import (  # type: ignore[import-not-found, no-redef, unused-ignore]
-        FO_VICTIM,
-        Sample,
-    )
+from benchmarks import _common as common
+from benchmarks.coord_parts import (
+    FO_VICTIM,
+    Sample,
+)
 
 
 def progress(args: argparse.Namespace, line: str) -> None:

@@ -18,6 +18,23 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import _common as common
+from benchmarks.models_parts import (
+    EXAMPLES,
+    MQTT_DEVICE,
+    TARGET_CHOICE_RATIO,
+    TARGET_OVERHEAD_PLUS_US,
+    TARGET_OVERHEAD_RATIO,
+    TARGET_SIZE_RATIO,
+    Feeds,
+    interleaved,
+    load_ort,
+    onnx_accuracy,
+    plain_dynamic,
+    plain_static,
+    say,
+)
+
 # mypy cannot follow the editable install's import hook; with MYPYPATH=.mypy_tree it can.
 from edgeagent.devices.profile import (  # type: ignore[import-not-found, unused-ignore]
     DeviceProfile,
@@ -32,42 +49,6 @@ from edgeagent.skills import (  # type: ignore[import-not-found, unused-ignore]
     SkillContext,
     collect_skills,
 )
-
-try:
-    from benchmarks import _common as common
-    from benchmarks.models_parts import (
-        EXAMPLES,
-        MQTT_DEVICE,
-        TARGET_CHOICE_RATIO,
-        TARGET_OVERHEAD_PLUS_US,
-        TARGET_OVERHEAD_RATIO,
-        TARGET_SIZE_RATIO,
-        Feeds,
-        interleaved,
-        load_ort,
-        onnx_accuracy,
-        plain_dynamic,
-        plain_static,
-        say,
-    )
-except ModuleNotFoundError:  # run as a script: benchmarks/ is on sys.path, the repo is not
-    import _common as common  # type: ignore[import-not-found, no-redef, unused-ignore]
-    from models_parts import (  # type: ignore[import-not-found, no-redef, unused-ignore]
-        EXAMPLES,
-        MQTT_DEVICE,
-        TARGET_CHOICE_RATIO,
-        TARGET_OVERHEAD_PLUS_US,
-        TARGET_OVERHEAD_RATIO,
-        TARGET_SIZE_RATIO,
-        Feeds,
-        interleaved,
-        load_ort,
-        onnx_accuracy,
-        plain_dynamic,
-        plain_static,
-        say,
-    )
-
 
 # 1. Quantization --------------------------------------------------------------------------------
 

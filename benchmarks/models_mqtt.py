@@ -21,29 +21,19 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from benchmarks import _common as common
+from benchmarks.models_parts import (
+    CALL_TIMEOUT_S,
+    EXAMPLES,
+    MQTT_DEVICE,
+    say,
+)
+
 # mypy cannot follow the editable install's import hook; with MYPYPATH=.mypy_tree it can.
 from edgeagent import Fleet  # type: ignore[import-not-found, unused-ignore]
 from edgeagent.devices.profile import (  # type: ignore[import-not-found, unused-ignore]
     DeviceProfile,
 )
-
-try:
-    from benchmarks import _common as common
-    from benchmarks.models_parts import (
-        CALL_TIMEOUT_S,
-        EXAMPLES,
-        MQTT_DEVICE,
-        say,
-    )
-except ModuleNotFoundError:  # run as a script: benchmarks/ is on sys.path, the repo is not
-    import _common as common  # type: ignore[import-not-found, no-redef, unused-ignore]
-    from models_parts import (  # type: ignore[import-not-found, no-redef, unused-ignore]
-        CALL_TIMEOUT_S,
-        EXAMPLES,
-        MQTT_DEVICE,
-        say,
-    )
-
 
 # 3b. End to end over MQTT (information) ---------------------------------------------------------
 

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from benchmarks import _common as common
+
 # mypy cannot follow the editable install's import hook; with MYPYPATH=.mypy_tree it can.
 from edgeagent.devices.profile import (  # type: ignore[import-not-found, unused-ignore]
     DeviceProfile,
@@ -29,12 +31,6 @@ from edgeagent.devices.profile import (  # type: ignore[import-not-found, unused
 from edgeagent.models.card import ModelCard  # type: ignore[import-not-found, unused-ignore]
 from edgeagent.models.optimize import optimize  # type: ignore[import-not-found, unused-ignore]
 from edgeagent.models.zoo import Recipe  # type: ignore[import-not-found, unused-ignore]
-
-try:
-    from benchmarks import _common as common
-except ModuleNotFoundError:  # run as a script: benchmarks/ is on sys.path, the repo is not
-    import _common as common  # type: ignore[import-not-found, no-redef, unused-ignore]
-
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples" / "smart-home"

@@ -7,18 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
-try:
-    from benchmarks import _common as common
-    from benchmarks.models_parts import (
-        TARGET_CHOICE_RATIO,
-        TARGET_SIZE_RATIO,
-    )
-except ModuleNotFoundError:  # run as a script: benchmarks/ is on sys.path, the repo is not
-    import _common as common  # type: ignore[import-not-found, no-redef, unused-ignore]
-    from models_parts import (  # type: ignore[import-not-found, no-redef, unused-ignore]
-        TARGET_CHOICE_RATIO,
-        TARGET_SIZE_RATIO,
-    )
+from benchmarks import _common as common
+from benchmarks.models_parts import (
+    TARGET_CHOICE_RATIO,
+    TARGET_SIZE_RATIO,
+)
 
 
 def _ok(flag: bool | None) -> str:
