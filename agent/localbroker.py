@@ -42,10 +42,21 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 1
 
 
 class Mosquitto:
-    """A private broker process; ``restart()`` keeps the same port."""
+    """A private broker process; ``restart()`` keeps the same ports.
+
+    ``websockets=True`` adds a second listener speaking MQTT over WebSockets (``ws_port``,
+    ``ws_url``) for browsers: the dashboard and the browser-tab device. mosquitto 2.0 binds a
+    websockets listener on every interface whatever address it is given (its libwebsockets
+    build), so this one is only for a private broker on a trusted machine.
+    """
 
     def __init__(
-        self, port: int | None = None, extra_config: str = "", config: Path = DEFAULT_CONFIG
+        self,
+        port: int | None = None,
+        extra_config: str = "",
+        config: Path = DEFAULT_CONFIG,
+        *,
+        websockets: bool = False,
     ) -> None:
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(exe).exists():
@@ -56,20 +67,30 @@ class Mosquitto:
         self.port = port or free_port()
         self._dir = tempfile.TemporaryDirectory(prefix="ea-mosq-")
         self.conf = Path(self._dir.name) / "mosquitto.conf"
-        self.conf.write_text(
-            config.read_text() + extra_config + f"\nlistener {self.port} 127.0.0.1\n"
-        )
+        listeners = f"\nlistener {self.port} 127.0.0.1\n"
+        self.ws_port: int | None = None
+        if websockets:
+            self.ws_port = free_port()
+            listeners += f"listener {self.ws_port} 127.0.0.1\nprotocol websockets\n"
+        self.conf.write_text(config.read_text() + extra_config + listeners)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
+    @property
+    def ws_url(self) -> str | None:
+        """``ws://127.0.0.1:PORT`` when started with ``websockets=True``, else None."""
+        return f"ws://127.0.0.1:{self.ws_port}" if self.ws_port else None
+
     def start(self) -> Self:
         self.proc = subprocess.Popen(
             [self.exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
         _wait_listening(self.port, self.proc)
+        if self.ws_port is not None:
+            _wait_listening(self.ws_port, self.proc)
         return self
 
     def stop(self) -> None:

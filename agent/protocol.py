@@ -216,6 +216,11 @@ class SkillSpec(_Message):
         description="The input field that may be sent as raw bytes (Content Type "
         "application/octet-stream) instead of inside the JSON body.",
     )
+    ha: dict[str, Any] | None = Field(
+        default=None,
+        description="Hint for the Home Assistant bridge when the mapping cannot be inferred "
+        'from the schemas, e.g. {"component": "switch"} (docs/bridges.md).',
+    )
 
 
 class EventSpec(_Message):

@@ -71,6 +71,7 @@ class SkillOptions:
     timeout_s: float
     model: str | None
     model_version: str | None
+    ha: dict[str, Any] | None
 
 
 @overload
@@ -90,6 +91,7 @@ def skill(
     timeout_s: float = 10.0,
     model: str | None = None,
     model_version: str | None = None,
+    ha: dict[str, Any] | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -106,13 +108,16 @@ def skill(
     timeout_s: float = 10.0,
     model: str | None = None,
     model_version: str | None = None,
+    ha: dict[str, Any] | None = None,
 ) -> Any:
     """Mark a function (or a :class:`SkillSet` method) as a skill.
 
     ``side_effect`` is ``read`` (default) or ``actuate``; ``idempotent`` defaults to True for
     ``read`` skills and False for ``actuate`` ones (the coordinator never retries a
     non-idempotent actuation). ``max_concurrency`` calls run at once and up to ``max_queue``
-    wait; past that callers get ``busy`` at once. ``timeout_s`` bounds one run.
+    wait; past that callers get ``busy`` at once. ``timeout_s`` bounds one run. ``ha`` is a hint
+    for the Home Assistant bridge when the mapping cannot be inferred from the schemas, for
+    example ``ha={"component": "switch"}`` (docs/bridges.md); it travels in the manifest.
     """
     if max_concurrency < 1 or max_queue < 0 or timeout_s <= 0:
         raise ValueError("max_concurrency >= 1, max_queue >= 0 and timeout_s > 0 are required")
@@ -127,6 +132,7 @@ def skill(
         timeout_s=timeout_s,
         model=model,
         model_version=model_version,
+        ha=dict(ha) if ha else None,
     )
 
     def mark(f: F) -> F:
@@ -172,6 +178,7 @@ class Skill:
             model=o.model,
             model_version=o.model_version,
             binary_input=_bytes_field(self.input_model),
+            ha=o.ha,
         )
 
     @property
@@ -228,7 +235,7 @@ def build_skill(func: Callable[..., Any], options: SkillOptions | None = None) -
     """Build a :class:`Skill` from a decorated (or plain) function or bound method."""
     opts: SkillOptions | None = options or getattr(func, _MARK, None)
     if opts is None:
-        opts = SkillOptions(None, None, "read", True, {}, 4, 64, 10.0, None, None)
+        opts = SkillOptions(None, None, "read", True, {}, 4, 64, 10.0, None, None, None)
     raw = getattr(func, "__func__", func)
     cacheable = options is None and opts is getattr(raw, _MARK, None)
     if cacheable and (built := _BUILT.get(raw)) is not None:
