@@ -359,6 +359,7 @@ def test_decorator_options_reach_the_spec() -> None:
         timeout_s=0.5,
         model="kws",
         model_version="3",
+        ha={"component": "sensor", "unit_of_measurement": "W"},
     )
     def original() -> int:
         """Docstring loses to the explicit description."""
@@ -380,6 +381,7 @@ def test_decorator_options_reach_the_spec() -> None:
         "model": "kws",
         "model_version": "3",
         "binary_input": None,
+        "ha": {"component": "sensor", "unit_of_measurement": "W"},
     }
     assert s.input_model.__name__ == "RenamedSkill1Input"
 
