@@ -3,12 +3,14 @@ edgeagent/devices/, …) from pyproject's package-dir, so mypy checks the real i
 
 from __future__ import annotations
 
+import os
 import shutil
 import tomllib
 from pathlib import Path
 
 root = Path(__file__).resolve().parent.parent
-tree = root / ".mypy_tree"
+# MYPY_TREE=DIR builds it elsewhere (parallel checks in one checkout must not share one tree).
+tree = Path(os.environ.get("MYPY_TREE", root / ".mypy_tree"))
 package_dir: dict[str, str] = tomllib.loads((root / "pyproject.toml").read_text())["tool"][
     "setuptools"
 ]["package-dir"]
