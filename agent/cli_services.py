@@ -100,6 +100,8 @@ def agent_run(obj: Ctx, config: Path) -> None:
                 f"skills: {', '.join(s.name for s in device.manifest().skills)}",
                 err=True,
             )
+            if device.metrics is not None:
+                click.echo(f"{cfg.device}: metrics at {device.metrics.url}", err=True)
             await signals.stop.wait()
             click.echo(f"{cfg.device}: stopping (grace {cfg.grace_s:g} s)", err=True)
         finally:
@@ -133,6 +135,11 @@ def coordinator() -> None:
     help="Change a bound (repeatable), e.g. --limit max_devices=500. The bounds and their "
     "defaults: docs/coordinator.md.",
 )
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve Prometheus metrics on http://HOST:PORT/metrics (off by default; "
+              "0: a free port). Names: docs/metrics.md.")  # fmt: skip
+@click.option("--metrics-host", default="127.0.0.1", show_default=True,
+              help="Address the metrics server listens on.")  # fmt: skip
 @click.pass_obj
 def coordinator_run(
     obj: Ctx,
@@ -141,6 +148,8 @@ def coordinator_run(
     no_hedge: bool,
     rules_file: Path | None,
     limit_pairs: tuple[str, ...],
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Run a coordinator until SIGTERM or Ctrl-C. Run several for scale-out and failover.
 
@@ -181,7 +190,14 @@ def coordinator_run(
             )
             return
         signals.serving()
+        metrics = None
         try:
+            if metrics_port is not None:
+                from .bridges.metrics import serve_coordinator_metrics
+
+                metrics = await serve_coordinator_metrics(coord, host=metrics_host,
+                                                          port=metrics_port)  # fmt: skip
+                click.echo(f"coordinator: metrics at {metrics.url}", err=True)
             if rules is not None:
                 click.echo(f"coordinator: {len(rules)} rules from {rules_file}", err=True)
                 for warning in rules.check(coord.registry.skills()):
@@ -194,6 +210,8 @@ def coordinator_run(
             )
             await signals.stop.wait()
         finally:
+            if metrics is not None:
+                await metrics.close()
             await coord.stop()
 
     run(serve())

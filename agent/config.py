@@ -82,6 +82,18 @@ class AgentConfig(BaseModel):
         description="On a deployed device, serve the system skills (system.info, system.update, "
         "system.rollback, system.restart: docs/rollouts.md).",
     )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Serve Prometheus metrics on http://metrics_host:PORT/metrics (0: a free "
+        "port); off when absent (docs/metrics.md).",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="Address the metrics server listens on (0.0.0.0: every interface).",
+    )
     base_dir: Path | None = Field(
         default=None, exclude=True, description="Set by the loader: the config file's folder."
     )

@@ -30,6 +30,7 @@ from .device import PING_SKILL
 from .errors import CallError, CallTimeout, InternalError, TransportError
 from .failover import MIN_PATIENCE_S
 from .limits import CoordinatorLimits
+from .metrics_stats import CallStats
 from .protocol import (
     CALLER_PROPERTY,
     HOP_PROPERTY,
@@ -123,22 +124,24 @@ def record_attempt(
     skill: str,
     took: float,
     fut: asyncio.Future[Any],
-) -> None:
-    """Record a settled forward: in the registry (latency, errors) and in the call's trace.
+) -> str:
+    """Record a settled forward: in the registry (latency, errors) and in the call's trace;
+    returns its outcome (``ok``, the error code, or ``cancelled``).
 
     Shared by the coordinator's forwards and a local router's direct calls, so both keep the
     same statistics and ``explain`` attempts."""
     if fut.cancelled():
         registry.finished(device, skill, took, False, False)
-        return
+        return "cancelled"
     exc = fut.exception()
     if exc is None:
         registry.finished(device, skill, took, True)
         trace.attempts.append(Attempt(device, "ok", round(took * 1000, 3)))
-        return
+        return "ok"
     code = exc.code if isinstance(exc, CallError) else "internal"
     registry.finished(device, skill, took, False, code == "timeout")
     trace.attempts.append(Attempt(device, code, round(took * 1000, 3)))
+    return code
 
 
 def remaining_s(clock: Clock, deadline: float, skill: str) -> float:
@@ -159,8 +162,11 @@ class Forwarder:
         registry: Registry,
         clock: Clock,
         limits: CoordinatorLimits,
+        stats: CallStats | None = None,
     ) -> None:
+        """``stats``: where settled forwards are counted and timed by device."""
         self.transport = transport
+        self.stats = stats
         self.topics = topics
         self.registry = registry
         self.clock = clock
@@ -220,9 +226,10 @@ class Forwarder:
             waiters.pop(fut, None)
             if not waiters and self._waiting.get(device) is waiters:
                 del self._waiting[device]
-            record_attempt(
-                self.registry, trace, device, skill, self.clock.monotonic() - started, fut
-            )
+            took = self.clock.monotonic() - started
+            outcome = record_attempt(self.registry, trace, device, skill, took, fut)
+            if self.stats is not None:
+                self.stats.record(self.stats.key(device), outcome, took)
 
         future.add_done_callback(settled)
         user: tuple[tuple[str, str], ...] = ((TRACE_PROPERTY, tr),) if tr else ()

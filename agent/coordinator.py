@@ -58,6 +58,7 @@ from .coord_rules import RuleActions
 from .errors import CallError, TransportError
 from .limits import CoordinatorLimits
 from .logutil import LogLimiter, clip
+from .metrics_stats import DEVICE_LABELS, OTHER, SKILL_LABELS, CallStats, LabelCap
 from .protocol import (
     EXPLAIN_PROPERTY,
     IDEMPOTENCY_PROPERTY,
@@ -112,10 +113,16 @@ class Coordinator:
             self.limits.max_devices, self.limits.suspect_after, self.limits.max_manifests_bytes
         )
         self._log = LogLimiter(log)
+        # Read by a metrics exporter at scrape time: calls by (skill,) and forwards by
+        # (device,), counted by outcome and timed; label values capped.
+        self.call_stats = CallStats((LabelCap(SKILL_LABELS),))
+        self.forward_stats = CallStats((LabelCap(DEVICE_LABELS),))
         #: Calls being served, in all and per caller (response topic), and the bounds on them.
         self.admission = Admission(self.limits)
         #: Forwards and pings in flight.
-        self.forwarder = Forwarder(transport, self.topics, self.registry, clock, self.limits)
+        self.forwarder = Forwarder(
+            transport, self.topics, self.registry, clock, self.limits, self.forward_stats
+        )
         self.router = CallRouter(
             self.forwarder, self.registry, clock, self.rng, self.limits,
             retry_budget=retry_budget, hedge=hedge,
@@ -323,12 +330,19 @@ class Coordinator:
     ) -> None:
         explain = props.user_property(EXPLAIN_PROPERTY) == "1"
         trace = Trace(caller=reply_to)
+        started = self.clock.monotonic()
         answer: bytes | Ok | ErrorReply
         try:
             answer = await self._route(skill, payload, props, answer_props, deadline, trace)
             self.routed += 1
         except Exception as exc:  # never leave a caller hanging
             answer = self._failure(skill, exc, trace, explain)
+        stats = self.call_stats  # a skill no device announced is not a label of its own
+        stats.record(
+            stats.key(skill) if self.registry.has_skill(skill) else (OTHER,),
+            answer.code if isinstance(answer, ErrorReply) else "ok",
+            self.clock.monotonic() - started,
+        )
         if trace.answered:
             return
         raw = answer if isinstance(answer, bytes) else encode(answer)

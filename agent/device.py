@@ -32,7 +32,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
@@ -41,6 +41,7 @@ from .admission import MAX_HOP, PING_SKILL
 from .clock import SYSTEM_CLOCK, Clock
 from .config import AgentConfig, load_skills
 from .device_calls import CallServer
+from .device_run import SkillSlot
 from .idempotency import IDEMPOTENCY_KEYS_KEPT, IDEMPOTENCY_WAITERS
 from .protocol import (
     HOP_PROPERTY,
@@ -65,6 +66,9 @@ __all__ = [
     "AgentStatistics",
     "DeviceAgent",
 ]
+
+if TYPE_CHECKING:
+    from .bridges.metrics_http import MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +147,8 @@ class DeviceAgent:
         # Made when needed: an idle agent holds no event (a simulated fleet has 100,000).
         self._stopped: asyncio.Event | None = None
         self._started_mono = 0.0
+        #: The ``/metrics`` server when the config has a ``metrics_port`` (made by start()).
+        self.metrics: MetricsServer | None = None
 
     # Lifecycle ----------------------------------------------------------------------------------
 
@@ -155,6 +161,12 @@ class DeviceAgent:
 
     async def start(self) -> None:
         self._started_mono = self.clock.monotonic()
+        if self.config.metrics_port is not None and self.metrics is None:
+            from .bridges.metrics import serve_agent_metrics
+
+            self.metrics = await serve_agent_metrics(
+                self, host=self.config.metrics_host, port=self.config.metrics_port
+            )
         group = self._group = asyncio.TaskGroup()
         await group.__aenter__()
         self._server.open(group, self._started_mono)
@@ -191,7 +203,13 @@ class DeviceAgent:
         with contextlib.suppress(asyncio.CancelledError):
             await group.__aexit__(None, None, None)
         self._server.close()
+        await self._close_metrics()
         self._stopping_event().set()
+
+    async def _close_metrics(self) -> None:
+        server, self.metrics = self.metrics, None
+        if server is not None:
+            await server.close()
 
     def _is_stopped(self) -> bool:
         return self._stopped is not None and self._stopped.is_set()
@@ -216,6 +234,7 @@ class DeviceAgent:
         with contextlib.suppress(asyncio.CancelledError):
             await group.__aexit__(None, None, None)
         self._server.close()
+        await self._close_metrics()
         if self.transport.connected:
             await self.transport.close()
         self._stopping_event().set()
@@ -334,6 +353,14 @@ class DeviceAgent:
         self.transport.publish_nowait(
             self.topics.event(self.device_id, name), encode(event), props=props
         )
+
+    def skill_slots(self) -> list[SkillSlot]:
+        """Each skill's load and statistics (what a metrics exporter reads)."""
+        return self._server.slots()
+
+    def errors_by_code(self) -> dict[tuple[str, str], int]:
+        """Error replies so far by (skill, code); ``other`` for a name that is no skill."""
+        return dict(self._server.errors_by_code)
 
     def statistics(self) -> AgentStatistics:
         server = self._server

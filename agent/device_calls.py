@@ -30,6 +30,7 @@ from .config import AgentConfig
 from .device_run import SkillSlot, run_skill
 from .idempotency import CallKey, IdempotencyCache, Replay, Wait, call_key, input_digest
 from .logutil import LogLimiter, clip
+from .metrics_stats import OTHER
 from .protocol import (
     CALLER_PROPERTY,
     HOP_PROPERTY,
@@ -92,6 +93,7 @@ class CallServer:
         "_transport",
         "draining",
         "dropped",
+        "errors_by_code",
         "failed",
         "served",
     )
@@ -131,6 +133,8 @@ class CallServer:
         self.served = 0
         self.failed = 0
         self.dropped = 0
+        #: Error replies by (skill, code); a name that is no skill here counts as ``other``.
+        self.errors_by_code: dict[tuple[str, str], int] = {}
 
     # The agent's view --------------------------------------------------------------------------
 
@@ -140,6 +144,10 @@ class CallServer:
 
     def specs(self) -> list[SkillSpec]:
         return [s.skill.spec for s in self._slots.values()]
+
+    def slots(self) -> list[SkillSlot]:
+        """Each skill's load and statistics (read by metrics exporters)."""
+        return list(self._slots.values())
 
     def skill_health(self) -> dict[str, SkillHealth]:
         return {s.skill.name: s.health() for s in self._slots.values()}
@@ -211,6 +219,8 @@ class CallServer:
         details: dict[str, Any] | None = None,
     ) -> bytes:
         self.failed += 1
+        key = (skill if skill in self._slots else OTHER, code)
+        self.errors_by_code[key] = self.errors_by_code.get(key, 0) + 1
         CALL_LOG.warning(
             f"call-{code}",
             "%s: call %s -> %s: %s",
@@ -399,7 +409,9 @@ class CallServer:
                 executor=self._executor,
                 abandon=abandon,
             )
-            slot.latency.add(self._clock.monotonic() - started)
+            took = self._clock.monotonic() - started
+            slot.latency.add(took)
+            slot.runtime.observe(took)
             slot.calls += 1
             if isinstance(outcome, bytes):
                 payload = outcome

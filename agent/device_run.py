@@ -23,6 +23,7 @@ from pydantic_core import PydanticSerializationError
 
 from .clock import Clock
 from .errors import CallError
+from .metrics_stats import Buckets
 from .protocol import ErrorCode, SkillHealth
 from .skills import Skill, SkillContext
 from .stats import LatencyWindow
@@ -37,7 +38,9 @@ _OK_PREFIX = b'{"type":"ok","output":'
 class SkillSlot:
     """Load and statistics for one skill (admission reads it as a :class:`~.admission.Load`)."""
 
-    __slots__ = ("calls", "errors", "in_flight", "latency", "queued", "rejected", "sem", "skill")
+    __slots__ = (
+        "calls", "errors", "in_flight", "latency", "queued", "rejected", "runtime", "sem", "skill",
+    )  # fmt: skip
 
     def __init__(self, skill: Skill) -> None:
         self.skill = skill
@@ -48,6 +51,7 @@ class SkillSlot:
         self.errors = 0
         self.rejected = 0
         self.latency = LatencyWindow()
+        self.runtime = Buckets()  # run times as a histogram, for metrics exporters
 
     @property
     def max_concurrency(self) -> int:
