@@ -23,6 +23,7 @@ from .cli_devices import devices
 from .cli_fleet import broker, fleet_commands
 from .cli_fleet_view import fleet, fleet_ls, fleet_show, fleet_watch
 from .cli_image import image
+from .cli_mcp import mcp
 from .cli_models import models
 from .cli_rollout import rollout
 from .cli_services import agent, agent_run, coordinator, coordinator_run
@@ -128,7 +129,7 @@ def demo(obj: Ctx, examples: Path | None, keep: bool, secure: bool) -> None:
 
 
 for _command in (agent, ask, call, coordinator, fleet, bundle, deploy, keys, devices, models, sim,
-                 broker, image, rollout):  # fmt: skip
+                 broker, image, rollout, mcp):  # fmt: skip
     main.add_command(_command)
 for _command in fleet_commands:
     fleet.add_command(_command)
