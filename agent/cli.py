@@ -18,6 +18,7 @@ from . import __version__
 from .broker import BROKER_ENV, DEFAULT_BROKER_URL
 from .cli_call import ask, call
 from .cli_common import Ctx, load_broker_file
+from .cli_dashboard import dashboard
 from .cli_deploy import bundle, deploy, keys
 from .cli_devices import devices
 from .cli_fleet import broker, fleet_commands
@@ -129,7 +130,7 @@ def demo(obj: Ctx, examples: Path | None, keep: bool, secure: bool) -> None:
 
 
 for _command in (agent, ask, call, coordinator, fleet, bundle, deploy, keys, devices, models, sim,
-                 broker, image, rollout, mcp):  # fmt: skip
+                 broker, image, rollout, mcp, dashboard):  # fmt: skip
     main.add_command(_command)
 for _command in fleet_commands:
     fleet.add_command(_command)

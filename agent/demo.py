@@ -80,6 +80,7 @@ async def _tour(
     say: Callable[[str], None],
     keep: bool,
     broker_file: Path | None = None,
+    ws_url: str | None = None,
 ) -> None:
     url = broker if isinstance(broker, str) else broker.url
     async with Fleet(broker, fleet=DEMO_FLEET) as fleet:
@@ -161,7 +162,7 @@ async def _tour(
         await show("lamp-kitchen", "get_state")
         if keep:
             say(f"\nFleet running at {url} (fleet '{DEMO_FLEET}'). Try, from this folder:")
-            for line in keep_commands(url, broker_file):
+            for line in keep_commands(url, broker_file, ws_url):
                 say(f"  {line}")
             say("Ctrl-C (or SIGTERM) stops the fleet.")
             with contextlib.suppress(asyncio.CancelledError):
@@ -192,9 +193,12 @@ def cli_command() -> str:
         return shlex.quote(str(exe))
 
 
-def keep_commands(url: str, broker_file: Path | None = None) -> list[str]:
+def keep_commands(
+    url: str, broker_file: Path | None = None, ws_url: str | None = None
+) -> list[str]:
     """Ready-to-paste commands for the fleet ``demo --keep`` leaves running at ``url`` (on a
-    secured broker: with the operator identity's ``broker_file``)."""
+    secured broker: with the operator identity's ``broker_file``; with ``ws_url``, the private
+    broker's MQTT over WebSockets listener, the web dashboard too)."""
     where = f"--broker {url}" if broker_file is None else f"--broker-config {broker_file}"
     ea = f"{cli_command()} {where} --fleet {DEMO_FLEET}"
     host, _, port = url.removeprefix("mqtt://").removeprefix("mqtts://").partition(":")
@@ -203,7 +207,9 @@ def keep_commands(url: str, broker_file: Path | None = None) -> list[str]:
         folder = broker_file.parent
         rr += f" --cafile {folder / 'ca.crt'} --cert {folder / 'demo-operator.crt'}"
         rr += f" --key {folder / 'demo-operator.key'}"
+    dashboard = [f"{ea} dashboard --ws-url {ws_url}"] if ws_url else []
     return [
+        *dashboard,
         f"{ea} fleet ls",
         f"{ea} fleet watch",
         f"{ea} call lamp-kitchen set_brightness '{{\"level\": 40}}'",
@@ -290,7 +296,7 @@ def run_demo(
                 secured = _secure_broker(folder, say)
                 broker = secured.url
             elif broker is None:
-                local = Mosquitto()
+                local = Mosquitto(websockets=True)  # the dashboard's listener (--keep)
                 local.start()
                 broker = local.url
                 assert local.proc is not None
@@ -322,7 +328,8 @@ def run_demo(
                 f"log {logs / 'coordinator.log'})"
             )
             if secured is None:
-                asyncio.run(_tour(broker, say, keep, None))
+                ws_url = local.ws_url if local is not None else None
+                asyncio.run(_tour(broker, say, keep, None, ws_url))
             else:
                 operator = secured.fleet.identity_dir(DEMO_OPERATOR) / "broker.yaml"
                 asyncio.run(_tour(secured.broker_config(DEMO_OPERATOR), say, keep, operator))
