@@ -16,6 +16,7 @@ import click
 
 from . import __version__
 from .broker import BROKER_ENV, DEFAULT_BROKER_URL
+from .cli_bridge import bridge
 from .cli_call import ask, call
 from .cli_common import Ctx, load_broker_file
 from .cli_dashboard import dashboard
@@ -130,7 +131,7 @@ def demo(obj: Ctx, examples: Path | None, keep: bool, secure: bool) -> None:
 
 
 for _command in (agent, ask, call, coordinator, fleet, bundle, deploy, keys, devices, models, sim,
-                 broker, image, rollout, mcp, dashboard):  # fmt: skip
+                 broker, image, rollout, bridge, mcp, dashboard):  # fmt: skip
     main.add_command(_command)
 for _command in fleet_commands:
     fleet.add_command(_command)

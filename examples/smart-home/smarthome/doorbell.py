@@ -32,7 +32,12 @@ class Doorbell(SkillSet):
         self.keep = keep
         self.rings: list[Ring] = []
 
-    @skill(side_effect="actuate", idempotent=False, tags={"kind": "doorbell"})
+    @skill(
+        side_effect="actuate",
+        idempotent=False,
+        tags={"kind": "doorbell"},
+        ha={"component": "button", "name": "Test ring", "entity_category": "diagnostic"},
+    )
     async def press(self, req: Press, ctx: SkillContext) -> Ring:
         """Press the bell (as a test): rings and emits a `ring` event."""
         ring = Ring(who=req.who, at=round(time.time(), 3))
