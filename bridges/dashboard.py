@@ -47,6 +47,27 @@ def web_root() -> Traversable:
     return files("edgeagent.bridges") / "web"
 
 
+#: Where the page asks for onnxruntime-web; served from the ``edgeagent-web`` distribution.
+ORT_WEB = "vendor/onnxruntime-web/"
+ORT_WEB_MISSING = (
+    "Not Found (onnxruntime-web is not installed here: pip install 'edgeagent[browser]'; "
+    "in a checkout: pip install ./packages/edgeagent-web)"
+)
+
+
+def ort_web_root() -> Traversable | None:
+    """onnxruntime-web's files (the ``edgeagent-web`` distribution), or None when not installed.
+
+    They are not in edgeagent's own wheel: every device release carries that wheel, and the
+    ``.wasm`` alone is 14.8 MB that no device needs."""
+    try:
+        import edgeagent_web  # type: ignore[import-untyped, import-not-found, unused-ignore]
+    except ImportError:
+        return None
+    root: Traversable = edgeagent_web.assets()
+    return root
+
+
 @dataclass(frozen=True, slots=True)
 class Response:
     status: int
@@ -88,6 +109,11 @@ class Site:
         return _error(r.status, {403: "Forbidden", 414: "URI Too Long"}.get(r.status, "Not Found"))
 
     def _static(self, r: Route) -> Response:
+        if r.rel.startswith(ORT_WEB):
+            ort = ort_web_root()
+            if ort is None:
+                return _error(404, ORT_WEB_MISSING)
+            return self._file(ort, Route("static", r.rel.removeprefix(ORT_WEB)))
         return self._file(self.web, r)
 
     def _file(self, node: Traversable, r: Route) -> Response:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edgeagent.bridges.dashboard import DashboardServer, probe_websockets
+from edgeagent.bridges.dashboard import ORT_WEB, DashboardServer, probe_websockets
 from edgeagent.bridges.dashboard_config import (
     DashboardError,
     PageConfig,
@@ -142,8 +142,23 @@ def test_static_files_and_types(server: DashboardServer, path: str, mime: str) -
     assert headers["content-type"] == mime
     assert headers["x-content-type-options"] == "nosniff"
     assert int(headers["content-length"]) == len(body) > 0
-    packaged = ROOT / "bridges" / "web" / (path.lstrip("/") or "index.html")
+    rel = path.lstrip("/") or "index.html"
+    if rel.startswith(ORT_WEB):  # its own distribution (packages/edgeagent-web)
+        packaged = ROOT / "packages/edgeagent-web/edgeagent_web/onnxruntime-web"
+        packaged /= rel.removeprefix(ORT_WEB)
+    else:
+        packaged = ROOT / "bridges" / "web" / rel
     assert body == packaged.read_bytes()
+
+
+def test_onnxruntime_web_missing_is_a_404_that_says_what_to_install(
+    server: DashboardServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("edgeagent.bridges.dashboard.ort_web_root", lambda: None)
+    status, _, body = get(server, "/vendor/onnxruntime-web/ort.wasm.min.js")
+    assert status == 404
+    assert b"pip install 'edgeagent[browser]'" in body
+    assert get(server, "/vendor/mqtt/mqtt.min.js")[0] == 200  # in edgeagent's own wheel
 
 
 def test_page_has_a_content_security_policy(server: DashboardServer) -> None:

@@ -65,8 +65,21 @@ def test_wheel_has_one_top_level_name(wheel: Path) -> None:
     for pkg in PACKAGES:
         assert pkg.replace(".", "/") + "/__init__.py" in names, pkg
     assert "edgeagent/py.typed" in names
-    for data in ("edgeagent/devices/profiles/pi4.yaml", "edgeagent/models/zoo/digits/digits.onnx"):
+    for data in (
+        "edgeagent/devices/profiles/pi4.yaml",
+        "edgeagent/models/zoo/digits/digits.onnx",
+        "edgeagent/bridges/web/index.html",
+        "edgeagent/bridges/web/vendor/mqtt/mqtt.min.js",
+    ):
         assert data in names, data
+
+
+def test_wheel_stays_small_for_devices(wheel: Path) -> None:
+    """Every device release carries this wheel: onnxruntime-web's 14.8 MB wasm build lives in
+    its own distribution (packages/edgeagent-web, the `browser` extra), never in here."""
+    names = zipfile.ZipFile(wheel).namelist()
+    assert not [n for n in names if "onnxruntime-web" in n or n.endswith(".wasm")]
+    assert wheel.stat().st_size < 2_000_000, wheel.stat().st_size
 
 
 @pytest.mark.slow
