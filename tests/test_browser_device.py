@@ -151,6 +151,21 @@ def sample_digits() -> list[tuple[str, list[float]]]:
     return picks
 
 
+async def until_routed_to_the_tab(fleet: Fleet, timeout: float = 15.0) -> None:
+    """Wait until the coordinator routes to the tab (it learns of it from its retained manifest;
+    on a loaded machine the page may also have reconnected and announced itself again)."""
+    pixels = [float(v) for v in DIGIT_THREE]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            await fleet.call_skill("read_digit", {"pixels": pixels}, where={"kind": "browser"})
+            return
+        except NotFound:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
 # Tests -------------------------------------------------------------------------------------------
 
 
@@ -185,14 +200,7 @@ def test_the_coordinator_routes_read_digit_to_the_tab(env: Env, tab: Any) -> Non
 
     async def calls() -> list[Routed]:
         async with Fleet(env.broker_url, fleet=env.fleet) as fleet:
-            for _ in range(100):  # the coordinator learns of the tab from its retained manifest
-                try:
-                    await fleet.call_skill(
-                        "read_digit", {"pixels": samples[0][1]}, where={"kind": "browser"}
-                    )
-                    break
-                except NotFound:
-                    await asyncio.sleep(0.1)
+            await until_routed_to_the_tab(fleet)
             out = []
             for _, pixels in samples:
                 got, route = await fleet.call_skill(
@@ -217,6 +225,7 @@ def test_the_coordinator_routes_read_digit_to_the_tab(env: Env, tab: Any) -> Non
 def test_bad_input_and_unknown_skills_get_typed_errors(env: Env, tab: Any) -> None:
     async def calls() -> tuple[str, str, str]:
         async with Fleet(env.broker_url, fleet=env.fleet) as fleet:
+            await until_routed_to_the_tab(fleet)
             with pytest.raises(BadRequest) as routed:
                 await fleet.call_skill(
                     "read_digit", {"pixels": [1.0] * 63}, where={"kind": "browser"}
