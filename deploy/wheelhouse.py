@@ -12,6 +12,8 @@ timestamps fixed, so the same source gives the same bytes.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -19,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,18 +105,47 @@ def _tree_hash(root: Path) -> str:
 
 def normalize_wheel(src: Path, dest: Path) -> None:
     """Rewrite a wheel with sorted entries and fixed timestamps (same files, same RECORD)."""
-    with zipfile.ZipFile(src) as zin:
-        infos = sorted(zin.infolist(), key=lambda i: i.filename)
-        tmp = dest.with_name(dest.name + ".tmp")
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zout:
-            for info in infos:
-                if info.is_dir():
-                    continue
-                out = zipfile.ZipInfo(info.filename, date_time=_ZIP_DATE)
-                out.compress_type = zipfile.ZIP_DEFLATED
-                out.external_attr = (0o644 & 0xFFFF) << 16
-                zout.writestr(out, zin.read(info.filename), compresslevel=9)
-    tmp.replace(dest)
+    # A temporary name of this writer's own, then one rename: a reader never sees half a wheel
+    # and two writers never write into one file.
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        with zipfile.ZipFile(src) as zin:
+            infos = sorted(zin.infolist(), key=lambda i: i.filename)
+            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zout:
+                for info in infos:
+                    if info.is_dir():
+                        continue
+                    out = zipfile.ZipInfo(info.filename, date_time=_ZIP_DATE)
+                    out.compress_type = zipfile.ZIP_DEFLATED
+                    out.external_attr = (0o644 & 0xFFFF) << 16
+                    zout.writestr(out, zin.read(info.filename), compresslevel=9)
+        tmp.replace(dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _sound_wheel(path: Path) -> bool:
+    """True if ``path`` is a whole zip whose members all read back (CRCs checked)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.testzip() is None
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """One builder at a time per cache: pip builds in the source tree's own build/ folder, so
+    two builds at once (two `bundle build`s, parallel tests) break each other."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def edgeagent_wheel(cache: Path, log: Callable[[str], None] = lambda _: None) -> Path:
@@ -126,10 +157,19 @@ def edgeagent_wheel(cache: Path, log: Callable[[str], None] = lambda _: None) ->
             "install it with `pip install -e .` from a checkout"
         )
     key = _tree_hash(root)[:16]
-    folder = cache / "edgeagent-wheels" / key
-    found = sorted(folder.glob("edgeagent-*.whl")) if folder.is_dir() else []
-    if found:
-        return found[0]
+    wheels = cache / "edgeagent-wheels"
+    folder = wheels / key
+    with _locked(wheels):
+        found = sorted(folder.glob("edgeagent-*.whl")) if folder.is_dir() else []
+        if found and _sound_wheel(found[0]):
+            return found[0]
+        for broken in found:  # cut short by a crash or a full disk: built again
+            log(f"rebuilding edgeagent's wheel: the cached {broken} is damaged")
+            broken.unlink()
+        return _build_edgeagent_wheel(root, folder, log)
+
+
+def _build_edgeagent_wheel(root: Path, folder: Path, log: Callable[[str], None]) -> Path:
     log("building edgeagent's wheel from " + str(root))
     with tempfile.TemporaryDirectory(prefix="ea-wheel-") as tmp:
         env = dict(os.environ, SOURCE_DATE_EPOCH="315532800", PIP_DISABLE_PIP_VERSION_CHECK="1")
