@@ -313,3 +313,34 @@ def test_the_shell_in_process_on_the_memory_transport() -> None:
             await agent.stop()
 
     asyncio.run(main())
+
+
+def test_the_http_listener_lets_asyncio_turn_nagle_off() -> None:
+    """asyncio sets TCP_NODELAY on accepted connections only when the listening socket's
+    protocol is IPPROTO_TCP; with 0 (socket.create_server) each HTTP tool call waited ~44 ms for
+    a delayed ACK. The accepted connection must come out with TCP_NODELAY on."""
+    from edgeagent.bridges.mcp_server import listen_tcp
+
+    async def main() -> int:
+        sock = listen_tcp("127.0.0.1", 0)
+        nodelay: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            raw = writer.get_extra_info("socket")
+            nodelay.set_result(raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(accepted, sock=sock)
+        async with server:
+            _, w = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+            value = await asyncio.wait_for(nodelay, 5)
+            w.close()
+        return value
+
+    assert asyncio.run(main()) != 0
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}"):
+            listen_tcp("127.0.0.1", port)
