@@ -13,7 +13,7 @@ import asyncio
 import importlib.util
 import json
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -202,7 +202,9 @@ def _bridges(
             from edgeagent.bridges.metrics_bridge import HaCollector
 
             fm.registry.register(HaCollector(ha.stats))
-        jobs["metrics"] = _announced(fm.run(), fm.ready, lambda: _metrics_line(plan, host, fm))
+        jobs["metrics"] = _announced(
+            fm.run(), fm.ready, lambda: _say(plan, f"metrics on http://{host}:{fm.port}/metrics")
+        )
     return jobs
 
 
@@ -215,11 +217,9 @@ def _reason(exc: BaseException | None) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _metrics_line(plan: _Plan, host: str, fm: Any) -> None:
-    _say(plan, f"metrics on http://{host}:{fm.port}/metrics")
-
-
-async def _announced(job: Coroutine[Any, Any, None], ready: asyncio.Event, say: Any) -> None:
+async def _announced(
+    job: Coroutine[Any, Any, None], ready: asyncio.Event, say: Callable[[], None]
+) -> None:
     """Run ``job``; call ``say()`` once ``ready`` is set."""
 
     async def tell() -> None:

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from edgeagent.coordinator import Coordinator
 from edgeagent.metrics_stats import DEVICE_LABELS
 
-from .metrics_families import calls_counter, capped, duration_histogram, fold_sum
+from .metrics_families import calls_counter, capped, duration_histogram, fold_sum, release_info
 
 __all__ = ["CoordinatorCollector"]
 
@@ -115,23 +115,9 @@ class CoordinatorCollector(Collector):
         for device, depth in sorted(fold_sum(depths, self.device_labels).items()):
             queue.add_metric([device], depth)
         yield queue
-        release = InfoMetricFamily(
-            "edgeagent_device_release",
-            "Each device's release and agent "
-            "version, from its manifest (at most the first "
+        yield release_info(
+            "Each device's release and agent version, from its manifest (at most the first "
             f"{self.device_labels} devices by name).",
-            labels=["device"],
+            capped((d for d, e in devices.items() if e.manifest), self.device_labels),
+            {d: e.manifest for d, e in devices.items()},
         )
-        labels = capped((d for d, e in devices.items() if e.manifest), self.device_labels)
-        for device, label in labels.items():
-            manifest = devices[device].manifest
-            if label == device and manifest is not None:
-                release.add_metric(
-                    [device],
-                    {
-                        "profile": manifest.profile or "",
-                        "release": manifest.release or "",
-                        "agent_version": manifest.agent_version,
-                    },
-                )
-        yield release

@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TypeVar
 
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, InfoMetricFamily
 
 from edgeagent.metrics_stats import OTHER, Buckets, CallStats
+from edgeagent.protocol import Manifest
 
 __all__ = ["PREFIX", "calls_counter", "capped", "duration_histogram", "fold_sum"]
 
@@ -37,6 +38,26 @@ def fold_sum(values: Mapping[str, float], limit: int) -> dict[str, float]:
     for name, label in capped(values, limit).items():
         out[label] = out.get(label, 0) + values[name]
     return out
+
+
+def release_info(
+    doc: str, labels: Mapping[str, str], manifests: Mapping[str, Manifest | None]
+) -> InfoMetricFamily:
+    """``edgeagent_device_release_info``: each device's profile, release and agent version from
+    its manifest, for the devices whose label is their own name (past the cap: none)."""
+    family = InfoMetricFamily(PREFIX + "device_release", doc, labels=["device"])
+    for device, label in sorted(labels.items()):
+        manifest = manifests.get(device)
+        if label == device and manifest is not None:
+            family.add_metric(
+                [device],
+                {
+                    "profile": manifest.profile or "",
+                    "release": manifest.release or "",
+                    "agent_version": manifest.agent_version,
+                },
+            )
+    return family
 
 
 def calls_counter(name: str, doc: str, labels: list[str], stats: CallStats) -> CounterMetricFamily:

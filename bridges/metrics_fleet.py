@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
@@ -25,7 +25,7 @@ from edgeagent.clock import SYSTEM_CLOCK, Clock
 from edgeagent.metrics_stats import DEVICE_LABELS, OTHER, SKILL_LABELS
 from edgeagent.protocol import Health, Manifest, Message, StateMessage
 
-from .metrics_families import capped, fold_sum
+from .metrics_families import capped, fold_sum, release_info
 from .metrics_http import MetricsServer
 
 __all__ = ["FleetCollector", "FleetMetrics", "FleetSnapshot"]
@@ -120,23 +120,11 @@ class FleetCollector(Collector):
         yield up
         yield from self._health(labels)
         yield from self._skills()
-        release = InfoMetricFamily(
-            "edgeagent_device_release",
+        yield release_info(
             "Each device's release and agent version, from its manifest.",
-            labels=["device"],
+            labels,
+            {d: s.manifest for d, s in devices.items()},
         )
-        for device, label in sorted(labels.items()):
-            manifest = devices[device].manifest
-            if label != OTHER and manifest is not None:
-                release.add_metric(
-                    [device],
-                    {
-                        "profile": manifest.profile or "",
-                        "release": manifest.release or "",
-                        "agent_version": manifest.agent_version,
-                    },
-                )
-        yield release
 
     def _health(self, labels: dict[str, str]) -> Iterator[Metric]:
         """Per-device figures from each device's last health message."""
