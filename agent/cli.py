@@ -20,6 +20,7 @@ from .cli_bridge import bridge
 from .cli_call import ask, call
 from .cli_common import Ctx, load_broker_file
 from .cli_dashboard import dashboard
+from .cli_data import data
 from .cli_deploy import bundle, deploy, keys
 from .cli_devices import devices
 from .cli_fleet import broker, fleet_commands
@@ -131,7 +132,7 @@ def demo(obj: Ctx, examples: Path | None, keep: bool, secure: bool) -> None:
 
 
 for _command in (agent, ask, call, coordinator, fleet, bundle, deploy, keys, devices, models, sim,
-                 broker, image, rollout, bridge, mcp, dashboard):  # fmt: skip
+                 broker, image, rollout, bridge, mcp, dashboard, data):  # fmt: skip
     main.add_command(_command)
 for _command in fleet_commands:
     fleet.add_command(_command)

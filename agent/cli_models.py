@@ -124,6 +124,15 @@ def models() -> None:
     """Optimize models for a device class, benchmark them, list the model zoo."""
 
 
+def _register_adapt() -> None:
+    from .cli_adapt import adapt
+
+    models.add_command(adapt)
+
+
+_register_adapt()
+
+
 @models.command("optimize")
 @click.argument("model")
 @click.option("--device", "-d", "device", required=True, metavar="PROFILE", help="Device profile.")
