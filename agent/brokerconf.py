@@ -43,7 +43,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .fleetdir import BrokerSettings, FleetRegistry, Identity
-from .protocol import SYSTEM_PREFIX, SYSTEM_SKILLS
+from .protocol import OPERATOR_PREFIXES, SYSTEM_PREFIX, SYSTEM_SKILLS
 
 #: Shared-subscription groups matched by the coordinator's rules (any group name).
 _ANY_GROUP = "$share/+/"
@@ -74,10 +74,10 @@ class BrokerFiles:
 
 
 def skill_effects(registry: FleetRegistry) -> dict[str, dict[str, str]]:
-    """``{device: {skill: side_effect}}`` over the active devices; the system skills left out
-    (only operators call them, whatever a device declares)."""
+    """``{device: {skill: side_effect}}`` over the active devices; the system and data skills
+    left out (only operators call them, whatever a device declares)."""
     return {
-        d.name: {s: e for s, e in d.skills.items() if not s.startswith(SYSTEM_PREFIX)}
+        d.name: {s: e for s, e in d.skills.items() if not s.startswith(OPERATOR_PREFIXES)}
         for d in registry.active("device")
     }
 

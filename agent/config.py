@@ -27,6 +27,7 @@ from pydantic_core import PydanticCustomError
 
 from .broker import BrokerConfig
 from .errors import ConfigError
+from .models.hardcases import DataConfig
 from .protocol import DEFAULT_FLEET, DEFAULT_ROOT, check_name
 from .skills import Skill, SkillSet, collect_skills, declared_events
 from .yamlconf import load_yaml_model, node_at
@@ -93,6 +94,11 @@ class AgentConfig(BaseModel):
         default="127.0.0.1",
         min_length=1,
         description="Address the metrics server listens on (0.0.0.0: every interface).",
+    )
+    data: DataConfig | None = Field(
+        default=None,
+        description="Keep model skills' hard cases and serve them (data.cases…); off when "
+        "absent (docs/data-loop.md).",
     )
     base_dir: Path | None = Field(
         default=None, exclude=True, description="Set by the loader: the config file's folder."
@@ -260,4 +266,7 @@ def load_skills(
             )
         skills.extend(found)
         events.update(declared_events(target))
+    from .data_skills import attach_data  # the data.* skills, when cfg.data asks for them
+
+    skills, sets = attach_data(cfg, skills, sets)
     return skills, sets, events

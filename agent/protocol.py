@@ -71,6 +71,11 @@ SideEffect = Literal["read", "actuate"]
 #: them (agent/brokerconf.py). Names starting with this prefix are reserved for them.
 SYSTEM_PREFIX = "system."
 SYSTEM_SKILLS = ("system.info", "system.update", "system.rollback", "system.restart")
+#: The data loop's skills (agent/data_skills.py: a device's kept hard cases): for operators too.
+DATA_PREFIX = "data."
+#: Skills that are no MCP tools or Home Assistant entities (nor, meant to be, LLM tools), and
+#: that the broker's ACL opens to operators only.
+OPERATOR_PREFIXES = (SYSTEM_PREFIX, DATA_PREFIX)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 NAME_PATTERN = _NAME_RE.pattern

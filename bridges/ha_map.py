@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from edgeagent import __version__
-from edgeagent.protocol import SYSTEM_PREFIX, Manifest, SkillSpec
+from edgeagent.protocol import OPERATOR_PREFIXES, Manifest, SkillSpec
 
 from . import ha_entities as ent
 from .ha_model import (
@@ -98,8 +98,8 @@ def map_device(
     """Decide the discovery payload, commands and state views for one device."""
     b = Builder(manifest, names, max_entities)
     for spec in manifest.skills:
-        if spec.name.startswith(SYSTEM_PREFIX):
-            b.skip(spec, "system skill (operators only)")
+        if spec.name.startswith(OPERATOR_PREFIXES):
+            b.skip(spec, "system or data skill (operators only)")
         elif spec.ha is not None:
             ent.hinted(b, spec, spec.ha)
     light(b)

@@ -16,6 +16,7 @@ from typing import Any
 
 from edgeagent.errors import BadRequest, CallError
 from edgeagent.fleet_view import DeviceInfo
+from edgeagent.protocol import OPERATOR_PREFIXES
 from edgeagent.results import AskResult
 
 from .mcp_tools import McpLimits, ToolDef
@@ -161,7 +162,7 @@ def _device_entry(info: DeviceInfo) -> dict[str, Any]:
         "tags": info.tags,
         "profile": manifest.profile if manifest else None,
         "release": manifest.release if manifest else None,
-        "skills": [s.name for s in info.skills if not s.name.startswith("system.")],
+        "skills": [s.name for s in info.skills if not s.name.startswith(OPERATOR_PREFIXES)],
     }
 
 

@@ -7,7 +7,7 @@ with the SDK. Comparing two tool sets says whether ``notifications/tools/list_ch
 The rules:
 
 - every skill offered by at least one *online* device is one tool, however many devices offer
-  it (the coordinator routes each call); ``system.*`` skills are never tools;
+  it (the coordinator routes each call); ``system.*`` and ``data.*`` skills are never tools;
 - the tool name is the skill name made safe for every MCP client (``[A-Za-z0-9_-]``, at most 64
   characters: dots become ``_``); names that would collide, or clash with the built-in tools
   (``fleet_devices``, ``ask``), get a short hash of the skill name appended;
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgeagent.fleet_view import DeviceInfo
-from edgeagent.protocol import SkillSpec
+from edgeagent.protocol import OPERATOR_PREFIXES, SkillSpec
 
 __all__ = [
     "BUILTIN_TOOLS",
@@ -255,7 +255,7 @@ def build_tools(devices: Iterable[DeviceInfo], limits: McpLimits | None = None) 
         if not info.online or info.manifest is None:
             continue
         for spec in info.skills:
-            if not spec.name.startswith("system."):
+            if not spec.name.startswith(OPERATOR_PREFIXES):
                 offers.setdefault(spec.name, []).append((info, spec))
     skills = sorted(offers)
     kept, left_out = skills[: limits.max_tools], skills[limits.max_tools :]

@@ -21,10 +21,14 @@ import asyncio
 import copy
 import math
 import random
+import shutil
 import statistics
+import tempfile
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from ..config import AgentConfig, load_skills
@@ -32,6 +36,7 @@ from ..devices import DeviceProfile, load_profile
 from ..errors import ConfigError
 from ..skills import Skill, SkillSet
 from .spec import FleetSpec, Group
+from .spec_hardcases import prepare_keepers
 
 PYTHON_MS = 0.07
 """The agent's own work per call on the reference machine, ms: half the gap between a
@@ -180,11 +185,13 @@ class GroupPlan:
     budget_mb: float
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, weakref_slot=True)
 class FleetPlan:
     spec: FleetSpec
     groups: list[GroupPlan]
     device_group: dict[str, str] = field(default_factory=dict)
+    scratch: Path | None = None
+    """Where the devices keep hard cases (``hard_cases``); removed with the plan."""
 
     def all_devices(self) -> list[SimDevice]:
         return [d for g in self.groups for d in g.devices]
@@ -220,6 +227,27 @@ def build_fleet(
     progress: Callable[[int], None] | None = None,
 ) -> FleetPlan:
     """Load every group's profile and skills, calibrate and check memory; raise ConfigError."""
+    scratch = None
+    if any(g.hard_cases is not None for g in spec.groups):
+        scratch = Path(tempfile.mkdtemp(prefix="edgeagent-sim-cases-"))
+    try:
+        plan = _build(spec, source, calibration, progress, scratch)
+    except BaseException:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    if scratch is not None:
+        weakref.finalize(plan, shutil.rmtree, scratch, True)
+    return plan
+
+
+def _build(
+    spec: FleetSpec,
+    source: str,
+    calibration: dict[str, dict[str, float]] | None,
+    progress: Callable[[int], None] | None,
+    scratch: Path | None,
+) -> FleetPlan:
     plans: list[GroupPlan] = []
     for gi, group in enumerate(spec.groups):
         where = f"{source}: groups.{gi} ({group.name})"
@@ -238,6 +266,9 @@ def build_fleet(
             skills=group.skills,
             health_interval_s=group.health_interval_s,
             base_dir=spec.base_dir,
+            data=None
+            if group.hard_cases is None or scratch is None
+            else group.hard_cases.data_config(scratch / group.name),
         )
         tag_sets: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
         for i, device_id in enumerate(group.device_ids()):
@@ -247,7 +278,9 @@ def build_fleet(
             config = template.model_copy(update={"device": device_id, "tags": tags})
             try:
                 skills, sets, events = load_skills(config, source=where)
-            except ConfigError:
+            except ConfigError as exc:
+                if str(exc).startswith("data.skills"):  # hard_cases names no skill of the group
+                    raise ConfigError(f"{where}: hard_cases.skill: {exc}") from exc
                 raise  # already names the group and the field
             except Exception as exc:  # a SkillSet constructor failing, a model not loading
                 raise ConfigError(f"{where}: skills: {type(exc).__name__}: {exc}") from exc
@@ -278,6 +311,9 @@ def build_fleet(
                         f"{where}: its models need {total:.1f} MiB ({memory[1]}) but a "
                         f"{profile.name} has a model budget of {budget:g} MiB"
                     )
+            if group.hard_cases is not None:
+                prepare_keepers(group.hard_cases, skills, sets, seed=spec.seed, device=device_id,
+                                where=where)  # fmt: skip
             rng = random.Random(f"{spec.seed}/device/{device_id}")
             dev = SimDevice(
                 device_id, group.name, config, [], sets, events, int(profile.cores.value), rng
@@ -291,6 +327,6 @@ def build_fleet(
                 group, profile, devices, costs, memory[0], memory[1], profile.model_budget_mb.value
             )
         )
-    plan = FleetPlan(spec, plans)
+    plan = FleetPlan(spec, plans, scratch=scratch)
     plan.device_group = {d.id: g.group.name for g in plans for d in g.devices}
     return plan

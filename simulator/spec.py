@@ -42,6 +42,7 @@ from ..config import SkillSource
 from ..errors import ConfigError
 from ..protocol import check_name
 from ..yamlconf import node_at, parse_yaml_model
+from .spec_hardcases import HardCaseScenario
 from .spec_rollout import NO_BROKEN, BadRelease, RolloutScenario, rollout_check
 
 _CHECK = re.compile(
@@ -84,6 +85,9 @@ class Group(_Strict):
     latency_ms: dict[str, float] = Field(
         default_factory=dict,
         description="Pin a skill's reference cost here, ms, instead of calibrating it.",
+    )
+    hard_cases: HardCaseScenario | None = Field(
+        default=None, description="Devices keep hard cases of a skill (docs/data-loop.md)."
     )
 
     @field_validator("name")

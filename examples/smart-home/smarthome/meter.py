@@ -6,6 +6,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from edgeagent import skill
+from edgeagent.data_skills import KeepsHardCases
 from edgeagent.models.skillset import ModelSkillSet
 from edgeagent.models.zoo import digits
 
@@ -21,7 +22,9 @@ class Digit(BaseModel):
     confidence: float = Field(ge=0, le=1, description="Softmax probability of that digit.")
 
 
-class DigitReader(ModelSkillSet):
+class DigitReader(KeepsHardCases, ModelSkillSet):
+    """Keeps its unsure readings when the agent's ``data`` section enables ``read_digit``."""
+
     def __init__(self, model: str = "zoo:digits", profile: str | None = None) -> None:
         super().__init__(model, profile)
 
@@ -33,4 +36,6 @@ class DigitReader(ModelSkillSet):
         p = np.exp(logits - logits.max())
         p /= p.sum()
         best = int(p.argmax())
-        return Digit(digit=best, confidence=round(float(p[best]), 4))
+        out = Digit(digit=best, confidence=round(float(p[best]), 4))
+        self.hard_cases.offer("read_digit", req, out, confidence=out.confidence)
+        return out
