@@ -138,8 +138,9 @@ def _skill_names(cfg: AgentConfig, log: Callable[[str], None]) -> tuple[list[str
 def _ship_models(
     raw_cfg: dict[str, Any], base: Path, config_path: Path, entries: dict[str, _Entry]
 ) -> set[str]:
-    """Add the models the config names by path to ``entries`` (under app/models/) and point
-    ``raw_cfg``'s options at them there; the runtime extras the shipped models need."""
+    """Add the models and LoRA adapters the config names by path to ``entries`` (under
+    app/models/) and point ``raw_cfg``'s options at them there; the runtime extras the shipped
+    models need."""
     extras: set[str] = set()
     for i, src in enumerate(raw_cfg.get("skills") or []):
         model = (src.get("options") or {}).get("model") if isinstance(src, dict) else None
@@ -157,6 +158,13 @@ def _ship_models(
             src["options"]["model"] = rel_dest
         elif isinstance(model, str):
             extras.add("onnx")
+        adapter = (src.get("options") or {}).get("adapter") if isinstance(src, dict) else None
+        if isinstance(adapter, str):  # a LoRA adapter: the base stays where the model is
+            p = Path(adapter) if Path(adapter).is_absolute() else base / adapter
+            if not p.is_file():
+                raise BundleError(f"{config_path}: skills.{i}.options.adapter: {adapter} not found")
+            entries[f"app/models/{p.name}"] = _Entry(f"app/models/{p.name}", p, "model")
+            src["options"]["adapter"] = f"models/{p.name}"
     return extras
 
 

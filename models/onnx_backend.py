@@ -1,4 +1,5 @@
-"""ONNX Runtime backend: :class:`OnnxSession` runs an ``.onnx`` file on the CPU provider.
+"""ONNX Runtime backend: :class:`OnnxSession` runs an ``.onnx`` file on the CPU provider,
+optionally with a LoRA adapter active on every run (see :mod:`.lora_adapter`).
 
 onnxruntime is imported when a session is created, not when this module is: a device without it
 gets a :class:`RuntimeMissing` naming the extra to install.
@@ -84,13 +85,19 @@ class _Slot:
 class OnnxSession(SessionBase):
     """An ONNX model on onnxruntime's CPU execution provider (see :class:`~.backend.Session`).
 
-    One run at a time: the agent serializes calls to a model.
+    One run at a time: the agent serializes calls to a model. ``adapter``: an ONNX Runtime
+    adapter file whose tensors replace the model's overridable initializers on every run (a
+    LoRA base's zero-default ``lora_A``/``lora_B`` inputs); :func:`.lora_adapter.load_adapted`
+    checks that it was trained for this base before it comes here.
     """
 
     runtime: str = "onnxruntime"
 
     def __init__(
-        self, path: str | os.PathLike[str], settings: RuntimeSettings | None = None
+        self,
+        path: str | os.PathLike[str],
+        settings: RuntimeSettings | None = None,
+        adapter: str | os.PathLike[str] | None = None,
     ) -> None:
         ort = _onnxruntime()
         self.path: str = os.fspath(path)
@@ -107,6 +114,9 @@ class OnnxSession(SessionBase):
         options.add_session_config_entry(
             "session.intra_op.allow_spinning", "1" if settings.spin else "0"
         )
+        # Errors only: a LoRA base's overridable initializers (its adapter inputs) make ORT
+        # print one warning per input on stderr at every load; failures still raise.
+        options.log_severity_level = 3
         try:
             session = ort.InferenceSession(
                 self.path, sess_options=options, providers=["CPUExecutionProvider"]
@@ -115,6 +125,19 @@ class OnnxSession(SessionBase):
             raise ModelError(f"cannot load ONNX model {self.path}: {exc}") from exc
         self.ort_session: Any = session
         """The underlying ``onnxruntime.InferenceSession``."""
+        self.adapter: str | None = None if adapter is None else os.fspath(adapter)
+        """The active adapter's file, if any."""
+        self._run_options: Any = None
+        self._lora: Any = None  # kept alive: the run options point at it
+        if adapter is not None:
+            self._run_options = ort.RunOptions()
+            try:
+                lora = ort.LoraAdapter()
+                lora.Load(os.fspath(adapter))
+                self._run_options.add_active_adapter(lora)
+                self._lora = lora
+            except Exception as exc:  # onnxruntime raises RuntimeError for a bad file
+                raise ModelError(f"cannot load adapter {self.adapter}: {exc}") from exc
         self._inputs = tuple(_spec(a) for a in session.get_inputs())
         self._outputs = tuple(_spec(a) for a in session.get_outputs())
         self._label = os.path.basename(self.path)
@@ -149,7 +172,7 @@ class OnnxSession(SessionBase):
         if not ok:
             self._accept(feeds)
         try:
-            values = self._run(self._output_names, feeds)
+            values = self._run(self._output_names, feeds, self._run_options)
         except Exception as exc:  # onnxruntime's errors derive from Exception only
             raise ModelError(f"{self._label}: onnxruntime failed: {exc}") from exc
         self._runs += 1

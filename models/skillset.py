@@ -15,6 +15,11 @@ names the chosen file), or ``zoo:NAME``: the zoo's committed model, or the optim
 ``profile`` when ``models/zoo/NAME/<profile>/`` holds one. The session's thread count comes from
 the device profile. The skill's manifest and health name the model and the version the card
 gives (``SkillSet.model_info``).
+
+``adapter`` (a path, per device in the agent YAML's skill options) is a LoRA adapter trained by
+``edgeagent models adapt``: the skill then runs the model's LoRA base (``zoo:intent`` →
+``intent-lora.onnx``, whatever the profile) with the adapter active, refuses an adapter trained
+for another base, and reports version ``1+adapter:<file stem>`` (docs/adapters.md).
 """
 
 from __future__ import annotations
@@ -93,10 +98,18 @@ def resolve_model(spec: str, profile: str | None = None) -> ResolvedModel:
 class ModelSkillSet(SkillSet):
     """A :class:`SkillSet` holding one loaded model (``self.session``)."""
 
-    def __init__(self, model: str, profile: str | None = None) -> None:
+    def __init__(self, model: str, profile: str | None = None, adapter: str | None = None) -> None:
         from . import load_model, settings_for
 
         self.resolved = resolve_model(model, profile)
+        if adapter is not None:
+            from .lora_adapter import resolve_base
+
+            base = resolve_base(model)
+            self.resolved = ResolvedModel(
+                base, self.resolved.name, self.resolved.version, self.resolved.card,
+                f"adapter:{Path(adapter).name.removesuffix('.onnx_adapter')}",
+            )  # fmt: skip
         settings = RuntimeSettings()
         if profile is not None:
             from ..devices import load_profile
@@ -104,10 +117,16 @@ class ModelSkillSet(SkillSet):
             settings = settings_for(
                 load_profile(profile), model_bytes=self.resolved.path.stat().st_size
             )
-        self.session: Session = load_model(self.resolved.path, settings)
+        if adapter is None:
+            self.session: Session = load_model(self.resolved.path, settings)
+        else:
+            from .lora_adapter import load_adapted
+
+            self.session = load_adapted(self.resolved.path, adapter, settings)
         self.session.warmup()
 
     def model_info(self, skill_name: str) -> tuple[str, str] | None:
-        """``("digits", "1+litert-structured-50")``: zoo version plus the optimizer's variant."""
+        """``("digits", "1+litert-structured-50")``: zoo version plus the optimizer's variant
+        (or ``"1+adapter:household"`` with an adapter)."""
         r = self.resolved
         return r.name, r.version if r.variant == "fp32" else f"{r.version}+{r.variant}"

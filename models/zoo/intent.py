@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..backend import TensorSpec
+from ..lora_base import write_lora_base
 from ._base import (
     Recipe,
     Stopwatch,
@@ -167,6 +168,8 @@ def train(seed: int, out_dir: Path) -> TrainResult:
         train_out = predict(model, train_set[INPUT])
         onnx_path = out_dir / f"{NAME}.onnx"
         export_onnx(model, onnx_path, RECIPE)
+        # The LoRA base for per-household adapters (edgeagent.models.lora): same outputs.
+        write_lora_base(onnx_path, out_dir / f"{NAME}-lora.onnx", NAME)
         parameters = sum(p.numel() for p in model.parameters())
     metrics: dict[str, float] = {}
     for h, logits in zip(heads, test_out, strict=True):

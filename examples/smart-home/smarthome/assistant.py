@@ -23,8 +23,10 @@ class ParsedCommand(BaseModel):
 
 
 class CommandParser(ModelSkillSet):
-    def __init__(self, model: str = "zoo:intent", profile: str | None = None) -> None:
-        super().__init__(model, profile)
+    def __init__(
+        self, model: str = "zoo:intent", profile: str | None = None, adapter: str | None = None
+    ) -> None:
+        super().__init__(model, profile, adapter)  # adapter: a household's LoRA adapter file
 
     @skill(side_effect="read", tags={"kind": "speaker"}, max_concurrency=1, max_queue=32)
     def parse_command(self, req: Utterance) -> ParsedCommand:
