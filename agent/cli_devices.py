@@ -164,3 +164,27 @@ def devices_show(profile: str, as_json: bool) -> None:
                     break_on_hyphens=False,
                 )
             )
+    for line in _llm_lines(p):
+        click.echo(line)
+
+
+def _llm_lines(profile: DeviceProfile) -> list[str]:
+    """What the zoo's language models would do on ``profile``, from their cards (estimates; see
+    edgeagent.models.llm_estimate); nothing when the zoo is not importable (no numpy)."""
+    try:
+        from .models.llm_estimate import estimate, measured_from_card
+        from .models.zoo import llm_recipes
+    except ImportError:
+        return []
+    lines = ["", "language models (estimated from the zoo cards; range 2x either way):"]
+    for name, recipe in sorted(llm_recipes().items()):
+        try:
+            e = estimate(measured_from_card(recipe.card()), profile)
+        except (OSError, ValueError):
+            continue
+        verdict = "runs" if e.runs else f"no: {e.reason}"
+        lines.append(
+            f"  zoo:{name}: {verdict}; ~{e.tokens_per_s} tokens/s, first token "
+            f"~{e.first_token_ms} ms, needs {e.memory_mb:.0f} of {e.budget_mb:.0f} MiB"
+        )
+    return lines if len(lines) > 2 else []
