@@ -254,7 +254,13 @@ def optimize_cmd(
     help="Evaluation .npz (the model's inputs plus `labels`) to measure accuracy too.",
 )
 @click.option("--metric", type=click.Choice(METRIC_CHOICES), default=None, help="Eval metric.")
-@click.option("--runs", type=click.IntRange(min=10), default=1000, show_default=True)
+@click.option(
+    "--runs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Timed runs: default 1000 calls (at least 10) for a model file, 10 generations for a "
+    "language model.",
+)
 @click.option(
     "--record",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -273,7 +279,7 @@ def bench_cmd(
     device: str,
     evaluation: Path | None,
     metric: str | None,
-    runs: int,
+    runs: int | None,
     record: Path | None,
     reference: bool,
     as_json: bool,
@@ -284,7 +290,19 @@ def bench_cmd(
 
     Run it on a real device with --record FILE to keep the measured speed; with a reference run
     of the same model in FILE (made with --reference), it reports the device's speed factor.
+
+    A language model (an onnxruntime-genai folder, zoo:tinyllm, zoo:smollm2): tokens/s, first-token
+    latency, peak memory and the estimate for the device (--eval and --record do not apply).
     """
+    from .models.llm_bench import is_llm
+
+    if is_llm(model):
+        _bench_llm(
+            model, device, runs or 10, as_json, bad=evaluation or metric or record or reference
+        )
+        return
+    if runs is not None and runs < 10:
+        _fail("--runs: at least 10 for a model file")
     try:
         from .models.optimize import bench
 
@@ -295,7 +313,7 @@ def bench_cmd(
             profile,
             evaluation=evaluation,
             metric=metric,
-            runs=runs,
+            runs=runs or 1000,
             record=record,
             reference=reference,
             progress=_progress(not quiet),
@@ -324,6 +342,23 @@ def bench_cmd(
         click.echo(f"  {f.metric:<15} {_quality(f)}")
     for line in report.calibration:
         click.echo(f"- {line}")
+
+
+def _bench_llm(model: str, device: str, runs: int, as_json: bool, bad: object) -> None:
+    """``models bench`` of a language model (:mod:`edgeagent.models.llm_bench`)."""
+    from .models.llm_bench import bench_llm, format_report
+
+    if bad:
+        _fail("--eval, --metric, --record and --reference are for model files, not language models")
+    try:
+        report = bench_llm(model, _profile(device), runs=runs)
+    except EdgeAgentError as exc:
+        _fail(str(exc))
+    if as_json:
+        click.echo(report.model_dump_json(indent=2))
+        return
+    for line in format_report(report):
+        click.echo(line)
 
 
 @models.command("zoo")
