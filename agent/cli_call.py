@@ -205,49 +205,118 @@ async def _explain_timeout(
 @click.option("--threshold", default=0.6, show_default=True, help="Least confidence to act on.")
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for a reply.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was understood and the output.")
+@click.option(
+    "--llm",
+    default=None,
+    metavar="MODEL",
+    help="Add the LLM layer (zoo:tinyllm, zoo:smollm2, a genai folder): asked when the other "
+    "layers are unsure; it may read a plan of several steps (docs/llm-routing.md).",
+)
+@click.option(
+    "--explain", is_flag=True, help="Print the plan to stderr before anything is carried out."
+)
+@click.option("--dry-run", is_flag=True, help="Print the plan and carry out nothing.")
 @click.pass_obj
-def ask(obj: Ctx, text: str, threshold: float, timeout: float, as_json: bool) -> None:
+def ask(
+    obj: Ctx,
+    text: str,
+    threshold: float,
+    timeout: float,
+    as_json: bool,
+    llm: str | None,
+    explain: bool,
+    dry_run: bool,
+) -> None:
     """Do what TEXT asks ("turn off the kitchen lights") through the coordinator.
 
-    A layered router (exact skill syntax, a grammar, then the zoo's tiny intent model) maps the
-    text to a skill, its input and the devices it is about. Only a command understood with
-    certainty is carried out; otherwise (below --threshold, a question back such as "which
-    lamp?", a statement or condition) nothing is done: the question back is printed, the best
-    candidates go to stderr, and the exit code is 3.
+    A layered router (exact skill syntax, a grammar, then the zoo's tiny intent model, and with
+    --llm an on-device LLM) maps the text to a skill, its input and the devices it is about, or
+    with the LLM to a short plan of such calls, carried out in order (stopping at the first
+    failure: exit 2). Only a command understood with certainty is carried out; otherwise (below
+    --threshold, a question back such as "which lamp?", a statement or condition) nothing is
+    done: the question back is printed, the best candidates go to stderr, and the exit code is 3.
     """
+    from .plan_run import describe, plan_lines
+
+    def show(reading: Any) -> None:
+        if explain or dry_run:
+            click.echo("\n".join(plan_lines(reading)), err=True)
 
     async def go() -> Any:
         async with obj.make_fleet(timeout) as fleet:
-            return await fleet.ask(text, threshold=threshold, timeout=timeout)
+            return await fleet.ask(
+                text, threshold=threshold, timeout=timeout, llm=llm, dry_run=dry_run, before=show
+            )
 
     result = run(go())
     if result.unsure is not None:
-        cands = [
-            {"skill": c.skill, "input": c.input, "where": c.where, "confidence": c.confidence}
-            for c in result.unsure.candidates
-        ]
-        question = getattr(result.unsure, "question", None)
-        if as_json:
-            click.echo(json.dumps({"unsure": True, "reason": result.unsure.reason,
-                                   "question": question, "candidates": cands},
-                                  indent=2))  # fmt: skip
-        else:
-            if question:
-                click.echo(question)  # the question back, on stdout: nothing was done
-            click.echo(f"not sure what you mean: {result.unsure.reason}", err=True)
-            for c in cands:
-                click.echo(f"  maybe: {c['skill']} {json.dumps(c['input'])} where {c['where']} "
-                           f"({c['confidence']:.2f})", err=True)  # fmt: skip
+        _print_unsure(result.unsure, as_json, explain or dry_run)
         sys.exit(3)
+    reading = result.plan or result.interpretation
+    if dry_run:
+        if as_json:
+            click.echo(json.dumps({"dry_run": True, "plan": describe(reading)}, indent=2))
+        return
+    if result.plan is not None:
+        _print_steps(result, as_json)
+        return
     i = result.interpretation
     if as_json:
         click.echo(json.dumps({
             "skill": i.skill, "input": i.input, "where": i.where, "mode": i.mode,
             "confidence": i.confidence, "layer": i.layer, "explanation": i.explanation,
-            "output": result.output,
+            "plan": describe(i), "output": result.output,
         }, indent=2))  # fmt: skip
         return
     where = ",".join(f"{k}={v}" for k, v in sorted(i.where.items())) or "any device"
     click.echo(f"{i.skill} {json.dumps(i.input)} on {where} ({i.mode}; {i.layer}, "
                f"confidence {i.confidence:.2f})", err=True)  # fmt: skip
     click.echo(json.dumps(result.output))
+
+
+def _print_unsure(unsure: Any, as_json: bool, explain: bool) -> None:
+    """Nothing was done: the question back on stdout, why and the candidates on stderr."""
+    from .plan_run import describe, plan_lines
+
+    cands = [
+        {"skill": c.skill, "input": c.input, "where": c.where, "confidence": c.confidence}
+        for c in unsure.candidates
+    ]
+    question = getattr(unsure, "question", None)
+    plan = getattr(unsure, "plan", None)
+    if as_json:
+        click.echo(json.dumps({"unsure": True, "reason": unsure.reason, "question": question,
+                               "candidates": cands,
+                               "plan": describe(plan) if plan is not None else None},
+                              indent=2))  # fmt: skip
+        return
+    if question:
+        click.echo(question)  # the question back, on stdout: nothing was done
+    click.echo(f"not sure what you mean: {unsure.reason}", err=True)
+    for c in cands:
+        click.echo(f"  maybe: {c['skill']} {json.dumps(c['input'])} where {c['where']} "
+                   f"({c['confidence']:.2f})", err=True)  # fmt: skip
+    if explain and plan is not None:
+        click.echo("\n".join(["not carried out:", *plan_lines(plan)]), err=True)
+
+
+def _print_steps(result: Any, as_json: bool) -> None:
+    """A plan's per-step results; exit 2 when a step failed (the later ones did not run)."""
+    from .plan_run import describe
+
+    steps = [s.as_json() for s in result.steps]
+    failed = next((s for s in result.steps if not s.ok), None)
+    total = len(result.plan.steps)
+    if as_json:
+        click.echo(json.dumps({"plan": describe(result.plan), "steps": steps,
+                               "completed": sum(s.ok for s in result.steps), "of": total},
+                              indent=2))  # fmt: skip
+    else:
+        for s in result.steps:
+            line = json.dumps(s.output) if s.ok else f"failed: {s.error}"
+            click.echo(f"{s.index + 1}. {s.skill}: {line}")
+    if failed is not None:
+        ran = ", ".join(str(s.index + 1) for s in result.steps if s.ok) or "none"
+        click.echo(f"step {failed.index + 1} of {total} failed ({failed.error}); steps that ran: "
+                   f"{ran}; not run: {total - len(result.steps)}", err=True)  # fmt: skip
+        sys.exit(2)

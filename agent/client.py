@@ -26,7 +26,7 @@ import json
 import logging
 import random
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any, Literal, TypeVar, overload
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -345,6 +345,9 @@ class Fleet:
         threshold: float = 0.6,
         timeout: float | None = None,
         router: Any = None,
+        llm: Any = None,
+        dry_run: bool = False,
+        before: Callable[[Any], None] | None = None,
     ) -> AskResult:
         """Understand a plain-language request and carry it out through :meth:`call_skill`.
 
@@ -354,19 +357,36 @@ class Fleet:
         ``threshold``, a statement, question about an action, condition, unknown room or unit,
         several matching devices) nothing is called: ``result.unsure`` holds the best
         candidates, the reason, and the question to ask back (``result.unsure.question``).
+
+        ``llm`` (a model spec such as ``zoo:smollm2``, or a loaded session) adds the LLM layer
+        (:mod:`edgeagent.nlu.layer_llm`); its multi-step reading (``result.plan``) is carried
+        out step by step, stopping at the first failure (``result.steps``). ``before`` is called
+        with the reading before anything is called (``--explain``); ``dry_run`` calls nothing.
         """
-        from .nlu import Catalog, Interpretation, Router
+        from .nlu import Catalog, Interpretation, Plan, Router
+        from .plan_run import run_steps
 
         if router is None:
             manifests = [d.manifest for d in await self.devices() if d.online and d.manifest]
-            router = Router(Catalog.from_manifests(manifests), threshold=threshold)
-        reading = router.route(text)
-        if not isinstance(reading, Interpretation):
+            router = Router(Catalog.from_manifests(manifests), threshold=threshold, llm=llm)
+        # Off the event loop: an LLM layer generates for seconds on a Pi.
+        reading = await asyncio.to_thread(getattr(router, "route_plan", router.route), text)
+        if not isinstance(reading, Interpretation | Plan):
             return AskResult(text=text, interpretation=None, unsure=reading, output=None)
+        if before is not None:
+            before(reading)
+        one = reading if isinstance(reading, Interpretation) else None
+        plan = reading if isinstance(reading, Plan) else None
+        if dry_run:
+            return AskResult(text, one, None, None, plan=plan)
+        if plan is not None:
+            steps = await run_steps(self.call_skill, plan.steps, timeout=timeout)
+            return AskResult(text, None, None, None, plan=plan, steps=steps)
+        assert one is not None
         output = await self.call_skill(
-            reading.skill, reading.input, where=reading.where, mode=reading.mode, timeout=timeout
+            one.skill, one.input, where=one.where, mode=one.mode, timeout=timeout
         )
-        return AskResult(text=text, interpretation=reading, unsure=None, output=output)
+        return AskResult(text=text, interpretation=one, unsure=None, output=output)
 
     async def request(
         self,

@@ -40,3 +40,9 @@ class AskResult:
     unsure: Any
     """The :class:`edgeagent.nlu.Unsure` (best candidates, reason) when nothing was called."""
     output: Any
+    """The skill's output (one call); for a plan, None: see ``steps``."""
+    plan: Any = None
+    """The :class:`edgeagent.nlu.Plan` (several steps) that was carried out, or with
+    ``dry_run``, the reading that was not; None for one call."""
+    steps: tuple[Any, ...] = ()
+    """A plan's :class:`edgeagent.plan_run.StepResult` s in order, up to the first failure."""

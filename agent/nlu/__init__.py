@@ -10,7 +10,8 @@
     router.route("order pizza")
     # Unsure(candidates=[], reason='grammar: no command verb recognized; model: …')
 
-Three layers, tried in order; the first confident, runnable reading wins:
+Three layers, tried in order; the first confident, runnable reading wins (a fourth, an on-device
+LLM, is optional: ``Router(catalog, llm="zoo:smollm2")``, :mod:`.layer_llm`, docs/llm-routing.md):
 
 1. **exact**: the text is a skill name, or ``skill_name key=value …``. Keys naming an input
    property of the skill go to ``input`` (values parsed as JSON when they parse, else strings);
@@ -80,7 +81,7 @@ Pure logic: no MQTT, no I/O except loading the model.
 
 from __future__ import annotations
 
-from ._constants import LAYERS, Layer, Mode
+from ._constants import LAYERS, ROUTER_LAYERS, Layer, Mode
 from .catalog import (
     ACTION_SKILLS,
     KIND_CUES,
@@ -90,11 +91,13 @@ from .catalog import (
     Catalog,
     CatalogDevice,
     Interpretation,
+    Plan,
     SupportsRun,
     Unsure,
     kind_concept,
     skill_choices,
 )
+from .layer_llm import Completer
 from .router import Router
 
 __all__ = [
@@ -104,11 +107,14 @@ __all__ = [
     "KIND_WORDS",
     "LAYERS",
     "ROOM_WORDS",
+    "ROUTER_LAYERS",
     "Catalog",
     "CatalogDevice",
+    "Completer",
     "Interpretation",
     "Layer",
     "Mode",
+    "Plan",
     "Router",
     "SupportsRun",
     "Unsure",

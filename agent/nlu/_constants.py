@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-Layer = Literal["exact", "grammar", "model"]
+Layer = Literal["exact", "grammar", "model", "llm"]
 Mode = Literal["one", "all"]
 LAYERS: tuple[Layer, ...] = ("exact", "grammar", "model")
+#: With the optional 4th layer, an on-device LLM (off unless ``Router(llm=...)`` is given).
+ROUTER_LAYERS: tuple[Layer, ...] = (*LAYERS, "llm")
 
 DEFAULT_MODEL = "zoo:intent"
 DEFAULT_THRESHOLD = 0.6

@@ -283,6 +283,20 @@ class Unsure:
     candidates: list[Interpretation]
     reason: str
     question: str | None = None
+    plan: Plan | None = None
+    """A plan the LLM layer wrote but that is not carried out (a condition, a guess, several
+    steps asked through :meth:`Router.route`): shown with ``--explain``, never run."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Several calls to carry out in order (the LLM layer's multi-step reading): each step an
+    :class:`Interpretation`; ``confidence`` is the least of theirs."""
+
+    steps: tuple[Interpretation, ...]
+    confidence: float
+    layer: Layer
+    explanation: str
 
 
 class SupportsRun(Protocol):

@@ -93,16 +93,22 @@ def tools_from_catalog(catalog: Catalog) -> tuple[Tool, ...]:
     return tuple(out)
 
 
+def shown_tools(tools: Sequence[Tool]) -> tuple[Tool, ...]:
+    """The tools :func:`system_text` shows (a prefix of ``tools``: the rest does not fit in
+    :data:`MAX_TOOLS_TEXT`); the LLM router's schema allows these and no others."""
+    size = len(SYSTEM_HEAD) + len("Tools:") + 2
+    for i, tool in enumerate(tools):
+        size += len(tool.line()) + 1
+        if size > MAX_TOOLS_TEXT:
+            return tuple(tools[:i])
+    return tuple(tools)
+
+
 def system_text(tools: Sequence[Tool]) -> str:
-    lines = [SYSTEM_HEAD, "Tools:"]
-    size = sum(len(x) + 1 for x in lines)
-    for tool in tools:
-        line = tool.line()
-        if size + len(line) + 1 > MAX_TOOLS_TEXT:
-            lines.append(f"- ({len(tools) - (len(lines) - 2)} more tools not shown)")
-            break
-        lines.append(line)
-        size += len(line) + 1
+    shown = shown_tools(tools)
+    lines = [SYSTEM_HEAD, "Tools:", *(t.line() for t in shown)]
+    if len(shown) < len(tools):
+        lines.append(f"- ({len(tools) - len(shown)} more tools not shown)")
     return "\n".join(lines)
 
 
@@ -136,7 +142,7 @@ def parse_plan(text: str) -> tuple[Step, ...]:
     router's: this checks the shape only)."""
     try:
         data = json.loads(text)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise PlanError(f"not JSON ({exc.msg} at character {exc.pos})") from exc
     if not isinstance(data, dict) or not isinstance(data.get("steps"), list):
         raise PlanError('not a plan: expected {"steps": [...]}')
