@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..protocol import OPERATOR_PREFIXES
 from .catalog import Catalog
 
 #: Tag keys a step may use in ``where`` (the ones people say: "the kitchen lamp").
@@ -70,10 +71,11 @@ def _type_of(spec: Mapping[str, Any]) -> str:
 
 
 def tools_from_catalog(catalog: Catalog) -> tuple[Tool, ...]:
-    """One :class:`Tool` per skill name some device has (``system.*`` skills never), sorted."""
+    """One :class:`Tool` per skill name some device has, sorted; operator skills (``system.*``,
+    ``data.*``: :data:`~edgeagent.protocol.OPERATOR_PREFIXES`) never."""
     out: list[Tool] = []
     for name in catalog.skill_names:
-        if name.startswith("system."):
+        if name.startswith(OPERATOR_PREFIXES):
             continue
         spec = catalog.spec(name)
         if spec is None:  # pragma: no cover - skill_names lists only skills devices have

@@ -41,6 +41,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..protocol import OPERATOR_PREFIXES
 from .llm_prompt import WHERE_KEYS, Tool, shown_tools
 
 MAX_STEPS = 4
@@ -171,8 +172,8 @@ def _sayable_property(prop: Mapping[str, Any], defs: Mapping[str, Any], depth: i
 
 def sayable(tool: Tool) -> str | None:
     """Why a plan cannot call ``tool`` (None if it can)."""
-    if tool.name.startswith("system."):
-        return "a system skill"
+    if tool.name.startswith(OPERATOR_PREFIXES):
+        return "an operator skill (system.*, data.*)"
     try:
         strict = strict_schema(tool.input_schema)
     except NotSayable as exc:
