@@ -41,7 +41,8 @@ def _line(label: str, before: Score, after: Score) -> str:
     "--examples",
     required=True,
     type=click.Path(path_type=Path, dir_okay=False),
-    help="The household's phrases: YAML or JSONL of {text, intent, kind?, room?}.",
+    help="The household's phrases: YAML or JSONL of {text, intent, kind?, room?} (an LLM: "
+    "{text, steps}).",
 )
 @click.option(
     "-o",
@@ -50,9 +51,9 @@ def _line(label: str, before: Score, after: Score) -> str:
     type=click.Path(path_type=Path, dir_okay=False),
     help="The adapter file to write (.onnx_adapter).",
 )
-@click.option("--rank", default=4, show_default=True, type=click.IntRange(1, 64), help="LoRA rank.")
+@click.option("--rank", default=None, type=click.IntRange(1, 64), help="LoRA rank [4; an LLM: 8].")
 @click.option(
-    "--epochs", default=40, show_default=True, type=click.IntRange(1, 1000), help="Epochs."
+    "--epochs", default=None, type=click.IntRange(1, 1000), help="Epochs [40; an LLM: 10]."
 )
 @click.option("--seed", default=0, show_default=True, type=int, help="Training seed.")
 @click.option(
@@ -66,14 +67,21 @@ def adapt(
     base: str,
     examples: Path,
     output: Path,
-    rank: int,
-    epochs: int,
+    rank: int | None,
+    epochs: int | None,
     seed: int,
     held_out: Path | None,
     as_json: bool,
 ) -> None:
     """Train a LoRA adapter for BASE (zoo:intent, or a LoRA base file) on a household's own
-    phrasing; prints its size, the training time and the accuracy with and without it."""
+    phrasing; prints its size, the training time and the accuracy with and without it.
+    For a language model (zoo:tinyllm) the examples are requests with their plans."""
+    from .cli_adapt_llm import adapt_llm_command, is_llm
+
+    if is_llm(base):
+        adapt_llm_command(base, examples, output, rank, epochs, seed, held_out, as_json)
+        return
+    rank, epochs = rank or 4, epochs or 40
     try:
         from .models.lora import adapt as train
         from .models.lora import score

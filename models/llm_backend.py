@@ -34,7 +34,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -86,6 +86,9 @@ class LlmSettings:
     """The longest prompt text accepted before tokenizing, in characters."""
     busy_wait_s: float = 30.0
     """How long a call waits for another thread's generation on the same session, seconds."""
+    adapter: str | None = None
+    """A LoRA adapter file (``.onnx_adapter``, :mod:`.llm_adapt`) active for every generation;
+    the model's LoRA base (:func:`.llm_lora_base.lora_folder`) is loaded instead of the model."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,9 +153,21 @@ def import_runtime() -> Any:
         raise RuntimeMissing(f"onnxruntime-genai cannot be imported ({exc}): {EXTRA}") from exc
 
 
-def load_llm(spec: str | Path, settings: LlmSettings | None = None) -> LlmSession:
-    """Load ``zoo:NAME`` or an onnxruntime-genai folder (see :func:`resolve_llm`)."""
-    return LlmSession(resolve_llm(spec), settings or LlmSettings())
+def load_llm(
+    spec: str | Path, settings: LlmSettings | None = None, *, adapter: str | Path | None = None
+) -> LlmSession:
+    """Load ``zoo:NAME`` or an onnxruntime-genai folder (see :func:`resolve_llm`), with
+    ``adapter`` (or ``settings.adapter``) active for every generation."""
+    return LlmSession(resolve_llm(spec), with_adapter(settings or LlmSettings(), adapter))
+
+
+def with_adapter(settings: LlmSettings, adapter: str | Path | None) -> LlmSettings:
+    return settings if adapter is None else replace(settings, adapter=str(adapter))
+
+
+def adapter_version(version: str, adapter: str | None) -> str:
+    """The version a model with an adapter reports: ``1+adapter:house``."""
+    return version if adapter is None else f"{version}+adapter:{Path(adapter).stem}"
 
 
 class LlmSession:
@@ -173,11 +188,16 @@ class LlmSession:
         self.path = str(resolved.folder)
         self._clock = clock
         og = import_runtime()
-        config = check_folder(resolved.folder)
+        folder = resolved.folder
+        if settings.adapter is not None:
+            from .llm_lora_base import lora_folder
+
+            folder = lora_folder(folder)
+        config = check_folder(folder)
         self.context_length = int(config["model"].get("context_length") or 2048)
         self._og = og
         try:
-            cfg = og.Config(str(resolved.folder))
+            cfg = og.Config(str(folder))
             threads = {"intra_op_num_threads": settings.threads, "inter_op_num_threads": 1}
             cfg.overlay(json.dumps({"model": {"decoder": {"session_options": threads}}}))
             self._model = og.Model(cfg)
@@ -185,6 +205,11 @@ class LlmSession:
             self._eos = frozenset(int(t) for t in self._tokenizer.eos_token_ids)
         except Exception as exc:  # onnxruntime-genai raises RuntimeError for everything
             raise ModelError(f"{resolved.folder}: cannot load the model: {exc}") from exc
+        self._adapters: Any = None
+        if settings.adapter is not None:  # AdapterMismatch for another base's adapter
+            from .lora_llm import load_llm_adapter
+
+            self._adapters = load_llm_adapter(self._model, folder, Path(settings.adapter))
         self._lock = threading.Lock()
         self._stats = GenerationStats()
 
@@ -328,6 +353,8 @@ class LlmSession:
                 generator = self._og.Generator(
                     self._model, self._params(len(ids), max_tokens, sampling, schema)
                 )
+                if self._adapters is not None:
+                    generator.set_active_adapter(self._adapters, "default")
                 generator.append_tokens(ids)  # runs the prompt: part of the first token's wait
                 decoder = self._tokenizer.create_stream()
             except LlmInputError:

@@ -52,6 +52,7 @@ from .llm_backend import (
     LlmStream,
     Prompt,
     load_llm,
+    with_adapter,
 )
 from .llm_folder import ResolvedLlm
 from .llm_text import (
@@ -62,6 +63,7 @@ from .llm_text import (
     check_sampling,
     check_stops,
 )
+from .lora_adapter import AdapterError, AdapterMismatch
 
 START_TIMEOUT_S = 300.0
 _ERRORS: dict[str, type[Exception]] = {
@@ -69,6 +71,8 @@ _ERRORS: dict[str, type[Exception]] = {
     "LlmInputError": LlmInputError,
     "RuntimeMissing": RuntimeMissing,
     "ConfigError": ConfigError,
+    "AdapterError": AdapterError,
+    "AdapterMismatch": AdapterMismatch,
 }
 
 
@@ -128,9 +132,14 @@ class LlmProcess:
     """An :class:`LlmSession` served by a child process (see the module docstring)."""
 
     def __init__(
-        self, spec: str | Path, settings: LlmSettings | None = None, *, batch_s: float = 0.02
+        self,
+        spec: str | Path,
+        settings: LlmSettings | None = None,
+        *,
+        batch_s: float = 0.02,
+        adapter: str | Path | None = None,
     ) -> None:
-        self.settings = settings or LlmSettings()
+        self.settings = with_adapter(settings or LlmSettings(), adapter)
         self.batch_s = batch_s
         mine, theirs = socket.socketpair()
         self._conn = Connection(mine.detach())

@@ -6,6 +6,8 @@
     skills:
       - module: edgeagent.models.llm_skill:LlmSkillSet
         options: {model: "zoo:tinyllm", max_tokens_limit: 256, stream_interval_ms: 100}
+        # a household's LoRA adapter (docs/adapters.md): the model reports "1+adapter:house"
+        # options: {model: "zoo:tinyllm", adapter: house.onnx_adapter}
 
     await fleet.call("assistant", "generate", {"prompt": "…", "max_tokens": 64}, trace="t1")
     # meanwhile: events "partial" {"trace": "t1", "seq": 0, "text": "…"}, …
@@ -38,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import BadRequest, Busy, ConfigError
 from ..skills import DeviceHandle, SkillContext, SkillSet, skill
-from .llm_backend import Generation, LlmSession, LlmSettings, load_llm
+from .llm_backend import Generation, LlmSession, LlmSettings, adapter_version, load_llm
 from .llm_process import LlmProcess
 from .llm_text import LlmBusy, LlmInputError, PieceBatcher
 
@@ -152,6 +154,7 @@ class LlmSkillSet(SkillSet):
         max_tokens_limit: int = 256,
         stream_interval_ms: float = 100.0,
         isolate: bool = True,
+        adapter: str | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -163,7 +166,9 @@ class LlmSkillSet(SkillSet):
             from ..devices import load_profile
 
             threads = load_profile(profile).threads
-        settings = LlmSettings(threads=threads or 1, max_tokens_limit=max_tokens_limit)
+        settings = LlmSettings(
+            threads=threads or 1, max_tokens_limit=max_tokens_limit, adapter=adapter
+        )
         self.llm: LlmSession | LlmProcess = (
             LlmProcess(model, settings) if isolate else load_llm(model, settings)
         )
@@ -174,7 +179,7 @@ class LlmSkillSet(SkillSet):
 
     def model_info(self, skill_name: str) -> tuple[str, str] | None:
         r = self.llm.resolved
-        return r.name, r.version
+        return r.name, adapter_version(r.version, self.llm.settings.adapter)
 
     async def run(self, device: DeviceHandle) -> None:
         """Nothing in the background; on shutdown, stop the worker thread and the model's
@@ -258,7 +263,7 @@ class LlmSkillSet(SkillSet):
         r = self.llm.resolved
         return LlmStatus(
             model=r.name,
-            version=r.version,
+            version=adapter_version(r.version, self.llm.settings.adapter),
             threads=self.llm.settings.threads,
             generations=s.generations,
             tokens=s.tokens,

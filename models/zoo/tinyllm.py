@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ...nlu.llm_prompt import PlanError, parse_plan
+from ..llm_lora_base import LORA_DIR, make_lora_folder
 from ._base import Stopwatch, require
 from .llm_measure import measure
 from .llm_recipe import LlmBuildResult, LlmCard, LlmRecipe, genai_build, write_llm_card
@@ -103,6 +104,8 @@ def _build(seed: int, model_dir: Path, card_dir: Path) -> LlmBuildResult:
     with tempfile.TemporaryDirectory(prefix="edgeagent-tinyllm-") as tmp:
         save_hf(model, tokenizer, Path(tmp))
         genai_build(Path(tmp), model_dir, "int4")
+    # the LoRA base household adapters apply to (models/llm_adapt.py): made from model.onnx
+    make_lora_folder(model_dir, model_dir / LORA_DIR)
     metrics = score(test, generate_plans(model_dir, test))
     measured = measure(model_dir, [e.chat() for e in test[:20]], max_new_tokens=64)
     info = LlmCard(
