@@ -150,9 +150,15 @@ _register_adapt()
 @click.option(
     "--budget",
     type=click.FloatRange(min=0),
-    default=1.0,
-    show_default=True,
-    help="Largest quality drop against fp32 (accuracy points).",
+    default=None,
+    help="Largest quality drop against fp32, points [default: 1 for a model file, 5 for a "
+    "language model].",
+)
+@click.option(
+    "--min-quality",
+    type=click.FloatRange(min=0, max=1),
+    default=None,
+    help="Language models: the lowest quality accepted (0..1), instead of fp32's minus --budget.",
 )
 @click.option(
     "--variants",
@@ -182,7 +188,8 @@ def optimize_cmd(
     device: str,
     calibration: Path | None,
     evaluation: Path | None,
-    budget: float,
+    budget: float | None,
+    min_quality: float | None,
     variants: str | None,
     metric: str | None,
     runs: int,
@@ -196,7 +203,20 @@ def optimize_cmd(
     MODEL is an fp32 .onnx file, or the name of a zoo model (whose calibration and evaluation
     sets are then used unless given). Writes OUT/<model>.onnx|.tflite (the choice),
     OUT/variants/, OUT/card.json and OUT/card.md.
+
+    A language model (zoo:tinyllm, zoo:smollm2 or a transformers checkpoint folder): fp32, int8
+    and int4 onnxruntime-genai variants, measured (tokens/s, first token, peak memory, quality)
+    and estimated for the device; OUT is the chosen variant's genai folder, with its card.
     """
+    from .cli_models_llm import is_llm_spec, optimize_llm_cmd
+
+    if is_llm_spec(model):
+        bad = calibration or evaluation or metric
+        optimize_llm_cmd(model, device, budget, min_quality, variants, out, as_json, quiet, bad)
+        return
+    if min_quality is not None:
+        _fail("--min-quality is for language models; model files use --budget")
+    budget = 1.0 if budget is None else budget
     try:
         from .models.optimize import optimize
         from .models.variants import ALL_VARIANTS

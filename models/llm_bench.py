@@ -1,14 +1,10 @@
 """``models bench`` for a language model: tokens/s, first-token latency, peak memory, estimate.
 
-The measurement runs in a fresh process (``python -m edgeagent.models.llm_bench``, a JSON request
-on stdin, a JSON answer on stdout), as :mod:`edgeagent.models.measure` does for ONNX files: the
-runtime's memory is native, so neither tracemalloc nor this process's RSS delta would see it
-(and a second model loaded here would share pages with the first). The worker loads the folder
-with :func:`~edgeagent.models.llm_backend.load_llm`, generates greedily ``warmup`` times, then
-``runs`` times, and reports each run's first-token latency and decode rate and its peak RSS
-(``VmHWM``). A baseline worker imports the same modules without loading a model; the model's
-memory is the difference. The device estimate comes from
-:func:`edgeagent.models.llm_estimate.estimate` on these figures.
+The measurement is :func:`edgeagent.models.llm_measure.measure_llm` (the one shared with the
+zoo's cards and the LLM optimizer): a fresh process loads the folder with the profile's threads,
+generates greedily ``warmup`` times, then ``runs`` times, and reports each run's first-token
+latency and decode rate and its peak RSS (``VmHWM``) over its RSS before the model was loaded.
+The device estimate comes from :func:`edgeagent.models.llm_estimate.estimate` on these figures.
 """
 
 from __future__ import annotations
@@ -17,19 +13,17 @@ import importlib
 import json
 import os
 import statistics
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, Field
 
 from ..devices.profile import DeviceProfile
 from .backend import ModelError
 from .card import Machine
-from .llm_estimate import LlmMeasured, Precision, estimate
+from .llm_estimate import LlmEstimate, LlmMeasured, Precision, estimate
 from .llm_folder import resolve_llm
+from .llm_measure import measure_llm
 
 WORKER_TIMEOUT_S = 900.0
 BENCH_MESSAGES = [
@@ -39,11 +33,11 @@ BENCH_MESSAGES = [
 """The bench's prompt: a short chat request, like the ones a device's assistant gets."""
 METHOD = (
     "{runs} greedy generations of up to {max_tokens} tokens after {warmup} warm-up ones, in a "
-    "fresh process, with edgeagent's LlmSession ({threads} threads); first token: from "
+    "fresh process ({threads} threads, edgeagent.models.llm_measure); first token: from "
     "tokenizing the prompt to the first generated token (the prompt's prefill included); "
     "tokens/s: decode rate after the first token",
-    "peak memory: peak RSS (VmHWM) of that process minus that of a baseline process importing "
-    "the same runtime without loading a model",
+    "peak memory: peak RSS (VmHWM) of that process minus its RSS once the runtime was imported "
+    "and before the model was loaded",
     "device estimate: edgeagent.models.llm_estimate (measured figures / the profile's speed "
     "factor, with its range)",
 )
@@ -70,9 +64,29 @@ def is_llm(spec: str) -> bool:
 
 
 def precision_of(folder: Path) -> Precision:
-    """int4 when the graph holds MatMulNBits (the builder's int4), int8 for quantized ops."""
+    """int4 or int8 from the ``bits`` of the graph's ``MatMulNBits`` (the builder's weight-only
+    quantization writes both), int8 for other quantized ops, else fp32. Without the onnx
+    package, a ``MatMulNBits`` graph counts as int4 (the builder's default for CPU)."""
     config = json.loads((folder / "genai_config.json").read_text())
-    data = (folder / config["model"]["decoder"]["filename"]).read_bytes()
+    path = folder / config["model"]["decoder"]["filename"]
+    try:
+        onnx = importlib.import_module("onnx")
+    except ImportError:
+        onnx = None
+    if onnx is not None:
+        graph = onnx.load(str(path), load_external_data=False).graph
+        bits = {
+            a.i
+            for n in graph.node
+            if n.op_type == "MatMulNBits"
+            for a in n.attribute
+            if a.name == "bits"
+        }
+        ops = {n.op_type for n in graph.node}
+        if bits or "MatMulNBits" in ops:
+            return "int8" if bits and min(bits) >= 8 else "int4"
+        return "int8" if ops & {"DequantizeLinear", "MatMulInteger"} else "fp32"
+    data = path.read_bytes()
     if b"MatMulNBits" in data:
         return "int4"
     return "int8" if b"DequantizeLinear" in data or b"MatMulInteger" in data else "fp32"
@@ -113,32 +127,29 @@ class LlmBenchReport(BaseModel):
     tokens_per_s_max: float
     first_token_p50_ms: float
     first_token_max_ms: float
-    peak_memory_mb: float = Field(description="Peak RSS over the baseline process's, MiB.")
+    peak_memory_mb: float = Field(
+        description="Peak RSS of the measuring process over its RSS before loading the model, MiB."
+    )
     estimate: LlmDeviceEstimate
     method: list[str]
 
 
-def _call_worker(request: dict[str, Any]) -> dict[str, Any]:
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "edgeagent.models.llm_bench"],
-            input=json.dumps(request),
-            capture_output=True,
-            text=True,
-            timeout=WORKER_TIMEOUT_S,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise ModelError(f"the LLM measurement took longer than {WORKER_TIMEOUT_S:g} s") from exc
-    lines = proc.stdout.strip().splitlines()
-    try:
-        answer: dict[str, Any] = json.loads(lines[-1]) if lines else {}
-    except json.JSONDecodeError:
-        answer = {}
-    if proc.returncode != 0 or "error" in answer or not answer:
-        detail = answer.get("error") or (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ModelError(f"LLM measurement failed: {detail}")
-    return answer
+def device_estimate(est: LlmEstimate) -> LlmDeviceEstimate:
+    """The report's form of an :class:`~.llm_estimate.LlmEstimate` (also the LLM optimizer's)."""
+    return LlmDeviceEstimate(
+        profile=est.profile,
+        runs=est.runs,
+        reason=est.reason,
+        memory_mb=round(est.memory_mb, 2),
+        budget_mb=est.budget_mb,
+        speed_factor=est.factor,
+        tokens_per_s=Span(
+            low=est.tokens_per_s.low, mid=est.tokens_per_s.mid, high=est.tokens_per_s.high
+        ),
+        first_token_ms=Span(
+            low=est.first_token_ms.low, mid=est.first_token_ms.mid, high=est.first_token_ms.high
+        ),
+    )
 
 
 def bench_llm(
@@ -158,14 +169,20 @@ def bench_llm(
     resolved = resolve_llm(spec)
     folder = resolved.folder
     threads = threads or max(1, min(profile.threads, os.cpu_count() or 1))
-    request = {"folder": str(folder), "threads": threads, "runs": runs, "warmup": warmup}
-    baseline = _call_worker({**request, "folder": None})
-    answer = _call_worker({**request, "max_tokens": max_tokens})
-    rates = [r for r in answer["tokens_per_s"] if r is not None]
-    firsts = answer["first_token_ms"]
+    m = measure_llm(
+        folder,
+        [BENCH_MESSAGES],
+        threads=threads,
+        warmup=warmup,
+        repeats=runs,
+        max_new_tokens=max_tokens,
+        timeout_s=WORKER_TIMEOUT_S,
+    )
+    rates = [r.tokens_per_s for r in m.runs if r.tokens_per_s is not None]
+    firsts = [r.first_token_ms for r in m.runs]
     if not rates or not firsts:
         raise ModelError(f"{folder}: generated fewer than 2 tokens per run: no decode rate")
-    peak = max(0, answer["peak_kb"] - baseline["peak_kb"]) / 1024
+    peak = m.model_memory_mb
     size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
     precision = precision_of(folder)
     here = machine()
@@ -189,30 +206,15 @@ def bench_llm(
         threads=threads,
         runs=runs,
         max_tokens=max_tokens,
-        prompt_tokens=answer["prompt_tokens"],
-        tokens_mean=round(statistics.mean(answer["tokens"]), 2),
+        prompt_tokens=m.runs[0].prompt_tokens,
+        tokens_mean=round(statistics.mean(len(r.tokens) for r in m.runs), 2),
         tokens_per_s_p50=round(statistics.median(rates), 2),
         tokens_per_s_min=round(min(rates), 2),
         tokens_per_s_max=round(max(rates), 2),
         first_token_p50_ms=round(statistics.median(firsts), 3),
         first_token_max_ms=round(max(firsts), 3),
         peak_memory_mb=round(peak, 2),
-        estimate=LlmDeviceEstimate(
-            profile=est.profile,
-            runs=est.runs,
-            reason=est.reason,
-            memory_mb=round(est.memory_mb, 2),
-            budget_mb=est.budget_mb,
-            speed_factor=est.factor,
-            tokens_per_s=Span(
-                low=est.tokens_per_s.low, mid=est.tokens_per_s.mid, high=est.tokens_per_s.high
-            ),
-            first_token_ms=Span(
-                low=est.first_token_ms.low,
-                mid=est.first_token_ms.mid,
-                high=est.first_token_ms.high,
-            ),
-        ),
+        estimate=device_estimate(est),
         method=[
             m.format(runs=runs, warmup=warmup, max_tokens=max_tokens, threads=threads)
             for m in METHOD
@@ -238,42 +240,3 @@ def format_report(r: LlmBenchReport) -> list[str]:
         f"first token ~{e.first_token_ms.mid:.0f} ms "
         f"(× {e.speed_factor:g}, an estimate)",
     ]
-
-
-# --- the worker process ---------------------------------------------------------------------
-
-
-def measure_request(request: dict[str, Any]) -> dict[str, Any]:
-    """Load, warm up, generate ``runs`` times; per-run figures and the peak RSS."""
-    from .llm_backend import LlmSettings, import_runtime, load_llm
-    from .measure_worker import _peak_kb
-
-    import_runtime()  # the baseline imports the runtime too
-    if request["folder"] is None:
-        return {"peak_kb": _peak_kb()}
-    llm = load_llm(request["folder"], LlmSettings(threads=request["threads"]))
-    prompt = llm.chat_prompt(BENCH_MESSAGES)
-    for _ in range(request["warmup"]):
-        llm.generate(prompt, max_tokens=request["max_tokens"])
-    runs = [llm.generate(prompt, max_tokens=request["max_tokens"]) for _ in range(request["runs"])]
-    return {
-        "peak_kb": _peak_kb(),
-        "prompt_tokens": runs[0].prompt_tokens,
-        "tokens": [g.tokens for g in runs],
-        "first_token_ms": [g.first_token_ms for g in runs if g.first_token_ms is not None],
-        "tokens_per_s": [g.tokens_per_s for g in runs],
-    }
-
-
-def main() -> None:
-    """``python -m edgeagent.models.llm_bench``: one measurement, JSON in and out."""
-    request = json.loads(sys.stdin.read())
-    try:
-        answer = measure_request(request)
-    except Exception as exc:  # reported to the parent
-        answer = {"error": f"{type(exc).__name__}: {exc}"}
-    sys.stdout.write(json.dumps(answer) + "\n")
-
-
-if __name__ == "__main__":
-    main()
