@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..nlu.llm_prompt import Step
-from ..yamlconf import format_validation_error
-from .lora_examples import MAX_EXAMPLES, MAX_TEXT, ExamplesError, _read
+from .lora_examples import MAX_TEXT, _read, load_list
 
 MAX_STEPS = 4
 WHERE_KEYS = ("room", "kind")
@@ -79,48 +78,6 @@ class PlanExample(BaseModel):
         )
 
 
-_LIST = TypeAdapter(list[PlanExample])
-
-
-def parse_yaml(text: str, source: str) -> list[PlanExample]:
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise ExamplesError(
-            f"{source}{line}: invalid YAML: {getattr(exc, 'problem', exc)}"
-        ) from exc
-    if not isinstance(data, list):
-        raise ExamplesError(
-            f"{source}: expected a list of plan examples ({{text, steps}}), "
-            f"got {type(data).__name__}"
-        )
-    if len(data) > MAX_EXAMPLES:
-        raise ExamplesError(f"{source}: {len(data)} examples, more than {MAX_EXAMPLES}")
-    try:
-        return _LIST.validate_python(data)
-    except ValidationError as exc:
-        raise ExamplesError(format_validation_error(exc, source, root)) from exc
-
-
-def parse_jsonl(text: str, source: str) -> list[PlanExample]:
-    out: list[PlanExample] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        if len(out) >= MAX_EXAMPLES:
-            raise ExamplesError(f"{source}:{number}: more than {MAX_EXAMPLES} examples")
-        try:
-            out.append(PlanExample.model_validate(json.loads(line)))
-        except ValueError as exc:
-            if isinstance(exc, ValidationError):
-                raise ExamplesError(format_validation_error(exc, f"{source}:{number}")) from exc
-            raise ExamplesError(f"{source}:{number}: invalid JSON: {exc}") from exc
-    return out
-
-
 def is_plan_file(path: Path) -> bool:
     """Whether an examples file holds plans (``steps``) rather than intent labels: the first
     example decides (cheap; the full parse checks every one)."""
@@ -143,12 +100,4 @@ def is_plan_file(path: Path) -> bool:
 
 def load_plan_examples(path: str | Path) -> list[PlanExample]:
     """Read a ``.yaml``/``.yml`` or ``.jsonl`` plan examples file; at least one example."""
-    p = Path(path)
-    suffix = p.suffix.lower()
-    if suffix not in (".yaml", ".yml", ".jsonl"):
-        raise ExamplesError(f"{p}: examples are a .yaml/.yml or .jsonl file, not {suffix!r}")
-    text = _read(p)
-    examples = parse_jsonl(text, str(p)) if suffix == ".jsonl" else parse_yaml(text, str(p))
-    if not examples:
-        raise ExamplesError(f"{p}: no examples")
-    return examples
+    return load_list(path, PlanExample, "{text, steps}")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
@@ -71,7 +72,7 @@ class Example(BaseModel):
         return _check(value, ROOMS, "room")
 
 
-_LIST = TypeAdapter(list[Example])
+M = TypeVar("M", bound=BaseModel)
 
 
 def _read(path: Path) -> str:
@@ -86,8 +87,9 @@ def _read(path: Path) -> str:
         raise ExamplesError(f"{path}: not UTF-8 text: {exc}") from exc
 
 
-def parse_yaml(text: str, source: str) -> list[Example]:
-    """A YAML list of examples; errors say ``source:line: index.field: problem``."""
+def parse_yaml_list(text: str, source: str, model: type[M], shape: str) -> list[M]:
+    """A YAML list of ``model`` objects (``shape`` describes one in errors); errors say
+    ``source:line: index.field: problem``."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -99,27 +101,26 @@ def parse_yaml(text: str, source: str) -> list[Example]:
         ) from exc
     if not isinstance(data, list):
         raise ExamplesError(
-            f"{source}: expected a list of examples ({{text, intent, kind?, room?}}), "
-            f"got {type(data).__name__}"
+            f"{source}: expected a list of examples ({shape}), got {type(data).__name__}"
         )
     if len(data) > MAX_EXAMPLES:
         raise ExamplesError(f"{source}: {len(data)} examples, more than {MAX_EXAMPLES}")
     try:
-        return _LIST.validate_python(data)
+        return TypeAdapter(list[model]).validate_python(data)  # type: ignore[valid-type]
     except ValidationError as exc:
         raise ExamplesError(format_validation_error(exc, source, root)) from exc
 
 
-def parse_jsonl(text: str, source: str) -> list[Example]:
+def parse_jsonl_list(text: str, source: str, model: type[M]) -> list[M]:
     """One JSON object per line (blank lines skipped); errors say ``source:line: …``."""
-    out: list[Example] = []
+    out: list[M] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         if len(out) >= MAX_EXAMPLES:
             raise ExamplesError(f"{source}:{number}: more than {MAX_EXAMPLES} examples")
         try:
-            out.append(Example.model_validate(json.loads(line)))
+            out.append(model.model_validate(json.loads(line)))
         except ValueError as exc:  # JSONDecodeError and ValidationError are ValueErrors
             if isinstance(exc, ValidationError):
                 raise ExamplesError(format_validation_error(exc, f"{source}:{number}")) from exc
@@ -127,17 +128,25 @@ def parse_jsonl(text: str, source: str) -> list[Example]:
     return out
 
 
-def load_examples(path: str | Path) -> list[Example]:
-    """Read a ``.yaml``/``.yml`` or ``.jsonl`` examples file; at least one example."""
+def load_list(path: str | Path, model: type[M], shape: str) -> list[M]:
+    """Read a ``.yaml``/``.yml`` or ``.jsonl`` file of ``model`` objects; at least one."""
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix not in (".yaml", ".yml", ".jsonl"):
         raise ExamplesError(f"{p}: examples are a .yaml/.yml or .jsonl file, not {suffix!r}")
     text = _read(p)
-    examples = parse_jsonl(text, str(p)) if suffix == ".jsonl" else parse_yaml(text, str(p))
+    if suffix == ".jsonl":
+        examples = parse_jsonl_list(text, str(p), model)
+    else:
+        examples = parse_yaml_list(text, str(p), model, shape)
     if not examples:
         raise ExamplesError(f"{p}: no examples")
     return examples
+
+
+def load_examples(path: str | Path) -> list[Example]:
+    """Read a ``.yaml``/``.yml`` or ``.jsonl`` examples file; at least one example."""
+    return load_list(path, Example, "{text, intent, kind?, room?}")
 
 
 def label_arrays(examples: list[Example]) -> dict[str, list[int]]:
