@@ -199,26 +199,16 @@ def measure_llm(
 
 
 def _call_child(request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    from .measure import run_json_module
+
     try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "edgeagent.models.llm_measure"],
-            input=json.dumps(request),
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
+        code, answer, stderr = run_json_module("edgeagent.models.llm_measure", request, timeout_s)
     except subprocess.TimeoutExpired as exc:
         raise ModelError(f"measuring {request['folder']} took longer than {timeout_s:g} s") from exc
-    lines = proc.stdout.strip().splitlines()
-    try:
-        answer: dict[str, Any] = json.loads(lines[-1]) if lines else {}
-    except json.JSONDecodeError:
-        answer = {}
-    if proc.returncode != 0 or "error" in answer or not answer:
-        detail = answer.get("error") or " | ".join(proc.stderr.strip().splitlines()[-3:])
+    if code != 0 or "error" in answer or not answer:
+        detail = answer.get("error") or " | ".join(stderr.strip().splitlines()[-3:])
         detail = detail or "no output"
-        raise ModelError(f"measuring {request['folder']} failed (exit {proc.returncode}): {detail}")
+        raise ModelError(f"measuring {request['folder']} failed (exit {code}): {detail}")
     return answer
 
 

@@ -120,25 +120,38 @@ class Timing:
     """First output of the model on each dataset given (by dataset name)."""
 
 
-def _call_worker(request: dict[str, Any]) -> dict[str, Any]:
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "edgeagent.models.measure"],
-            input=json.dumps(request),
-            capture_output=True,
-            text=True,
-            timeout=WORKER_TIMEOUT_S,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise OptimizeError(f"measurement took longer than {WORKER_TIMEOUT_S:g} s") from exc
+def run_json_module(
+    module: str, request: dict[str, Any], timeout_s: float
+) -> tuple[int, dict[str, Any], str]:
+    """Run ``python -m module`` with ``request`` as JSON on stdin; its exit code, the JSON object
+    on its last stdout line ({} when there is none) and its stderr. Raises
+    :class:`subprocess.TimeoutExpired` past ``timeout_s``. The measurement children (this module's
+    and :mod:`edgeagent.models.llm_measure`) answer this way."""
+    proc = subprocess.run(
+        [sys.executable, "-m", module],
+        input=json.dumps(request),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
     lines = proc.stdout.strip().splitlines()
     try:
         answer: dict[str, Any] = json.loads(lines[-1]) if lines else {}
     except json.JSONDecodeError:
         answer = {}
-    if proc.returncode != 0 or "error" in answer or not answer:
-        detail = answer.get("error") or (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return proc.returncode, answer if isinstance(answer, dict) else {}, proc.stderr
+
+
+def _call_worker(request: dict[str, Any]) -> dict[str, Any]:
+    try:
+        code, answer, stderr = run_json_module(
+            "edgeagent.models.measure", request, WORKER_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise OptimizeError(f"measurement took longer than {WORKER_TIMEOUT_S:g} s") from exc
+    if code != 0 or "error" in answer or not answer:
+        detail = answer.get("error") or (stderr.strip().splitlines() or ["no output"])[-1]
         raise OptimizeError(f"measurement failed: {detail}")
     return answer
 
