@@ -88,6 +88,12 @@ def _ms(x: float) -> str:
     return f"{x * 1000:.1f} µs" if x < 1 else f"{x:.2f} ms"
 
 
+def estimate_range(f: Figures) -> str:
+    from .models.card import estimate_range as text
+
+    return text(f)
+
+
 def _quality(f: Figures) -> str:
     if f.metric_value is not None:
         value = f"{f.metric_value:.2%}" if f.metric == "accuracy" else f"{f.metric_value:.4g}"
@@ -113,7 +119,7 @@ def _table(variants: list[VariantRecord], device: str, chosen: str | None) -> li
         mem = "–" if f.peak_memory_mb is None else f"{f.peak_memory_mb:.1f}"
         lines.append(
             f"{mark} {v.name:<27} {v.runtime:<11} {f.size_bytes:>9} {f.size_gzip_bytes:>9} "
-            f"{mem:>8} {_ms(f.p50_ms):>9} {_ms(f.p99_ms):>9} {_ms(f.estimate_p50_ms):>12}  "
+            f"{mem:>8} {_ms(f.p50_ms):>9} {_ms(f.p99_ms):>9} {estimate_range(f):>12}  "
             f"{_quality(f)}"
         )
     return lines
@@ -355,9 +361,13 @@ def bench_cmd(
         f"({f.runs} runs, {f.threads} threads)"
     )
     click.echo(
-        f"  est. {profile.name:<10} p50 {_ms(f.estimate_p50_ms)}, p99 {_ms(f.estimate_p99_ms)} "
-        f"(× {f.speed_factor:g}, an estimate)"
+        f"  est. {profile.name:<10} p50 {estimate_range(f)}, p99 {_ms(f.estimate_p99_ms)} "
+        f"at {f.estimate_threads or profile.threads} threads (an estimate)"
     )
+    if f.estimate_basis:
+        click.echo(f"  basis           {f.estimate_basis}")
+    for note in f.estimate_notes:
+        click.echo(f"                  - {note}")
     if f.metric_value is not None:
         click.echo(f"  {f.metric:<15} {_quality(f)}")
     for line in report.calibration:

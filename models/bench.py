@@ -11,6 +11,7 @@ from pathlib import Path
 from ..devices.profile import DeviceProfile
 from .card import BenchReport, CalibrationRecord, ModelInfo, VariantRecord
 from .data import Progress, choose_metric, load_data, sha256, shown
+from .estimate import on_this_device
 from .measure import METHOD_NOTES, Measurer, machine, metric_value
 from .mlp import OptimizeError
 from .variants import Precision
@@ -84,7 +85,7 @@ def bench(
     here = machine()
     digest = sha256(model)
     now = datetime.now(UTC).replace(microsecond=0)
-    on_device = here.machine == profile.arch
+    on_device = on_this_device(profile)
     implied = None
     advice: list[str] = []
     kind = "int8" if precision == "int8" else "fp32"
@@ -103,12 +104,6 @@ def bench(
             f"(p50 {fig.p50_ms:.4g} ms here / {ref.p50_ms:.4g} ms on the reference, "
             f"{ref.machine.cpu}); profile {profile.name} says {stated:g}"
         )
-        if on_device:
-            advice.append(
-                f"to calibrate: copy the {profile.name} profile into a directory on "
-                f"$EDGEAGENT_PROFILES and set speed.{kind}.value: {implied:g} with source "
-                f"'edgeagent models bench {model.name}, {now.date()}, {here.cpu}'"
-            )
     elif reference:
         advice.append(
             "recorded as the reference machine's run: run the same bench with this --record file "
@@ -120,10 +115,22 @@ def bench(
             f"{model.name} --device x86-64 --reference --record FILE` on the reference machine, "
             "then bench here with the same FILE to get the implied speed factor"
         )
-    if not on_device:
+    if on_device and record is not None:
         advice.append(
-            f"this machine is {here.machine}, not a {profile.name} ({profile.arch}): the latency "
-            f"is this machine's; the estimate multiplies it by {profile.name}'s factor"
+            f"to calibrate {profile.name} on this run (recorded runs override published figures): "
+            f"`edgeagent devices calibrate {profile.name} --records {record} --model "
+            f"{model.name} -o DIR`, then put DIR on $EDGEAGENT_PROFILES"
+        )
+    elif on_device:
+        advice.append(
+            "this machine is the device: add --record FILE to keep this run for "
+            f"`edgeagent devices calibrate {profile.name} --records FILE`"
+        )
+    else:
+        advice.append(
+            f"this machine is {here.machine}, not a {profile.name}: the latency is this "
+            f"machine's at {fig.threads} threads; the estimate is "
+            f"{(fig.estimate_basis or 'the profile speed factor').rstrip('.')}"
         )
     if record is not None:
         records.append(
@@ -140,6 +147,7 @@ def bench(
                 profile=profile.name,
                 reference=reference,
                 machine=here,
+                workload=measurer.workload(model)[0],
             )
         )
         record.parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..devices.profile import DeviceProfile
+from ..devices.workload import Workload
 
 
 class _Model(BaseModel):
@@ -47,9 +48,32 @@ class Figures(_Model):
     runs: int = Field(description="Timed runs at batch 1, after warm-up.")
     p50_ms: float = Field(description="Median latency on this machine, ms.")
     p99_ms: float = Field(description="99th percentile latency on this machine, ms.")
-    speed_factor: float = Field(description="The profile's factor used for the estimate.")
+    speed_factor: float = Field(
+        description="Times slower on the device than here: estimate_p50_ms / p50_ms (the "
+        "profile's fp32 or int8 factor when the speed model could not be used)."
+    )
     estimate_p50_ms: float = Field(description="Estimated median latency on the device, ms.")
     estimate_p99_ms: float = Field(description="Estimated p99 latency on the device, ms.")
+    estimate_low_ms: float | None = Field(
+        default=None, description="Low end of the estimate's range on the device, ms."
+    )
+    estimate_high_ms: float | None = Field(
+        default=None, description="High end of the estimate's range on the device, ms."
+    )
+    estimate_threads: int | None = Field(
+        default=None, description="The device's inference threads the estimate is for."
+    )
+    estimate_basis: str | None = Field(
+        default=None,
+        description="Where the estimate comes from: measured on the device, the device's speed "
+        "model (and what it was fitted to), or the old single factor.",
+    )
+    estimate_notes: list[str] = Field(
+        default_factory=list, description="Why the range is as wide as it is."
+    )
+    workload: Workload | None = Field(
+        default=None, description="What one batch-1 inference asks of a CPU, by operator class."
+    )
     metric: str | None = Field(default=None, description="Evaluation metric, if --eval given.")
     metric_value: float | None = Field(default=None, description="The metric on the eval set.")
     drop: float | None = Field(
@@ -159,6 +183,11 @@ class CalibrationRecord(_Model):
     profile: str = Field(description="The --device the run was made for.")
     reference: bool = Field(description="Made on the reference machine (factor 1.0).")
     machine: Machine
+    workload: Workload | None = Field(
+        default=None,
+        description="The model's workload when it could be counted where the run was made "
+        "(`devices calibrate --model FILE` counts it otherwise).",
+    )
 
 
 class BenchReport(_Model):
@@ -207,11 +236,19 @@ def _quality(f: Figures, unit: str) -> str:
     return "–"
 
 
+def estimate_range(f: Figures) -> str:
+    """The device estimate as people read it: ``12.3 ms (8.9-16.1)``, the range when known."""
+    text = _ms(f.estimate_p50_ms)
+    if f.estimate_low_ms is not None and f.estimate_high_ms is not None:
+        text += f" ({_ms(f.estimate_low_ms)}–{_ms(f.estimate_high_ms)})"
+    return text
+
+
 def variant_rows(card_variants: list[VariantRecord], device: str, unit: str) -> list[str]:
     """The Markdown table of variants."""
     rows = [
         f"| variant | runtime | params | size | gzip | peak mem | p50 here | p99 here "
-        f"| est. p50 on {device} | quality | status |",
+        f"| est. p50 on {device} (range) | quality | status |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for v in card_variants:
@@ -224,9 +261,26 @@ def variant_rows(card_variants: list[VariantRecord], device: str, unit: str) -> 
         rows.append(
             f"| {v.name} | {v.runtime} | {f.params if f.params is not None else '–'} "
             f"| {_mib(f.size_bytes)} | {_mib(f.size_gzip_bytes)} | {mem} | {_ms(f.p50_ms)} "
-            f"| {_ms(f.p99_ms)} | {_ms(f.estimate_p50_ms)} | {_quality(f, unit)} | measured |"
+            f"| {_ms(f.p99_ms)} | {estimate_range(f)} | {_quality(f, unit)} | measured |"
         )
     return rows
+
+
+def _estimate_lines(card: ModelCard) -> list[str]:
+    """How the device estimates were made: the chosen (else first measured) variant's basis."""
+    measured = [v for v in card.variants if v.figures is not None]
+    chosen = [v for v in measured if v.name == card.choice.variant] or measured
+    f = chosen[0].figures if chosen else None
+    if f is None or f.estimate_basis is None:
+        d = card.device
+        return [
+            f"- speed factors (times slower than the reference): fp32 {d.speed.fp32.value:g} "
+            f"({d.speed.fp32.source.strip()}); int8 {d.speed.int8.value:g} "
+            f"({d.speed.int8.source.strip()})"
+        ]
+    lines = [f"- device estimates ({chosen[0].name}): {f.estimate_basis}"]
+    lines += [f"  - {note}" for note in f.estimate_notes]
+    return lines
 
 
 def render_markdown(card: ModelCard) -> str:
@@ -252,9 +306,7 @@ def render_markdown(card: ModelCard) -> str:
         f"- RAM budget for the model {d.model_budget_mb.value:g} MiB, storage budget "
         f"{d.storage_budget_mb.value:g} MiB; runtimes: {', '.join(d.runtimes)}; int8 dot product: "
         f"{'yes' if d.int8_dot_product else 'no'}",
-        f"- speed factors (times slower than the reference): fp32 {d.speed.fp32.value:g} "
-        f"({d.speed.fp32.source.strip()}); int8 {d.speed.int8.value:g} "
-        f"({d.speed.int8.source.strip()})",
+        *_estimate_lines(card),
         "",
         "## Data",
         "",

@@ -197,8 +197,13 @@ def _fastest(
             else f"smallest of the {len(tied)} fastest (within {tie:.0%})"
         )
         + f" of the {len(alive)} variants that pass every rule on {profile.name}: "
-        f"est. p50 {pf.estimate_p50_ms:.4g} ms on the device ({pf.p50_ms:.4g} ms here × "
-        f"{pf.speed_factor:g}), {pf.size_bytes} bytes"
+        f"est. p50 {pf.estimate_p50_ms:.4g} ms on the device"
+        + (
+            f" (range {pf.estimate_low_ms:.4g}-{pf.estimate_high_ms:.4g})"
+            if pf.estimate_low_ms is not None and pf.estimate_high_ms is not None
+            else f" ({pf.p50_ms:.4g} ms here × {pf.speed_factor:g})"
+        )
+        + f", {pf.size_bytes} bytes"
         + quality_text
         + (f", peak memory {pf.peak_memory_mb:.1f} MiB" if pf.peak_memory_mb is not None else "")
         + (f"; {forced[0]}" if forced and pick.precision == "int8" else "")

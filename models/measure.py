@@ -9,8 +9,9 @@ evaluation and calibration inputs (written to an ``.npz`` for the parent). A bas
 does the same imports and reads the same batch-1 sample without loading a model; the model's peak
 memory is the difference.
 
-The device estimate is this machine's latency times the profile's speed factor (the int8 factor
-for int8 variants): an estimate, exact only when this machine is the reference machine.
+The device estimate comes from :mod:`.estimate`: the device's speed model applied to the model's
+graph (independent of this machine's timing), measured when this machine is the device, and the
+old "this machine's latency × the profile's factor" only as a fallback with a wide range.
 
 Quality metrics live in :mod:`.quality`, the measurement process and the interleaved re-timing
 in :mod:`.measure_worker`; their names are re-exported here, where they lived before.
@@ -25,13 +26,15 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..devices.profile import DeviceProfile
+from ..devices.workload import Workload
 from .backend import RuntimeSettings
 from .card import Figures, Machine
+from .estimate import DeviceEstimate, device_estimate, local_threads, workload_of
 from .measure_worker import BATCH, RUNTIME_MODULES, measure_request, retime_interleaved
 from .mlp import OptimizeError, require
 from .quality import METRICS, fidelity, metric_value, quality_drop, unit_for
@@ -58,6 +61,7 @@ __all__ = [
     "run_isolated",
     "speed_factor",
     "unit_for",
+    "with_estimate",
 ]
 
 WORKER_TIMEOUT_S = 900.0
@@ -71,8 +75,11 @@ METHOD_NOTES = (
     "variants alike and the order between close variants is the real one",
     "peak memory: peak RSS (VmHWM) of the process that loaded and timed the model, minus that "
     "of a baseline process importing the same runtime and data without loading a model",
-    "device estimate: latency on this machine × the profile's speed factor (fp32 or int8): "
-    "an estimate, as good as the factor and only exact if this machine is the reference machine",
+    "device estimate: the device's speed model (per operator class, per precision, at the "
+    "device's threads, fitted to published real-device figures or recorded runs) applied to the "
+    "model's graph, with its range; measured when this machine is the device; this machine's "
+    "latency × the profile's speed factor only when the graph cannot be counted (range 2× either "
+    "way). Local timing uses at most this machine's CPUs",
     "size: the file in bytes; gzip: gzip -9 of it (what a download or a compressed bundle costs)",
 )
 
@@ -224,11 +231,35 @@ class Measurer:
         self.runs = runs
         self.warmup = warmup
         self._baselines: dict[tuple[str, RuntimeSettings], int] = {}
+        self._workloads: dict[Path, tuple[Workload | None, str | None]] = {}
 
     def settings(self, path: Path) -> RuntimeSettings:
+        """The profile's runtime settings, timed at no more threads than this machine has."""
         from . import settings_for
 
-        return settings_for(self.profile, path.stat().st_size)
+        settings = settings_for(self.profile, path.stat().st_size)
+        return replace(settings, threads=local_threads(self.profile))
+
+    def workload(self, path: Path) -> tuple[Workload | None, str | None]:
+        """The file's workload (counted once per path), or why there is none."""
+        if path not in self._workloads:
+            self._workloads[path] = workload_of(path)
+        return self._workloads[path]
+
+    def estimate(
+        self, path: Path, precision: str, runtime: str, p50_ms: float, p99_ms: float
+    ) -> DeviceEstimate:
+        """The device estimate for ``path`` measured at ``p50_ms`` / ``p99_ms`` here."""
+        workload, why = self.workload(path)
+        return device_estimate(
+            self.profile,
+            precision="int8" if precision == "int8" else "fp32",
+            runtime=runtime,
+            p50_ms=p50_ms,
+            p99_ms=p99_ms,
+            workload=workload,
+            why_no_workload=why,
+        )
 
     def baseline_kb(self, runtime: str, settings: RuntimeSettings) -> int:
         key = (runtime, settings)
@@ -254,7 +285,6 @@ class Measurer:
             runs=self.runs,
             warmup=self.warmup,
         )
-        factor = speed_factor(self.profile, precision)
         peak = max(0, timing.peak_kb - baseline) / 1024
         p50, p99 = round(timing.p50_ms, 6), round(timing.p99_ms, 6)
         fig = Figures(
@@ -266,11 +296,28 @@ class Measurer:
             runs=timing.runs,
             p50_ms=p50,
             p99_ms=p99,
-            speed_factor=factor,
-            estimate_p50_ms=round(p50 * factor, 6),
-            estimate_p99_ms=round(p99 * factor, 6),
+            speed_factor=1.0,
+            estimate_p50_ms=p50,
+            estimate_p99_ms=p99,
+            workload=self.workload(path)[0],
         )
-        return fig, timing
+        return with_estimate(fig, self.estimate(path, precision, runtime, p50, p99)), timing
+
+
+def with_estimate(fig: Figures, est: DeviceEstimate) -> Figures:
+    """``fig`` with the device estimate's fields set from ``est`` (p50/p99 here unchanged)."""
+    return fig.model_copy(
+        update={
+            "speed_factor": est.factor(fig.p50_ms),
+            "estimate_p50_ms": round(est.p50_ms, 6),
+            "estimate_p99_ms": round(est.p99_ms, 6),
+            "estimate_low_ms": round(est.low_ms, 6),
+            "estimate_high_ms": round(est.high_ms, 6),
+            "estimate_threads": est.threads,
+            "estimate_basis": est.basis,
+            "estimate_notes": list(est.notes),
+        }
+    )
 
 
 def main() -> None:

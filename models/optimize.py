@@ -54,6 +54,7 @@ from .measure import (
     quality_drop,
     retime_interleaved,
     unit_for,
+    with_estimate,
 )
 from .mlp import OptimizeError, require
 from .variants import ALL_VARIANTS, NEEDS_CALIBRATION, Built, build_variants
@@ -95,15 +96,8 @@ def _retime(
         fig = r.figures
         if r.name in retimed and fig is not None:
             p50, p99 = (round(v, 6) for v in retimed[r.name])
-            factor = fig.speed_factor
-            fig = fig.model_copy(
-                update={
-                    "p50_ms": p50,
-                    "p99_ms": p99,
-                    "estimate_p50_ms": round(p50 * factor, 6),
-                    "estimate_p99_ms": round(p99 * factor, 6),
-                }
-            )
+            est = measurer.estimate(paths[r.name], r.precision, r.runtime, p50, p99)
+            fig = with_estimate(fig.model_copy(update={"p50_ms": p50, "p99_ms": p99}), est)
             r = r.model_copy(update={"figures": fig})
         result.append(r)
     return result
@@ -170,8 +164,9 @@ def _method(
     here = os.cpu_count() or 1
     if profile.threads > here:
         method.append(
-            f"the profile's {profile.threads} threads ran on {here} CPUs here: "
-            "multi-threaded latency on this machine is pessimistic"
+            f"timed here at {here} threads (this machine's CPUs), not the profile's "
+            f"{profile.threads}: more threads than CPUs only adds noise; the device estimate is "
+            f"for {profile.threads} threads"
         )
     if not checked:
         method.append(

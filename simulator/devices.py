@@ -5,9 +5,14 @@ every group's profile is loaded, every device's skills are imported and instanti
 loaded), each skill's cost is calibrated and each device's models are checked against its
 profile's model memory budget.
 
-Device speed. A call's device time is ``python_ms × speed.python + model_ms × speed.fp32`` (or
-``speed.int8`` for an int8 variant), times the device's slowdown (thermal throttling) and a small
-seeded jitter. ``model_ms`` is the model's latency measured *here*: taken from the optimizer's
+Device speed. A call's device time is ``python_ms × speed.python`` plus the model's time on the
+device, times the device's slowdown (thermal throttling) and a small seeded jitter. The model's
+time on the device comes from the profile's speed model applied to the model's graph
+(:mod:`edgeagent.devices.speed`: per operator class and precision, at the device's threads; the
+estimate ``models bench --device`` and the optimizer's cards make), so a simulated camera skill on
+a Pi Zero 2 W costs what it would there. Only when the graph cannot be counted or the profile has
+no speed model is it ``model_ms × speed.fp32`` (or ``speed.int8`` for an int8 variant).
+``model_ms`` is the model's latency measured *here*: taken from the optimizer's
 card when it measured the variant the device loads, otherwise timed now on zeros of the model's
 input signature (:func:`measure_model_ms`, cached per process). ``python_ms`` is the agent's own
 per-call work here (decode, validate, encode): :data:`PYTHON_MS`. The skill's real code runs (its
@@ -33,6 +38,7 @@ from typing import Any, Literal
 
 from ..config import AgentConfig, load_skills
 from ..devices import DeviceProfile, load_profile
+from ..devices.workload import Workload
 from ..errors import ConfigError
 from ..skills import Skill, SkillSet
 from .spec import FleetSpec, Group
@@ -64,13 +70,21 @@ class SkillCost:
     python_factor: float
     model_factor: float
     source: str
+    model_device_ms: float | None = None
+    """The model's time on the device from the device's speed model (the same estimate as
+    ``models bench --device``); ``None``: ``model_ms × model_factor`` instead."""
+    range_ms: tuple[float, float] | None = None
+    """The speed model's range for ``model_device_ms``."""
 
     @property
     def device_ms(self) -> float:
-        return PYTHON_MS * self.python_factor + self.model_ms * self.model_factor
+        model = self.model_ms * self.model_factor
+        if self.model_device_ms is not None:
+            model = self.model_device_ms
+        return PYTHON_MS * self.python_factor + model
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "kind": self.kind,
             "model_ms": round(self.model_ms, 6),
             "python_ms": PYTHON_MS,
@@ -79,6 +93,11 @@ class SkillCost:
             "device_ms": round(self.device_ms, 4),
             "source": self.source,
         }
+        if self.model_device_ms is not None:
+            out["model_device_ms"] = round(self.model_device_ms, 4)
+        if self.range_ms is not None:
+            out["model_device_range_ms"] = [round(v, 4) for v in self.range_ms]
+        return out
 
 
 _MEASURED: dict[tuple[str, int], float] = {}
@@ -133,7 +152,69 @@ def skill_cost(
             model_ms = measure_model_ms(session, (str(resolved.path), threads))
             source = f"measured here ({resolved.path.name})"
     factor = (speed.int8 if kind == "int8" else speed.fp32).value
+    if kind != "python" and resolved is not None:
+        modelled = _speed_model_ms(resolved, figures, profile, kind, session)
+        if modelled is not None:
+            ms, low, high, basis = modelled
+            return SkillCost(
+                skill.name,
+                kind,
+                model_ms,
+                speed.python.value,
+                round(ms / model_ms, 4) if model_ms > 0 else factor,
+                f"{basis} ({resolved.path.name})",
+                ms,
+                (low, high),
+            )
     return SkillCost(skill.name, kind, model_ms, speed.python.value, factor, source)
+
+
+_WORKLOADS: dict[tuple[str, int], Workload | None] = {}
+
+
+def _workload(path: Path, figures: dict[str, Any] | None) -> Workload | None:
+    """The model's workload: from its card's figures, else counted from the file (cached)."""
+    if figures is not None and isinstance(figures.get("workload"), dict):
+        try:
+            return Workload.model_validate(figures["workload"])
+        except ValueError:
+            pass
+    try:
+        key = (str(path), path.stat().st_mtime_ns)
+    except OSError:
+        return None
+    if key not in _WORKLOADS:
+        from ..models.estimate import workload_of
+
+        _WORKLOADS[key] = workload_of(path)[0]
+    return _WORKLOADS[key]
+
+
+def _speed_model_ms(
+    resolved: Any, figures: dict[str, Any] | None, profile: DeviceProfile, kind: str, session: Any
+) -> tuple[float, float, float, str] | None:
+    """The model's device time from the profile's speed model, or ``None`` (no workload, no
+    speed model for the precision): the same estimate ``models bench --device`` makes."""
+    from ..devices.speed import estimate
+
+    path = getattr(resolved, "path", None)
+    if not isinstance(path, Path):
+        return None
+    workload = _workload(path, figures)
+    if workload is None:
+        return None
+    runtime = "litert" if path.suffix.lower() == ".tflite" else "onnxruntime"
+    threads = getattr(getattr(session, "settings", None), "threads", None) or profile.threads
+    est = estimate(
+        workload,
+        profile,
+        threads=min(int(threads), profile.threads),
+        precision="int8" if kind == "int8" else "fp32",
+        runtime=runtime,
+    )
+    if est is None:
+        return None
+    return est.ms, est.low_ms, est.high_ms, est.basis
 
 
 def model_memory_mb(owner: SkillSet) -> tuple[float, str] | None:
