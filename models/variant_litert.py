@@ -1,14 +1,24 @@
-"""LiteRT variants: an MLP chain's weights written as a ``.tflite`` file, without TensorFlow
-(:mod:`edgeagent.models.tflite_writer`), for devices that run the LiteRT interpreter.
+"""LiteRT variants, written without TensorFlow, for devices that run the LiteRT interpreter: an
+MLP chain's weights as a ``.tflite`` file (:mod:`edgeagent.models.tflite_writer`); other graphs
+(conv nets) through the ONNX converter (:mod:`edgeagent.models.tflite_conv`), which also makes the
+full-integer int8 variant. The converter keeps the ONNX model's input layout (NCHW).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .backend import ModelError
 from .mlp import MLPChain, OptimizeError, read_mlp_chain, require
-from .variant_base import Built, load_onnx
+from .variant_base import Built, Precision, count_params, load_onnx
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
+CALIBRATION_SAMPLES = 128
+"""At most this many calibration inputs set the int8 ranges (min/max saturates well before)."""
 
 
 def build_litert(
@@ -19,8 +29,7 @@ def build_litert(
     if chain is None:
         found = read_mlp_chain(load_onnx(src))
         if isinstance(found, str):
-            skip = f"the LiteRT writer handles MLP chains only: {found}"
-            return Built(name, technique, "fp32", "litert", None, skipped=skip)
+            return _convert(src, out, name, technique, None)
         chain = found
     try:
         writer = require("edgeagent.models.tflite_writer")
@@ -54,4 +63,38 @@ def build_litert(
         out,
         chain.params,
         notes=("weights copied from the ONNX model; runs on the LiteRT interpreter",),
+    )
+
+
+def build_litert_int8(
+    src: Path, out: Path, calibration: Mapping[str, npt.NDArray[Any]], *, name: str = "litert-int8"
+) -> Built:
+    """Full-integer int8 ``.tflite`` (float input and output), calibrated on ``calibration``."""
+    technique = (
+        "LiteRT (TFLite flatbuffer), int8: per-channel int8 conv weights, int8 activations "
+        "(MinMax calibration), float input/output"
+    )
+    return _convert(src, out, name, technique, calibration)
+
+
+def _convert(
+    src: Path,
+    out: Path,
+    name: str,
+    technique: str,
+    calibration: Mapping[str, npt.NDArray[Any]] | None,
+) -> Built:
+    """Any graph the ONNX converter lowers; its refusal (naming the op) is the skip reason."""
+    precision: Precision = "fp32" if calibration is None else "int8"
+    try:
+        conv = require("edgeagent.models.tflite_conv")
+        conv.onnx_to_tflite(src, out, calibration=calibration, max_samples=CALIBRATION_SAMPLES)
+    except (OptimizeError, ModelError) as exc:
+        return Built(name, technique, precision, "litert", None, skipped=str(exc))
+    notes = ["converted from the ONNX graph; input layout as in the ONNX model (NCHW)"]
+    if calibration is not None:
+        n = min(CALIBRATION_SAMPLES, *(len(v) for v in calibration.values()))
+        notes.append(f"calibrated on {n} samples")
+    return Built(
+        name, technique, precision, "litert", out, count_params(load_onnx(src)), notes=tuple(notes)
     )

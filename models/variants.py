@@ -13,8 +13,11 @@
                               removed, so the matrices really shrink (the only pruning that can
                               lower latency)
     <pruned>+int8-static      the two combined
-    litert-fp32, litert-structured-25, -50
-                              MLP chains only: the same weights written as a .tflite file
+    litert-fp32               the same weights as a .tflite file: MLP chains by the MLP writer,
+                              conv nets by the ONNX converter (tflite_conv)
+    litert-structured-25, -50 MLP chains only: the pruned weights as a .tflite file
+    litert-int8               full-integer int8 .tflite (float input/output), calibrated on
+                              --calibration; any graph the converter handles
 
 A builder that cannot apply to a model returns a :class:`Built` with ``skipped`` set to the
 reason; it never guesses. The MLP chain reader lives in :mod:`edgeagent.models.mlp`; it accepts
@@ -44,7 +47,7 @@ from .variant_base import (
     count_params,
     gzip_size,
 )
-from .variant_litert import build_litert
+from .variant_litert import build_litert, build_litert_int8
 from .variant_prune import build_magnitude, build_structured, prune_chain
 from .variant_quant import build_int8_dynamic, build_int8_static
 
@@ -63,6 +66,7 @@ __all__ = [
     "build_int8_dynamic",
     "build_int8_static",
     "build_litert",
+    "build_litert_int8",
     "build_magnitude",
     "build_structured",
     "build_variants",
@@ -83,10 +87,13 @@ ALL_VARIANTS: tuple[str, ...] = (
     "structured-25+int8-static",
     "structured-50+int8-static",
     "litert-fp32",
+    "litert-int8",
     "litert-structured-25",
     "litert-structured-50",
 )
-NEEDS_CALIBRATION = frozenset(name for name in ALL_VARIANTS if "int8-static" in name)
+NEEDS_CALIBRATION = frozenset(
+    name for name in ALL_VARIANTS if "int8-static" in name or name == "litert-int8"
+)
 
 
 def build_variants(
@@ -122,6 +129,13 @@ def build_variants(
                 pruned = name.removeprefix("litert-")
                 if pruned == "fp32":
                     built[name] = build_litert(src, path(name, ".tflite"))
+                    continue
+                if pruned == "int8":
+                    if calibration is None:
+                        raise OptimizeError("litert-int8 needs calibration data (--calibration)")
+                    b = build_litert_int8(src, path(name, ".tflite"), calibration)
+                    base = "litert-fp32" if "litert-fp32" in wanted else "fp32"
+                    built[name] = replace(b, base=base)
                     continue
                 parent = _ensure(pruned, built, chains, src, path, calibration, work)
                 if parent.skipped or parent.path is None:
