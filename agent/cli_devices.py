@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 
 import click
 
+from .cli_calibrate import register as register_calibrate
 from .devices import (
     PROFILE_DIR,
     PROFILES_ENV,
@@ -19,6 +20,7 @@ from .devices import (
     DeviceProfile,
     Figure,
     SpeedFactors,
+    SpeedModel,
     find_profile,
     list_profiles,
     load_profile,
@@ -49,6 +51,9 @@ def devices() -> None:
     PROFILE is a built-in name (see `edgeagent devices ls`), a name found in the directories of
     $EDGEAGENT_PROFILES, or the path to a profile YAML file.
     """
+
+
+register_calibrate(devices)
 
 
 @devices.command("ls")
@@ -105,6 +110,24 @@ def _speed_text(value: float) -> str:
     return f"{value:g}× slower than the reference" if value > 1 else f"{1 / value:.3g}× faster"
 
 
+def _speed_model_text(model: SpeedModel) -> str:
+    """One paragraph: what the speed model rests on and how well it fits (devices/speed.py)."""
+    c = model.calibration
+    known = [p for p in ("fp32", "fp16", "int8") if model.rates(p) is not None]
+    parts = [f"{c.basis}: {', '.join(known) or 'no'} rates, {c.entries} figures, {c.date}"]
+    for r in c.residuals:
+        held = (
+            f"; held-out {r.held_out_n} median {r.held_out_median:.0%} worst {r.held_out_worst:.0%}"
+            if r.held_out_median is not None and r.held_out_worst is not None
+            else ""
+        )
+        parts.append(
+            f"{r.precision}: fitted {r.fitted_n} median {r.fitted_median:.0%} worst "
+            f"{r.fitted_worst:.0%}{held}"
+        )
+    return "; ".join(parts) + " (|estimate/published - 1|; `edgeagent devices calibrate`)"
+
+
 def _rows(profile: DeviceProfile) -> list[tuple[str, str, str | None]]:
     """(field, value, source) for every field of the profile, in the model's order."""
     rows: list[tuple[str, str, str | None]] = []
@@ -118,6 +141,8 @@ def _rows(profile: DeviceProfile) -> list[tuple[str, str, str | None]]:
             for kind in SpeedFactors.model_fields:
                 fig: Figure = getattr(value, kind)
                 rows.append((f"speed.{kind}", _speed_text(fig.value), fig.source))
+        elif isinstance(value, SpeedModel):
+            rows.append(("speed_model", _speed_model_text(value), value.calibration.table))
         elif field in SOURCED_FIELDS:
             rows.append(
                 (field, _value_text(field, value), profile.sources.get(field, "(not given)"))

@@ -21,14 +21,29 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..yamlconf import load_yaml_model
 from .profile import SOURCED_FIELDS, DeviceProfile, Figure, SpeedFactors
+from .speed import Estimate, estimate
+from .speed_schema import (
+    Calibration,
+    PrecisionRates,
+    ResidualStats,
+    RuntimeFactor,
+    SpeedModel,
+)
 
 __all__ = [
     "PROFILES_ENV",
     "PROFILE_DIR",
     "SOURCED_FIELDS",
+    "Calibration",
     "DeviceProfile",
+    "Estimate",
     "Figure",
+    "PrecisionRates",
+    "ResidualStats",
+    "RuntimeFactor",
     "SpeedFactors",
+    "SpeedModel",
+    "estimate",
     "find_profile",
     "list_profiles",
     "load_profile",

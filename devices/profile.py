@@ -14,6 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from .speed_schema import SpeedModel
+
 Runtime = Literal["onnxruntime", "litert"]
 Arch = Literal["x86_64", "aarch64", "armv7l"]
 
@@ -60,6 +62,11 @@ class DeviceProfile(BaseModel):
     runtimes: list[Runtime] = Field(description="Inference runtimes with wheels for this device.")
     threads: int = Field(ge=1, description="Default inference threads.")
     speed: SpeedFactors = Field(description="Speed relative to the reference machine.")
+    speed_model: SpeedModel | None = Field(
+        default=None,
+        description="Per-precision, per-operator-class rates with thread scaling, fitted to "
+        "published or recorded figures (edgeagent.devices.speed); None: only the factors above.",
+    )
     python: str = Field(
         default="3.11",
         pattern=r"^3\.[0-9]{1,2}$",
