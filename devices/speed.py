@@ -10,8 +10,9 @@ Pure Python (no numpy): it runs on devices and inside the simulator. The model (
 is multiplicative: ``ms / (1 + s) .. ms × (1 + s)``, where ``s`` starts at the fit's
 leave-one-model-out spread and grows, with a note each time, for what the fit did not see: a
 precision derived from another, a runtime without figures, threads beyond the published ones,
-ops without a cost of their own. ``None`` means the profile has no speed model for the question,
-so the caller falls back to the profile's old single factor.
+ops without a cost of their own. ``None`` means the profile has no speed model for the question
+(or the model is far below the calibrated sizes, :data:`SMALL_MODEL_MMAC`), so the caller falls
+back to the profile's single factor.
 """
 
 from __future__ import annotations
@@ -45,10 +46,9 @@ UNKNOWN_OPS_SPREAD = 0.2
 
 SMALL_MODEL_MMAC = 3.0
 """Below this many million MACs a model is far smaller than any calibrated one (the smallest
-published model, blazeface, is about 29 MMAC): its time is mostly per-op costs, extrapolated."""
-
-SMALL_MODEL_SPREAD = 1.0
-"""Extra relative uncertainty for such a model (the per-op cost was fitted on large layers)."""
+published model, blazeface, is about 29 MMAC): its time would be mostly per-op costs fitted on
+large layers (tens of µs per op at 4 threads), an extrapolation the figures never checked, so
+:func:`estimate` declines (None) and callers use the profile's factor on a local timing."""
 
 THREADS_EXTRAPOLATED_SPREAD = 0.15
 """Extra relative uncertainty for thread counts above the largest fitted one."""
@@ -200,7 +200,7 @@ def estimate(
         raise ValueError(f"unknown runtime {runtime!r}; one of {', '.join(ESTIMATE_RUNTIMES)}")
     rt = cast(EstimateRuntime, runtime)
     model = profile.speed_model
-    if model is None:
+    if model is None or workload.total_mmac < SMALL_MODEL_MMAC:
         return None
     prec: Precision = precision or workload.precision
     notes: list[str] = []
@@ -225,12 +225,6 @@ def estimate(
     if workload.unknown_ops:
         notes.append(f"ops costed as elementwise: {', '.join(workload.unknown_ops)}")
         spread = _grow(spread, UNKNOWN_OPS_SPREAD)
-    if workload.total_mmac < SMALL_MODEL_MMAC:
-        notes.append(
-            f"{workload.total_mmac:.3g} MMAC: far smaller than any calibrated model (about 29 "
-            "MMAC and up): mostly per-op costs, extrapolated; measure it on the device"
-        )
-        spread = _grow(spread, SMALL_MODEL_SPREAD)
     if model.calibration.basis == "derived":
         notes.append(
             f"derived speed model: {model.calibration.notes[0]}"

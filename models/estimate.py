@@ -123,9 +123,14 @@ def device_estimate(
             f"measured on this machine, a {profile.name}",
         )
     notes: list[str] = []
-    if workload is not None:
-        from ..devices.speed import estimate
+    from ..devices.speed import SMALL_MODEL_MMAC, estimate
 
+    if workload is not None and workload.total_mmac < SMALL_MODEL_MMAC:
+        notes.append(
+            f"{workload.total_mmac:.3g} MMAC: below the speed model's calibrated sizes (the "
+            "smallest published model is about 29 MMAC), so the profile's factor instead"
+        )
+    elif workload is not None:
         est = estimate(workload, profile, threads=threads, precision=precision, runtime=runtime)
         if est is not None:
             tail = p99_ms / p50_ms if p50_ms > 0 else 1.0
