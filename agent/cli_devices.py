@@ -77,17 +77,31 @@ def devices_ls(as_json: bool) -> None:
             _mib(p.ram_mb.value),
             "yes" if p.int8_dot_product else "no",
             ",".join(p.runtimes) or "-",
+            p.speed_model.calibration.basis if p.speed_model is not None else "-",
             f"{p.speed.fp32.value:g}×",
         )
         for p in profiles
     ]
-    header = ("NAME", "TITLE", "ARCH", "CORES×GHZ", "RAM", "INT8-DOT", "RUNTIMES", "FP32 SPEED")
+    header = (
+        "NAME",
+        "TITLE",
+        "ARCH",
+        "CORES×GHZ",
+        "RAM",
+        "INT8-DOT",
+        "RUNTIMES",
+        "SPEED MODEL",
+        "FP32 SPEED",
+    )
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
     for r in [header, *rows]:
         cells = [c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)]
         click.echo("  ".join([*cells, r[-1]]))
     click.echo(
-        "\nFP32 SPEED: times slower than the reference (x86-64); see `edgeagent devices show`."
+        "\nSPEED MODEL: what device estimates rest on (published figures, recorded runs, or "
+        "derived from\nanother board; docs/device-speed.md). FP32 SPEED: times slower than the "
+        "reference (x86-64),\nused where the speed model does not apply. See `edgeagent devices "
+        "show`."
     )
     if user:
         click.echo(f"* user profile (from ${PROFILES_ENV})")

@@ -291,7 +291,9 @@ def optimize_cmd(
     "--record",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help="Append the measured speed to this JSON file (to calibrate profiles).",
+    help="Append the measured speed (and the model's workload) to this JSON file: on a real "
+    "device, `edgeagent devices calibrate PROFILE --records FILE` fits the board's speed model "
+    "to it.",
 )
 @click.option(
     "--reference",
@@ -312,10 +314,13 @@ def bench_cmd(
     quiet: bool,
 ) -> None:
     """Measure MODEL (.onnx or .tflite) as the optimizer measures a variant: size, peak memory,
-    latency with the profile's threads, the estimate for the device, and accuracy with --eval.
+    latency here (at the profile's threads, at most this machine's CPUs), the estimate for the
+    device with its range and basis (the device's speed model on the counted graph; see
+    docs/device-speed.md), and accuracy with --eval.
 
-    Run it on a real device with --record FILE to keep the measured speed; with a reference run
-    of the same model in FILE (made with --reference), it reports the device's speed factor.
+    Run it on a real device with --record FILE to keep the measured speed for `edgeagent devices
+    calibrate`; with a reference run of the same model in FILE (made with --reference), it also
+    reports the single speed factor this machine implies.
 
     A language model (an onnxruntime-genai folder, zoo:tinyllm, zoo:smollm2): tokens/s, first-token
     latency, peak memory and the estimate for the device (--eval and --record do not apply).
