@@ -42,7 +42,7 @@ def test_a_board_profile_needs_its_device_tree_model(
     pi4 = load_profile("pi4")
     tree = tmp_path / "model"
     monkeypatch.setattr(est_mod, "DEVICE_TREE_MODEL", tree)
-    monkeypatch.setattr(est_mod.platform, "machine", lambda: "aarch64")
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
     tree.write_bytes(b"Raspberry Pi 3 Model B Plus Rev 1.3\0")
     assert not on_this_device(pi4)
     tree.write_bytes(b"Raspberry Pi 4 Model B Rev 1.4\0")
