@@ -221,15 +221,15 @@ def count_param(
         if outs is not None:
             shapes.update(zip(layer.tops, outs, strict=True))
         _count_layer(layer, inputs, outs, tally)
-    work = Workload(
-        conv_mmac=tally.conv / 1e6,
-        pointwise_mmac=tally.pointwise / 1e6,
-        depthwise_mmac=tally.depthwise / 1e6,
-        fc_mweights=tally.fc / 1e6,
-        elementwise_melems=tally.elements / 1e6,
+    work = Workload.counted(
+        conv=tally.conv,
+        pointwise=tally.pointwise,
+        depthwise=tally.depthwise,
+        fc=tally.fc,
+        elements=tally.elements,
         nodes=tally.nodes,
         precision=precision or ("int8" if tally.int8 else "fp32"),
-        unknown_ops=sorted(tally.unknown_ops),
+        unknown_ops=tally.unknown_ops,
     )
     return ParamCount(work, tuple(tally.inferred), tuple(tally.unknown_shape))
 

@@ -56,6 +56,31 @@ class Workload(BaseModel):
         "unique): the estimate is less sure when this is not empty.",
     )
 
+    @classmethod
+    def counted(
+        cls,
+        *,
+        conv: float,
+        pointwise: float,
+        depthwise: float,
+        fc: float,
+        elements: float,
+        nodes: int,
+        precision: Precision,
+        unknown_ops: set[str] | list[str],
+    ) -> Workload:
+        """A workload from a counter's raw tallies (MACs, weights and elements, not millions)."""
+        return cls(
+            conv_mmac=conv / 1e6,
+            pointwise_mmac=pointwise / 1e6,
+            depthwise_mmac=depthwise / 1e6,
+            fc_mweights=fc / 1e6,
+            elementwise_melems=elements / 1e6,
+            nodes=nodes,
+            precision=precision,
+            unknown_ops=sorted(set(unknown_ops)),
+        )
+
     @property
     def total_mmac(self) -> float:
         """All multiply-accumulates, million (matrix-vector weights count one MAC each)."""

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .tflite_writer import BUFFER_ALIGNMENT, SCHEMA_VERSION, _schema
+from .tflite_writer import BUFFER_ALIGNMENT, _schema, write_model
 
 
 @dataclass(slots=True)
@@ -167,28 +167,16 @@ def write_graph(graph: Graph, path: str | os.PathLike[str], description: str) ->
         operators=operators,
         name="main",
     )
-    signature = schema.SignatureDefT(
-        inputs=[schema.TensorMapT(name=n, tensorIndex=index[n]) for n in graph.inputs],
-        outputs=[schema.TensorMapT(name=n, tensorIndex=index[n]) for n in graph.outputs],
-        signatureKey="serving_default",
-        subgraphIndex=0,
-    )
-    model = schema.ModelT(
-        version=SCHEMA_VERSION,
-        operatorCodes=operator_codes,
-        subgraphs=[subgraph],
-        description=description,
+    return write_model(
+        schema,
+        path,
+        subgraph=subgraph,
+        operator_codes=operator_codes,
         buffers=buffers,
-        signatureDefs=[signature],
+        description=description,
+        inputs={n: index[n] for n in graph.inputs},
+        outputs={n: index[n] for n in graph.outputs},
     )
-    import flatbuffers  # type: ignore[import-untyped, unused-ignore]
-
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(bytes(builder.Output()))
-    return out
 
 
 _INT8_VERSIONS = {

@@ -152,9 +152,34 @@ def write_mlp_tflite(
     subgraph = schema.SubGraphT(
         tensors=tensors, inputs=[first], outputs=[x], operators=operators, name="main"
     )
+    return write_model(
+        schema,
+        path,
+        subgraph=subgraph,
+        operator_codes=operator_codes,
+        buffers=buffers,
+        description=description,
+        inputs={input_name: first},
+        outputs={output_name: x},
+    )
+
+
+def write_model(
+    schema: Any,
+    path: str | os.PathLike[str],
+    *,
+    subgraph: Any,
+    operator_codes: list[Any],
+    buffers: list[Any],
+    description: str,
+    inputs: dict[str, int],
+    outputs: dict[str, int],
+) -> Path:
+    """Wrap one subgraph in a model with a ``serving_default`` signature (name → tensor index)
+    and write it as a ``.tflite`` flatbuffer at ``path`` (parent folders made)."""
     signature = schema.SignatureDefT(
-        inputs=[schema.TensorMapT(name=input_name, tensorIndex=first)],
-        outputs=[schema.TensorMapT(name=output_name, tensorIndex=x)],
+        inputs=[schema.TensorMapT(name=n, tensorIndex=i) for n, i in inputs.items()],
+        outputs=[schema.TensorMapT(name=n, tensorIndex=i) for n, i in outputs.items()],
         signatureKey="serving_default",
         subgraphIndex=0,
     )
@@ -166,13 +191,13 @@ def write_mlp_tflite(
         buffers=buffers,
         signatureDefs=[signature],
     )
-
     # A dependency of ai-edge-litert: present whenever the schema is.
     import flatbuffers  # type: ignore[import-untyped, unused-ignore]
 
     builder = flatbuffers.Builder(1024)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(bytes(builder.Output()))
     return out
 

@@ -239,15 +239,15 @@ class _Counter:
             self.pointwise += rows * k * n
 
     def workload(self) -> Workload:
-        return Workload(
-            conv_mmac=self.conv / 1e6,
-            pointwise_mmac=self.pointwise / 1e6,
-            depthwise_mmac=self.depthwise / 1e6,
-            fc_mweights=self.fc / 1e6,
-            elementwise_melems=self.elements / 1e6,
+        return Workload.counted(
+            conv=self.conv,
+            pointwise=self.pointwise,
+            depthwise=self.depthwise,
+            fc=self.fc,
+            elements=self.elements,
             nodes=self.nodes,
             precision="int8" if self.int8 else "fp32",
-            unknown_ops=sorted(self.unknown),
+            unknown_ops=self.unknown,
         )
 
 

@@ -124,13 +124,13 @@ def _count(graph: Any, op_names: list[str]) -> Workload:
             if name not in KNOWN_OPS:
                 unknown.add(name)
             elements += sum(math.prod(_shape(t)) for t in outputs)
-    return Workload(
-        conv_mmac=conv / 1e6,
-        pointwise_mmac=pointwise / 1e6,
-        depthwise_mmac=depthwise / 1e6,
-        fc_mweights=fc / 1e6,
-        elementwise_melems=elements / 1e6,
+    return Workload.counted(
+        conv=conv,
+        pointwise=pointwise,
+        depthwise=depthwise,
+        fc=fc,
+        elements=elements,
         nodes=nodes,
         precision="int8" if int8 else "fp32",
-        unknown_ops=sorted(unknown),
+        unknown_ops=unknown,
     )
