@@ -112,13 +112,18 @@ class PrecisionFit:
 
 
 def fit_precision(
-    rows: Sequence[Row], precision: Precision, basis_text: str, shape: Array | None = None
+    rows: Sequence[Row],
+    precision: Precision,
+    basis_text: str,
+    shape: Array | None = None,
+    nodes: Array | None = None,
 ) -> PrecisionFit:
-    """Fit one precision's rates, runtime factors and spread on ``rows`` (all that precision)."""
+    """Fit one precision's rates, runtime factors and spread on ``rows`` (all that precision);
+    ``shape`` and ``nodes`` (the float fit's inverse rates and per-op costs) for thin int8 data."""
     if not rows:
         raise CalibrationError(f"no {precision} figures to fit")
-    fit = fit_rows(rows, shape)
-    spread = lomo_spread(rows, shape, fit.p)
+    fit = fit_rows(rows, shape, nodes=nodes)
+    spread = lomo_spread(rows, shape, fit.p, nodes)
     notes = []
     if spread is None:
         notes.append(f"{precision}: too few models for a leave-one-out spread; 0.5 assumed")
@@ -137,7 +142,8 @@ def fit_precision(
     models = sorted({r.obs.model for r in rows})
     source = (
         f"Fitted to {len(rows)} {basis_text} {precision} figures of {len(models)} models "
-        f"({', '.join(models)}), relative least squares; p and the size exponent on grids."
+        f"({', '.join(models)}), relative least squares; p and the size exponent on grids"
+        + ("; per-op costs taken from the float fit." if nodes is not None else ".")
     )
     rates = _rates_of(fit, spread, source)
     described: dict[str, str] = {}
@@ -199,10 +205,12 @@ def fit_device(
     for precision in ("fp32", "fp16", "int8"):
         prec_rows = rows_for(profile, [o for o in usable if o.precision == precision], workloads)
         if prec_rows:
-            shape = None
+            shape = nodes = None
             if precision == "int8" and fits:
-                shape = np.array([1.0 / float(getattr(fits[0].rates, n)) for n in WORK_CLASSES])
-            fits.append(fit_precision(prec_rows, precision, basis_text, shape))
+                base = fits[0].rates
+                shape = np.array([1.0 / float(getattr(base, n)) for n in WORK_CLASSES])
+                nodes = np.array([base.node_us / 1000.0, base.node_thread_us / 1000.0])
+            fits.append(fit_precision(prec_rows, precision, basis_text, shape, nodes))
     notes = [n for pf in fits for n in pf.notes]
     model = SpeedModel(
         **{pf.precision: pf.rates for pf in fits},

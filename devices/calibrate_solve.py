@@ -139,9 +139,11 @@ def _solve(
     shape: Array | None = None,
     weight: float = 0.0,
     grid: Sequence[tuple[float, float, float]] | None = None,
+    nodes: Array | None = None,
 ) -> Fit:
     """Best fit over ``grid`` (default: every parallel fraction × size exponent); the first of
-    equal losses wins, so the result is deterministic."""
+    equal losses wins, so the result is deterministic. ``nodes`` (ms per op, ms per op per extra
+    thread) fixes the per-op costs instead of fitting them."""
     obs = np.array([r.ms for r in rows])
     others = sorted({r.obs.runtime for r in rows} - {BASE_RUNTIME})
     has_base = any(r.obs.runtime == BASE_RUNTIME for r in rows)
@@ -155,12 +157,18 @@ def _solve(
             a = np.column_stack([a[:, :_K] @ shape, a[:, _K], a[:, _K + 1]])
         elif pooled:
             a = np.column_stack([a[:, :4].sum(axis=1), a[:, 4], a[:, _K], a[:, _K + 1]])
+        node_cols = [a.shape[1] - 2, a.shape[1] - 1]  # every layout ends with the op columns
+        offset = np.zeros(len(rows)) if nodes is None else a[:, node_cols] @ nodes
+        fit_a = a.copy()
+        if nodes is not None:
+            fit_a[:, node_cols] = 0.0
         factors = {r: 1.0 for r in others}
         x = np.zeros(a.shape[1])
         alternate = bool(others and has_base)
         for _ in range(ROUNDS if alternate else 1):
-            scaled = a * (_runtime_scale(rows, factors) / obs)[:, None]
-            target = np.ones(len(rows))
+            rt = _runtime_scale(rows, factors) / obs
+            scaled = fit_a * rt[:, None]
+            target = np.ones(len(rows)) - offset * rt
             if prior is not None:
                 k = len(WORK_CLASSES)
                 extra = np.zeros((k, a.shape[1]))
@@ -168,6 +176,8 @@ def _solve(
                 scaled = np.vstack([scaled, extra])
                 target = np.concatenate([target, np.full(k, weight)])
             x = nnls(scaled, target)
+            if nodes is not None:
+                x[node_cols] = nodes
             base_pred = a @ x
             for r in others if has_base else []:
                 ok = np.array([row.obs.runtime == r for row in rows]) & (base_pred > 0)
@@ -186,16 +196,20 @@ def fit_rows(
     rows: Sequence[Row],
     shape: Array | None = None,
     grid: Sequence[tuple[float, float, float]] | None = None,
+    nodes: Array | None = None,
 ) -> Fit:
     """A prior from a one-parameter fit, then the per-class fit pulled towards it.
 
     Without ``shape`` the prior is the pooled fit (one rate for every multiply-accumulate);
     with ``shape`` (another precision's inverse rates, for thin int8 data) it is that shape
-    times one fitted scale, so int8 borrows the float fit's class structure.
+    times one fitted scale, so int8 borrows the float fit's class structure. ``nodes`` fixes the
+    per-op costs (int8 takes the float fit's: dispatching an op costs the same whatever its
+    arithmetic, and six to eight large int8 models cannot identify it; fitted freely it came out
+    at 1.3 ms per op on the Zero 2 W, which made every small int8 model slower than fp32).
     """
     weight = PRIOR_WEIGHT
     if shape is not None:
-        scaled = _solve(rows, pooled=False, prior=None, shape=shape, grid=grid)
+        scaled = _solve(rows, pooled=False, prior=None, shape=shape, grid=grid, nodes=nodes)
         prior = shape * (scaled.x[0] if scaled.x[0] > 0 else 1.0)
         weight = SHAPE_PRIOR_WEIGHT
     else:
@@ -208,7 +222,7 @@ def fit_rows(
         )
         elem = pooled.x[1] if pooled.x[1] > 0 else ELEMENTWISE_PRIOR_MACS * mac
         prior = np.array([mac, mac, mac, mac, elem])
-    fit = _solve(rows, pooled=False, prior=prior, weight=weight, grid=grid)
+    fit = _solve(rows, pooled=False, prior=prior, weight=weight, grid=grid, nodes=nodes)
     x = fit.x.copy()
     a = _design(rows, fit.p)
     pred = a @ x
@@ -253,7 +267,10 @@ def _neighbours(params: tuple[float, float, float]) -> list[tuple[float, float, 
 
 
 def lomo_spread(
-    rows: Sequence[Row], shape: Array | None, params: tuple[float, float, float]
+    rows: Sequence[Row],
+    shape: Array | None,
+    params: tuple[float, float, float],
+    nodes: Array | None = None,
 ) -> float | None:
     """90th percentile of |ratio − 1| predicting each model from a fit without it.
 
@@ -269,7 +286,7 @@ def lomo_spread(
         train = [r for r in rows if r.obs.model != m]
         if len({r.obs.model for r in train}) < 2:
             continue
-        fit = fit_rows(train, shape, grid=grid)
+        fit = fit_rows(train, shape, grid=grid, nodes=nodes)
         for r in rows:
             if r.obs.model == m:
                 f = fit.factors.get(r.obs.runtime, 1.0)
