@@ -77,3 +77,19 @@ def test_the_human_report_prints_the_range_and_basis(mobilenet: Path) -> None:
     line = next(x for x in result.output.splitlines() if x.strip().startswith("est. pi4"))
     assert "–" in line  # the range, e.g. "72.78 ms (56.10 ms–94.40 ms)"
     assert "basis           speed model of pi4" in result.output
+
+
+def test_a_litert_file_is_estimated_for_litert(mobilenet: Path, tmp_path: Path) -> None:
+    from edgeagent.models.tflite_conv import onnx_to_tflite
+    from edgeagent.models.workload_tflite import count_tflite
+
+    tflite = onnx_to_tflite(mobilenet, tmp_path / "mobilenet.tflite")
+    f = _bench([str(tflite), "--device", "pi4"]).variant.figures
+    assert f is not None
+    pi4 = load_profile("pi4")
+    litert = estimate(count_tflite(tflite), pi4, precision="fp32", runtime="litert")
+    ort = estimate(count_tflite(tflite), pi4, precision="fp32", runtime="onnxruntime")
+    assert litert is not None
+    assert ort is not None
+    assert f.estimate_p50_ms == pytest.approx(litert.ms, rel=1e-5)
+    assert litert.ms != pytest.approx(ort.ms, rel=1e-3)  # XNNPACK's fitted factor applies
