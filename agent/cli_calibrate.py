@@ -12,7 +12,7 @@ import sys
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -24,26 +24,16 @@ from .devices import (
     list_profiles,
     load_profile,
 )
-from .devices.calibrate import CalibrationError, Observation, fit_device
-from .devices.calibrate_data import (
-    DERIVED_FROM,
-    PUBLISHED_FILE,
-    WORKLOADS_FILE,
-    count_models,
-    load_holdout,
-    load_published,
-    load_workloads,
-    records_from_file,
-    replace_section,
-)
-from .devices.calibrate_report import (
-    ReportRow,
-    apply_records,
-    derive_speed_model,
-    report,
-    summarise,
-)
+from .devices.calibration import CALIBRATION_DIR
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .devices.calibrate_report import ReportRow
+
+# The fit needs numpy (the optimize extra); a device's edgeagent has no numpy and imports this
+# module with the CLI, so the calibration modules are imported where the command runs.
+PUBLISHED_FILE = CALIBRATION_DIR / "published.yaml"
+WORKLOADS_FILE = CALIBRATION_DIR / "workloads.yaml"
 
 REFERENCE_PROFILE = "x86-64"
 
@@ -69,6 +59,17 @@ def _fit_all(
     model_files: list[Path],
     date: str,
 ) -> tuple[dict[str, tuple[DeviceProfile, SpeedModel]], list[ReportRow]]:
+    from .devices.calibrate import CalibrationError, Observation, fit_device
+    from .devices.calibrate_data import (
+        DERIVED_FROM,
+        count_models,
+        load_holdout,
+        load_published,
+        load_workloads,
+        records_from_file,
+    )
+    from .devices.calibrate_report import apply_records, derive_speed_model, report
+
     figures = load_published(published)
     workloads = load_workloads(workloads_file)
     held = load_holdout().holds
@@ -207,6 +208,12 @@ def calibrate(
     Held-out models (devices/calibration/holdout.yaml) are never fitted on; their ratios show how
     well an estimate does on a model it has not seen.
     """
+    try:
+        from .devices.calibrate import CalibrationError
+        from .devices.calibrate_data import replace_section
+        from .devices.calibrate_report import summarise
+    except ImportError as exc:
+        _fail(f"fitting needs numpy ({exc}): pip install 'edgeagent[optimize]'")
     day = date or datetime.now(UTC).strftime("%Y-%m-%d")
     try:
         fitted, rows = _fit_all(

@@ -210,10 +210,12 @@ def devices_show(profile: str, as_json: bool) -> None:
 def _llm_lines(profile: DeviceProfile) -> list[str]:
     """What the zoo's language models would do on ``profile``, from their cards (estimates; see
     edgeagent.models.llm_estimate); nothing when the zoo is not importable (no numpy)."""
+    from .models.backend import RuntimeMissing
+
     try:
         from .models.llm_estimate import estimate, measured_from_card
         from .models.zoo import llm_recipes
-    except ImportError:
+    except (ImportError, RuntimeMissing):  # a device's install: no numpy, no zoo
         return []
     lines = ["", "language models (estimated from the zoo cards; range 2x either way):"]
     for name, recipe in sorted(llm_recipes().items()):

@@ -325,3 +325,26 @@ def test_cli_ls_marks_user_profiles(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert f"${PROFILES_ENV}" in result.output
     listed = json.loads(CliRunner().invoke(devices, ["ls", "--json"]).output)
     assert "lab-board" in [d["name"] for d in listed]
+
+
+def test_devices_cli_works_without_numpy_as_on_a_device() -> None:
+    """A device's edgeagent has no numpy: the CLI (which the agent's entry point imports) and
+    `devices ls/show` must work there; `devices calibrate` says what it needs."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "sys.modules['numpy'] = None\n"
+        "from click.testing import CliRunner\n"
+        "from edgeagent.cli import main\n"
+        "for args in (['devices', 'ls'], ['devices', 'show', 'pi4'], ['devices', 'calibrate']):\n"
+        "    r = CliRunner().invoke(main, args)\n"
+        "    print(r.exit_code, r.output.strip().splitlines()[-1])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.splitlines()
+    assert out[0].startswith("0 ")
+    assert out[1].startswith("0 ")
+    assert out[2].startswith("1 error: fitting needs numpy")
