@@ -21,12 +21,16 @@ Three parts, each against the old method measured in the same run:
 
     python -m benchmarks.bench_fidelity [--quick] [--repeats 3] [--runs 100] [--json]
 
-``--quick`` skips the torchvision models (part 2 then has MobileNet v1 only).
+``--quick`` skips the torchvision models (part 2 then has MobileNet v1 only); so does a missing
+torchvision. No extra installs it (PyPI's 0.28 wheel is a CUDA build that breaks transformers beside
+the CPU torch): in a separate virtual environment, ``pip install --no-deps torchvision==0.28.0
+pillow``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import tempfile
 from collections.abc import Sequence
@@ -228,6 +232,9 @@ def local_part(tmp: Path, *, quick: bool, runs: int, quiet: bool) -> list[Compar
     builds: list[tuple[str, Path, int, bool]] = []
     mob = mobilenet_v1_onnx(tmp / "mobilenet_v1.onnx", alpha=1.0, size=224, classes=1000)
     builds.append(("mobilenet", mob, 224, True))
+    if not quick and importlib.util.find_spec("torchvision") is None:
+        common.progress(quiet, "torchvision is not installed: MobileNet v1 only (see --help)")
+        quick = True
     if not quick:
         from edgeagent.devices.calibration.workloads import export_torchvision_onnx
 

@@ -483,10 +483,12 @@ def test_raspi3b_boots_the_image_from_its_sd_card(built: Built, mosquitto: Mosqu
         while LOGIN_PROMPT not in console and time.monotonic() < deadline:
             time.sleep(2)
             console = _text(console_log)
-        # qemu is stopped, not shut down: give the guest's ext4 two commit intervals (5 s each)
-        # so what its first boot wrote (/etc/machine-id, checked below) reaches the journal. Once
-        # (CI, 2026-12-05) the id was still only in the guest's memory when qemu stopped.
-        time.sleep(12)
+        # qemu is stopped, not shut down: what the first boot wrote (/etc/machine-id, checked
+        # below) must reach the card first. ext4 allocates a new file's data block only at
+        # writeback (delayed allocation), which the kernel starts once dirty data is 30 s old
+        # (dirty_expire_centisecs), then commits within 5 s: so 40 s, not two 5-s journal
+        # commits (12 s let the id stay in the guest's memory twice in CI, 2026-12-05).
+        time.sleep(40)
     # The board, the card found by the initramfs and the root mounted from its second partition.
     assert "Machine model: Raspberry Pi 3 Model B" in console, console[:3000]
     assert re.search(r"mmcblk0: p1 p2", console), console[-4000:]

@@ -3,6 +3,7 @@ calibration data (published Raspberry Pi figures and the workloads of the models
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 from pathlib import Path
@@ -363,6 +364,11 @@ def test_torchvision_mobilenet_v2_agrees_with_ncnn_per_class(tmp_path: Path) -> 
     """
     pytest.importorskip("torch")
     pytest.importorskip("onnx")
+    if importlib.util.find_spec("torchvision") is None:
+        pytest.skip(
+            "torchvision is not installed (not in the train extra: PyPI's wheel is a CUDA build "
+            "that breaks transformers beside the CPU torch); see devices/calibration/workloads.py"
+        )
     from edgeagent.devices.calibration.workloads import export_torchvision_onnx
 
     onnx_work = _count(export_torchvision_onnx("mobilenet_v2", tmp_path / "m.onnx"))
@@ -399,3 +405,18 @@ def test_tflite_mlp_is_matrix_vector_work(tmp_path: Path) -> None:
     assert work.nodes == 3
     assert work.precision == "fp32"
     assert work.conv_mmac == work.pointwise_mmac == work.depthwise_mmac == 0
+
+
+def test_our_mobilenet_v1_onnx_counts_as_ncnns_benchmarked_graph(tmp_path: Path) -> None:
+    """The ONNX counter on models/convnets.py's MobileNet v1 1.0-224 gives the committed workload
+    of ncnn's mobilenet.param (the graph behind the published figures), class by class: the
+    calibration and a user's ONNX file are priced by the same rules."""
+    pytest.importorskip("onnx")
+    from edgeagent.devices.calibration import load_workloads
+    from edgeagent.models.convnets import mobilenet_v1_onnx
+
+    ours = _count(mobilenet_v1_onnx(tmp_path / "m.onnx", alpha=1.0, size=224, classes=1000))
+    ncnn = load_workloads()["mobilenet"].workload
+    for name in ("conv_mmac", "pointwise_mmac", "depthwise_mmac", "fc_mweights"):
+        assert getattr(ours, name) == pytest.approx(getattr(ncnn, name), rel=0.01), name
+    assert abs(ours.nodes - ncnn.nodes) <= 2

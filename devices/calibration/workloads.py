@@ -18,8 +18,11 @@ XNNPACK's names map onto graphs as follows:
   has MobileNetV3-Large's widths but runs its 160-channel stage at 14×14 instead of 7×7 and other
   SE widths (246 against 217 MMAC), so it is kept under its own name only.
 
-The torchvision part needs the ``train`` extra (torch, torchvision) and onnx; it runs at
-calibration time only.
+The torchvision part needs torch and onnx (the ``train`` extra) and torchvision, which no extra
+installs: PyPI's torchvision 0.28 is a CUDA build, and beside the CPU torch it breaks
+``transformers`` (which imports it) for the whole environment. Install it by hand in a separate
+virtual environment to regenerate those rows: ``pip install --no-deps torchvision==0.28.0 pillow``.
+It runs at calibration time only.
 """
 
 from __future__ import annotations
