@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .tflite_writer import BUFFER_ALIGNMENT, _schema, write_model
+from .tflite_writer import _schema, aligned_buffer_type, write_model
 
 
 @dataclass(slots=True)
@@ -88,14 +88,7 @@ _ENUM_FIELDS = {"padding": "Padding", "fusedActivationFunction": "ActivationFunc
 def write_graph(graph: Graph, path: str | os.PathLike[str], description: str) -> Path:
     """Pack ``graph`` as a ``.tflite`` file (one subgraph, a serving_default signature)."""
     schema = _schema()
-    buffer_t: Any = schema.BufferT
-
-    class AlignedBufferT(buffer_t):  # type: ignore[misc]
-        def Pack(self, builder: Any) -> Any:  # the generated API's name
-            if self.data is not None:
-                builder.Prep(BUFFER_ALIGNMENT, len(self.data))
-            return super().Pack(builder)
-
+    aligned_buffer = aligned_buffer_type(schema)
     buffers: list[Any] = [schema.BufferT()]
     index: dict[str, int] = {}
     tensors: list[Any] = []
@@ -103,7 +96,7 @@ def write_graph(graph: Graph, path: str | os.PathLike[str], description: str) ->
         buffer = 0
         if t.data is not None:
             raw = np.ascontiguousarray(t.data).tobytes()
-            buffers.append(AlignedBufferT(data=np.frombuffer(raw, dtype=np.uint8)))
+            buffers.append(aligned_buffer(data=np.frombuffer(raw, dtype=np.uint8)))
             buffer = len(buffers) - 1
         quant = None
         if t.quant is not None:

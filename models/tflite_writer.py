@@ -71,20 +71,12 @@ def write_mlp_tflite(
     fused = {"relu": schema.ActivationFunctionType.RELU, "none": schema.ActivationFunctionType.NONE}
     f32 = schema.TensorType.FLOAT32
 
-    buffer_t: Any = schema.BufferT
-
-    class AlignedBufferT(buffer_t):  # type: ignore[misc]
-        def Pack(self, builder: Any) -> Any:  # the generated API's name
-            if self.data is not None:
-                # Pad so that the vector's data (written next, back to front) starts aligned.
-                builder.Prep(BUFFER_ALIGNMENT, len(self.data))
-            return super().Pack(builder)
-
+    aligned_buffer = aligned_buffer_type(schema)
     buffers: list[Any] = [schema.BufferT()]  # buffer 0: the empty sentinel, by convention
     tensors: list[Any] = []
 
     def constant(name: str, value: npt.NDArray[np.float32]) -> int:
-        buffers.append(AlignedBufferT(data=np.frombuffer(value.tobytes(), dtype=np.uint8)))
+        buffers.append(aligned_buffer(data=np.frombuffer(value.tobytes(), dtype=np.uint8)))
         tensors.append(
             schema.TensorT(
                 shape=list(value.shape), type=f32, buffer=len(buffers) - 1, name=name, hasRank=True
@@ -162,6 +154,20 @@ def write_mlp_tflite(
         inputs={input_name: first},
         outputs={output_name: x},
     )
+
+
+def aligned_buffer_type(schema: Any) -> Any:
+    """``schema.BufferT`` whose data starts on :data:`BUFFER_ALIGNMENT` in the file."""
+    buffer_t: Any = schema.BufferT
+
+    class AlignedBufferT(buffer_t):  # type: ignore[misc]
+        def Pack(self, builder: Any) -> Any:  # the generated API's name
+            if self.data is not None:
+                # Pad so that the vector's data (written next, back to front) starts aligned.
+                builder.Prep(BUFFER_ALIGNMENT, len(self.data))
+            return super().Pack(builder)
+
+    return AlignedBufferT
 
 
 def write_model(

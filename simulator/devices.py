@@ -38,11 +38,11 @@ from typing import Any, Literal
 
 from ..config import AgentConfig, load_skills
 from ..devices import DeviceProfile, load_profile
-from ..devices.workload import Workload
 from ..errors import ConfigError
 from ..skills import Skill, SkillSet
 from .spec import FleetSpec, Group
 from .spec_hardcases import prepare_keepers
+from .speedcost import speed_model_ms
 
 PYTHON_MS = 0.07
 """The agent's own work per call on the reference machine, ms: half the gap between a
@@ -153,7 +153,7 @@ def skill_cost(
             source = f"measured here ({resolved.path.name})"
     factor = (speed.int8 if kind == "int8" else speed.fp32).value
     if kind != "python" and resolved is not None:
-        modelled = _speed_model_ms(resolved, figures, profile, kind, session)
+        modelled = speed_model_ms(resolved, figures, profile, kind, session)
         if modelled is not None:
             ms, low, high, basis = modelled
             return SkillCost(
@@ -167,54 +167,6 @@ def skill_cost(
                 (low, high),
             )
     return SkillCost(skill.name, kind, model_ms, speed.python.value, factor, source)
-
-
-_WORKLOADS: dict[tuple[str, int], Workload | None] = {}
-
-
-def _workload(path: Path, figures: dict[str, Any] | None) -> Workload | None:
-    """The model's workload: from its card's figures, else counted from the file (cached)."""
-    if figures is not None and isinstance(figures.get("workload"), dict):
-        try:
-            return Workload.model_validate(figures["workload"])
-        except ValueError:
-            pass
-    try:
-        key = (str(path), path.stat().st_mtime_ns)
-    except OSError:
-        return None
-    if key not in _WORKLOADS:
-        from ..models.estimate import workload_of
-
-        _WORKLOADS[key] = workload_of(path)[0]
-    return _WORKLOADS[key]
-
-
-def _speed_model_ms(
-    resolved: Any, figures: dict[str, Any] | None, profile: DeviceProfile, kind: str, session: Any
-) -> tuple[float, float, float, str] | None:
-    """The model's device time from the profile's speed model, or ``None`` (no workload, no
-    speed model for the precision): the same estimate ``models bench --device`` makes."""
-    from ..devices.speed import estimate
-
-    path = getattr(resolved, "path", None)
-    if not isinstance(path, Path):
-        return None
-    workload = _workload(path, figures)
-    if workload is None:
-        return None
-    runtime = "litert" if path.suffix.lower() == ".tflite" else "onnxruntime"
-    threads = getattr(getattr(session, "settings", None), "threads", None) or profile.threads
-    est = estimate(
-        workload,
-        profile,
-        threads=min(int(threads), profile.threads),
-        precision="int8" if kind == "int8" else "fp32",
-        runtime=runtime,
-    )
-    if est is None:
-        return None
-    return est.ms, est.low_ms, est.high_ms, est.basis
 
 
 def model_memory_mb(owner: SkillSet) -> tuple[float, str] | None:
